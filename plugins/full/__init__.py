@@ -1,0 +1,3 @@
+from plugins.full.plugin import FullFineTuning
+
+__all__ = ["FullFineTuning"]

@@ -1,0 +1,231 @@
+"""The adapter format: what a trained method hands to every tool.
+
+An adapter folder holds::
+
+    adapter.safetensors   the method's tensors (``Adapter.tensors``)
+    adapter.json          format, version, method name and config, selection, base model
+                          identity, and free-form ``info`` (steps trained, metrics, ...)
+    (extra files)         whatever the method writes in ``ftzoo_save_adapter_files``
+
+The update is decoupled from the base: tensors are in the base model's coordinates, so an
+adapter applies to a plain copy of the base it was trained on. :class:`BaseModelInfo`
+records which base that is, and :meth:`BaseModelInfo.check_same` refuses any other.
+Folders are written atomically: to a temporary sibling first, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT = "ftzoo-adapter"
+FORMAT_VERSION = 1
+TENSORS_FILE = "adapter.safetensors"
+META_FILE = "adapter.json"
+SHAPE_FIELDS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+)
+
+
+class AdapterError(ValueError):
+    """An adapter folder is missing, corrupt, or does not fit the base model."""
+
+
+@dataclass
+class BaseModelInfo:
+    """Identity of the base model an adapter belongs to."""
+
+    name_or_path: str
+    architecture: str
+    shapes: dict[str, Any]
+    fingerprint: str
+    """Digest of the first values of every parameter, rounded to bfloat16 so that the
+    same weights loaded in float32, bfloat16 or float16 agree."""
+
+    @classmethod
+    def of(cls, model: nn.Module, name_or_path: str) -> BaseModelInfo:
+        """Describe a freshly loaded (not yet rewritten) base model."""
+        config = model.config
+        shapes = {k: getattr(config, k) for k in SHAPE_FIELDS if getattr(config, k, None) is not None}
+        architecture = type(model).__name__
+        return cls(name_or_path, architecture, shapes, weights_fingerprint(model))
+
+    def check_same(self, other: BaseModelInfo, what: str) -> None:
+        """Raise :class:`AdapterError` naming the first difference from ``other``.
+
+        Args:
+            other: the base model at hand.
+            what: what ``self`` belongs to, for the message (e.g. the adapter's path).
+        """
+        if self.architecture != other.architecture:
+            raise AdapterError(
+                f"{what} was trained on a {self.architecture} ({self.name_or_path}); "
+                f"the base model is a {other.architecture} ({other.name_or_path})"
+            )
+        for key in sorted(set(self.shapes) | set(other.shapes)):
+            if self.shapes.get(key) != other.shapes.get(key):
+                raise AdapterError(
+                    f"{what} was trained on a base with {key}={self.shapes.get(key)} "
+                    f"({self.name_or_path}); the base model has {key}={other.shapes.get(key)} "
+                    f"({other.name_or_path})"
+                )
+        if self.fingerprint != other.fingerprint:
+            raise AdapterError(
+                f"{what} was trained on other weights ({self.name_or_path}, fingerprint "
+                f"{self.fingerprint[:12]}) than the base model ({other.name_or_path}, "
+                f"fingerprint {other.fingerprint[:12]}): same shapes, different checkpoint"
+            )
+
+
+def weights_fingerprint(model: nn.Module, values_per_tensor: int = 64) -> str:
+    """sha256 over the first values of every parameter, in name order, as bfloat16."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        head = param.detach().reshape(-1)[:values_per_tensor].float().to(torch.bfloat16)
+        digest.update(name.encode())
+        digest.update(head.cpu().view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class Adapter:
+    """A trained update, decoupled from the base model."""
+
+    method: str
+    """Registered name of the method that made it."""
+    config: dict[str, Any]
+    """The method's ``__init__`` arguments."""
+    selection: Any
+    """What the method chose to train (JSON-able)."""
+    base: BaseModelInfo
+    tensors: dict[str, torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+    """Free-form facts about the run (steps, metrics, trainable parameter count)."""
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "config": self.config,
+            "selection": self.selection,
+            "base": asdict(self.base),
+            "info": self.info,
+            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in self.tensors.items()},
+        }
+
+
+def save_adapter(adapter: Adapter, folder: str | Path, hooks: Any = None) -> Path:
+    """Write ``adapter`` to ``folder`` atomically; replace an older adapter there.
+
+    Args:
+        adapter: what to save.
+        folder: the adapter folder to create or replace.
+        hooks: the method's hook relay, so it can add its own files
+            (``ftzoo_save_adapter_files``).
+
+    Raises:
+        AdapterError: ``folder`` exists and is not an adapter folder.
+    """
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not (folder / META_FILE).exists():
+        raise AdapterError(f"{folder} exists and is not an adapter folder; refusing to overwrite it")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter.tensors.items()}
+        save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": FORMAT})
+        (tmp / META_FILE).write_text(json.dumps(adapter.metadata(), indent=2) + "\n")
+        if hooks is not None:
+            hooks.ftzoo_save_adapter_files(adapter=adapter, folder=str(tmp))
+        _replace_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``; an old ``target`` is removed only once ``new`` is there."""
+    if not target.exists():
+        new.rename(target)
+        return
+    old = target.with_name(f".{target.name}.old-{new.name.rsplit('-', 1)[-1]}")
+    target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_adapter(folder: str | Path, map_location: str | torch.device = "cpu") -> Adapter:
+    """Read an adapter folder written by :func:`save_adapter`.
+
+    Raises:
+        AdapterError: the folder or a file is missing, the JSON is malformed or of another
+            format version, or the tensors file is corrupt or does not match the metadata.
+    """
+    folder = Path(folder)
+    meta_path, tensors_path = folder / META_FILE, folder / TENSORS_FILE
+    if not folder.is_dir():
+        raise AdapterError(f"{folder}: no such adapter folder")
+    for path in (meta_path, tensors_path):
+        if not path.is_file():
+            raise AdapterError(f"{folder}: not an ftzoo adapter folder ({path.name} is missing)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise AdapterError(f"{meta_path}: malformed JSON at line {err.lineno}: {err.msg}") from err
+    _check_metadata(meta, meta_path)
+    try:
+        tensors = load_file(str(tensors_path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise AdapterError(f"{tensors_path}: not a readable safetensors file ({err})") from err
+    expected = meta.get("tensors", {})
+    for name, spec in expected.items():
+        if name not in tensors:
+            raise AdapterError(f"{tensors_path}: tensor {name!r} listed in {META_FILE} is missing")
+        if list(tensors[name].shape) != spec["shape"]:
+            raise AdapterError(
+                f"{tensors_path}: tensor {name!r} has shape {list(tensors[name].shape)}, "
+                f"{META_FILE} says {spec['shape']}"
+            )
+    return Adapter(
+        method=meta["method"],
+        config=meta["config"],
+        selection=meta.get("selection"),
+        base=BaseModelInfo(**meta["base"]),
+        tensors=tensors,
+        info=meta.get("info", {}),
+    )
+
+
+def _check_metadata(meta: Any, path: Path) -> None:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise AdapterError(f"{path}: not an ftzoo adapter (field 'format' must be {FORMAT!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise AdapterError(
+            f"{path}: format_version {meta.get('format_version')!r} is not supported "
+            f"(this ftzoo reads version {FORMAT_VERSION})"
+        )
+    for key, kind in (("method", str), ("config", dict), ("base", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise AdapterError(f"{path}: field {key!r} must be a {kind.__name__}")
+    base_fields = {"name_or_path", "architecture", "shapes", "fingerprint"}
+    if set(meta["base"]) != base_fields:
+        raise AdapterError(f"{path}: field 'base' must have exactly the keys {sorted(base_fields)}")

@@ -1,0 +1,57 @@
+"""``lightning``: LightningCLI for ftzoo (fit, validate, test, predict).
+
+Method plugins are loaded before the parser is built, so a method can be given by class
+path, by short class name, or by its registered name (``--model.method s2ft``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningCLI
+
+from zoo.module import FineTuneModule
+from zoo.plugins import available_methods
+
+METHOD_FLAG = "--model.method"
+
+
+def resolve_method_names(args: list[str]) -> list[str]:
+    """Replace a registered method name after ``--model.method`` by its class path."""
+    methods = available_methods()
+    resolved = list(args)
+    for i, arg in enumerate(resolved):
+        if arg == METHOD_FLAG and i + 1 < len(resolved) and resolved[i + 1] in methods:
+            resolved[i + 1] = _class_path(methods[resolved[i + 1]].cls)
+        elif arg.startswith(METHOD_FLAG + "=") and arg.split("=", 1)[1] in methods:
+            resolved[i] = f"{METHOD_FLAG}={_class_path(methods[arg.split('=', 1)[1]].cls)}"
+    return resolved
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class FtzooCLI(LightningCLI):
+    """LightningCLI with the model's tokenizer linked into the data module."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.tokenizer", "data.init_args.tokenizer", apply_on="instantiate")
+
+
+def main(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
+    """Entry point of the ``lightning`` console script."""
+    args = resolve_method_names(sys.argv[1:] if args is None else args)
+    return FtzooCLI(
+        FineTuneModule,
+        LightningDataModule,
+        subclass_mode_data=True,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+if __name__ == "__main__":
+    main()

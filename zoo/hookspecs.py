@@ -1,0 +1,277 @@
+"""The hooks through which a fine-tuning method acts on the model.
+
+A *method* (S²FT, LoRA, full fine-tuning, ...) is a :class:`zoo.Method` subclass whose
+instance methods are marked with :data:`zoo.hookimpl`. ftzoo never names a method: it
+calls these hooks and the chosen method answers.
+
+Who answers
+-----------
+Each run builds its own plugin manager (:func:`zoo.plugins.method_hooks`) that holds
+exactly two plugins: the chosen method instance and :class:`zoo.defaults.CoreDefaults`,
+whose implementations are ``trylast``. Hooks that return a value are ``firstresult``, so
+the method's answer wins and the core default answers only where the method has no
+implementation (or returns ``None`` to decline). Call every hook with keyword arguments.
+
+Order in which ``lightning fit`` calls the hooks
+------------------------------------------------
+1. load: the base model is loaded and every parameter frozen (``requires_grad=False``).
+2. ``ftzoo_select_parameters``  -- once, on rank 0; the result is broadcast to all ranks.
+3. ``ftzoo_rewrite_model``      -- every rank, with the same selection.
+4. ``ftzoo_trainable_parameters`` -- the optimizer is built over exactly these.
+5. per optimizer step: ``ftzoo_before_backward`` → backward → ``ftzoo_after_backward``
+   (per micro-batch), then ``ftzoo_before_optimizer_step`` → step →
+   ``ftzoo_after_optimizer_step``.
+6. ``ftzoo_extract_adapter``    -- at every checkpoint (trainable state only) and at the
+   end of fit, when the adapter is written to the run folder.
+
+Tools (``tools/merge.py``, ``switch.py``, ``serve.py``, ``export.py``) and validation with a
+trained adapter call ``ftzoo_load_adapter``, ``ftzoo_adapter_deltas``, ``ftzoo_fuse_adapter``,
+``ftzoo_unfuse_adapter`` and ``ftzoo_merge_adapters``.
+
+Terms
+-----
+*model*: the Hugging Face ``PreTrainedModel`` (causal LM), possibly rewritten by the method.
+*selection*: what the method chose to train, as a picklable, JSON-able structure (dicts,
+lists, numbers, strings); it is stored in checkpoints and adapters so that the same
+rewrite can be rebuilt on a fresh base model.
+*adapter*: a :class:`zoo.adapter.Adapter`: the trained update, decoupled from the base
+model and expressed in the base model's own coordinates and parameter names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from zoo.adapter import Adapter
+
+PROJECT = "ftzoo"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ---------------------------------------------------------------------------------------
+# select: choose what to train
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def ftzoo_select_parameters(
+    model: nn.Module,
+    calibration_batches: Callable[[], Iterator[dict[str, torch.Tensor]]],
+    seed: int,
+) -> Any:
+    """Choose what to train, before the model is rewritten.
+
+    Called once per run on rank 0 (the result is broadcast to the other ranks), after the
+    base model is loaded and frozen, and never when resuming or loading an adapter: then
+    the stored selection is used.
+
+    Args:
+        model: the frozen base model, on the training device.
+        calibration_batches: call it to get an iterator over a few training batches
+            (dicts of ``input_ids``, ``attention_mask``, ``labels`` on the model's device),
+            for methods that score parameters by activations or gradients. Methods that do
+            not need data never call it, so no data is loaded for them.
+        seed: the run's seed, for methods that choose at random.
+
+    Returns:
+        The selection (picklable and JSON-able), or ``None`` if the method has nothing to
+        choose.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# rewrite: change the model so that the selection can train
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec
+def ftzoo_rewrite_model(model: nn.Module, selection: Any) -> None:
+    """Rewrite the frozen model in place so that the selected part can train.
+
+    Called on every rank with the same ``selection`` (the result of
+    :func:`ftzoo_select_parameters` or the one stored in a checkpoint or adapter). A method
+    may replace modules, permute weights, add parameters and set ``requires_grad``, but
+    must keep the model's outputs unchanged before training and must not copy the frozen
+    base weights. New parameters' names must contain the method's prefix
+    (:attr:`zoo.Method.prefix`) so that the core can find them by name.
+
+    Args:
+        model: the base model, every parameter frozen.
+        selection: what to train.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# trainable parameters
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def ftzoo_trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Name the parameters the optimizer updates.
+
+    Called after the rewrite. The core default returns every parameter with
+    ``requires_grad=True``. The optimizer sees only these; checkpoints hold only these
+    (plus the selection), never the frozen base.
+
+    Returns:
+        ``(name, parameter)`` pairs, names as in ``model.named_parameters()``.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# backward and optimizer step
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec
+def ftzoo_before_backward(model: nn.Module, loss: torch.Tensor) -> None:
+    """Called before ``loss.backward()`` of every micro-batch."""
+
+
+@hookspec
+def ftzoo_after_backward(model: nn.Module) -> None:
+    """Called after the backward pass of every micro-batch (gradients may be partial
+    while accumulating). Use it to mask or inspect gradients."""
+
+
+@hookspec
+def ftzoo_before_optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Called once per optimizer step, after gradient clipping and before ``step()``."""
+
+
+@hookspec
+def ftzoo_after_optimizer_step(model: nn.Module) -> None:
+    """Called after every optimizer step, e.g. to re-apply a constraint to the weights."""
+
+
+# ---------------------------------------------------------------------------------------
+# extract / load: the adapter
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def ftzoo_extract_adapter(model: nn.Module, selection: Any) -> dict[str, torch.Tensor]:
+    """Extract the trained update as tensors, decoupled from the base model.
+
+    The tensors must describe the update in the *base model's* coordinates (undo any
+    permutation) so that :func:`ftzoo_load_adapter` can apply them to a plain copy of the
+    base. They are saved with safetensors, so they must be contiguous and not share
+    memory.
+
+    Args:
+        model: the rewritten (trained) model.
+        selection: the run's selection.
+
+    Returns:
+        Tensor name → tensor (on CPU or the model's device; the core moves them to CPU).
+    """
+
+
+@hookspec(firstresult=True)
+def ftzoo_load_adapter(model: nn.Module, adapter: Adapter) -> bool | None:
+    """Make a plain base model compute what the trained model computed.
+
+    Used by ``validate``/``test``/``predict`` with ``--model.adapter`` and by the tools.
+    The core default fuses the adapter into the weights (:func:`ftzoo_fuse_adapter`,
+    scale 1). A method may instead rewrite the model so that training can continue.
+
+    Returns:
+        ``True`` when handled.
+    """
+
+
+@hookspec
+def ftzoo_save_adapter_files(adapter: Adapter, folder: str) -> None:
+    """Write extra files into an adapter folder that is being saved.
+
+    Called with the temporary folder, before it is moved into place, so that what a
+    method adds is atomic with the rest (e.g. LoRA writes PEFT's own
+    ``adapter_config.json`` and ``adapter_model.safetensors`` beside ftzoo's files).
+    """
+
+
+@hookspec(firstresult=True)
+def ftzoo_adapter_deltas(adapter: Adapter, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter as dense weight differences of the base model's parameters.
+
+    Every method must implement this: it is what ``tools/merge.py`` combines and what the
+    default fuse adds. ``model`` is a plain base model (for shapes, dtype, device).
+
+    Returns:
+        Base parameter name (as in ``model.named_parameters()``) → tensor of that
+        parameter's shape with ``fused_weight - base_weight``.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# fuse / unfuse
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def ftzoo_fuse_adapter(model: nn.Module, adapter: Adapter, scale: float) -> Any:
+    """Add the adapter's update into the weights of a plain base model, in place.
+
+    The core default adds :func:`ftzoo_adapter_deltas` to every named parameter and keeps
+    the original values of what it touched, so that unfusing restores the base exactly.
+    Methods whose update touches only part of a weight (S²FT, sparse masks) should
+    implement a cheaper version.
+
+    Args:
+        model: a plain base model (not rewritten).
+        adapter: the adapter to fuse.
+        scale: multiplier of the update (1.0 = the trained model).
+
+    Returns:
+        An undo record, passed back to :func:`ftzoo_unfuse_adapter`.
+    """
+
+
+@hookspec(firstresult=True)
+def ftzoo_unfuse_adapter(model: nn.Module, adapter: Adapter, undo: Any) -> bool | None:
+    """Restore the weights that :func:`ftzoo_fuse_adapter` changed, exactly.
+
+    Args:
+        model: the model the adapter was fused into.
+        adapter: the fused adapter.
+        undo: the record that :func:`ftzoo_fuse_adapter` returned.
+
+    Returns:
+        ``True`` when handled.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# merge
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def ftzoo_merge_adapters(
+    adapters: list[Adapter], weights: list[float], options: dict[str, Any]
+) -> Adapter | None:
+    """Combine adapters of this method into one adapter of the same method.
+
+    Called by ``tools/merge.py`` with adapters that share the base model and the method.
+    A method that cannot merge in its own format returns ``None``; the merge tool then
+    combines :func:`ftzoo_adapter_deltas` into a dense adapter.
+
+    Args:
+        adapters: the adapters, all of this method.
+        weights: one weight per adapter.
+        options: merge options (e.g. ``{"how": "ties", "density": 0.2}``).
+    """
+
+
+def iter_hookspec_names() -> Iterable[str]:
+    """Names of every declared hook, for listing and documentation."""
+    return sorted(name for name in globals() if name.startswith("ftzoo_"))

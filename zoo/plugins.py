@@ -1,0 +1,130 @@
+"""Discovering methods and calling their hooks.
+
+Every method, built-in or third-party, is registered the same way: an entry point in the
+``ftzoo.methods`` group whose name is the method's registered name and whose object is its
+:class:`zoo.Method` subclass::
+
+    [project.entry-points."ftzoo.methods"]
+    s2ft = "plugins.s2ft:S2FT"
+
+A run calls hooks through :func:`method_hooks`, a plugin manager that holds the chosen
+method and the core defaults, and nothing else (see :mod:`zoo.hookspecs`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from zoo import hookspecs
+from zoo.defaults import CoreDefaults
+from zoo.method import Method
+
+ENTRY_POINT_GROUP = "ftzoo.methods"
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registered method: its name, class and the distribution that provides it."""
+
+    name: str
+    cls: type[Method]
+    distribution: str
+    version: str
+
+
+class PluginError(RuntimeError):
+    """A method plugin is missing, misnamed or broken."""
+
+
+_REGISTERED: dict[str, MethodEntry] = {}
+
+
+def register_method(cls: type[Method], name: str | None = None) -> None:
+    """Register a method class by hand (for notebooks and tests; packages use entry points)."""
+    name = name or cls.name
+    if not name:
+        raise PluginError(f"{cls.__qualname__} has no `name`; give one to register it.")
+    _REGISTERED[name] = MethodEntry(name, cls, "<registered at runtime>", "")
+    available_methods.cache_clear()
+
+
+@functools.cache
+def available_methods() -> dict[str, MethodEntry]:
+    """Load every method of the ``ftzoo.methods`` entry point group, by registered name.
+
+    Raises:
+        PluginError: an entry point does not load, is not a :class:`zoo.Method` subclass,
+            or two distributions register the same name.
+    """
+    found: dict[str, MethodEntry] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist else "?"
+        version = ep.dist.version if ep.dist else ""
+        try:
+            cls = ep.load()
+        except Exception as err:  # a broken third-party plugin must say which one it is
+            raise PluginError(
+                f"method plugin {ep.name!r} ({ep.value}, from {dist}) failed to load: {err}"
+            ) from err
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise PluginError(
+                f"entry point {ep.name!r} = {ep.value} (from {dist}) in group "
+                f"{ENTRY_POINT_GROUP!r} must name a zoo.Method subclass, got {cls!r}"
+            )
+        if ep.name in found and found[ep.name].cls is not cls:
+            raise PluginError(
+                f"method name {ep.name!r} is registered twice: by {found[ep.name].distribution} "
+                f"and by {dist}"
+            )
+        found[ep.name] = MethodEntry(ep.name, cls, dist, version)
+    found.update(_REGISTERED)
+    return found
+
+
+def method_class(name: str) -> type[Method]:
+    """The method class registered under ``name``."""
+    methods = available_methods()
+    if name not in methods:
+        known = ", ".join(sorted(methods)) or "none"
+        raise PluginError(
+            f"no method named {name!r} is installed (known: {known}). Install the plugin "
+            f"package that provides it, or give its class path."
+        )
+    return methods[name].cls
+
+
+def method_name(method: Method) -> str:
+    """The registered name of ``method``'s class (its ``name`` attribute if unregistered)."""
+    for entry in available_methods().values():
+        if entry.cls is type(method):
+            return entry.name
+    return type(method).name or type(method).__qualname__
+
+
+def method_from_config(name: str, config: dict[str, Any]) -> Method:
+    """Rebuild a method from the name and config stored in a checkpoint or adapter."""
+    return method_class(name)(**config)
+
+
+def method_hooks(method: Method | None) -> pluggy.HookRelay:
+    """A hook relay on which only ``method`` (and the core defaults) answer.
+
+    Raises:
+        PluginError: the method implements a hook that is not declared (a misspelled
+            hook name), or takes an argument the hook does not pass.
+    """
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    manager.register(CoreDefaults(manager.hook), name="ftzoo-core-defaults")
+    if method is not None:
+        try:
+            manager.register(method, name=f"method:{type(method).__qualname__}")
+            manager.check_pending()
+        except pluggy.PluginValidationError as err:
+            raise PluginError(f"method {type(method).__qualname__}: {err}") from err
+    return manager.hook
