@@ -26,7 +26,7 @@ Order in which ``lightning fit`` calls the hooks
 
 Tools (``tools/merge.py``, ``switch.py``, ``serve.py``, ``export.py``) and validation with a
 trained adapter call ``ftzoo_load_adapter``, ``ftzoo_adapter_deltas``, ``ftzoo_fuse_adapter``,
-``ftzoo_unfuse_adapter`` and ``ftzoo_merge_adapters``.
+``ftzoo_unfuse_adapter``, ``ftzoo_serving_deltas`` and ``ftzoo_merge_adapters``.
 
 Terms
 -----
@@ -247,6 +247,32 @@ def ftzoo_unfuse_adapter(model: nn.Module, adapter: Adapter, undo: Any) -> bool 
 
     Returns:
         ``True`` when handled.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# serve: many adapters in one batch, unfused
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def ftzoo_serving_deltas(adapter: Adapter, model: nn.Module) -> dict[str, nn.Module]:
+    """The adapter as small modules that run beside the frozen base, for mixed batches.
+
+    ``tools/serve.py`` runs every base linear layer once for the whole batch and adds, to
+    the rows of each request, the output of that request's adapter module. The core
+    default derives the modules from :func:`ftzoo_adapter_deltas`, keeping only the
+    nonzero rows or columns of each delta, so a structured sparse update (S²FT) costs only
+    its slice; methods with a cheaper form (LoRA's two low-rank factors) implement this.
+
+    Args:
+        adapter: the adapter to serve.
+        model: the plain base model (for shapes, dtype, device).
+
+    Returns:
+        Name of a base ``nn.Linear`` (as in ``model.named_modules()``) → module mapping
+        that linear's input ``x`` (``[..., in_features]``) to the change of its output
+        (``[..., out_features]``).
     """
 
 
