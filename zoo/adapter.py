@@ -79,7 +79,7 @@ class BaseModelInfo:
                 f"{what} was trained on a {self.architecture} ({self.name_or_path}); "
                 f"the base model is a {other.architecture} ({other.name_or_path})"
             )
-        for key in sorted(set(self.shapes) | set(other.shapes)):
+        for key in [k for k in SHAPE_FIELDS if k in self.shapes or k in other.shapes]:
             if self.shapes.get(key) != other.shapes.get(key):
                 raise AdapterError(
                     f"{what} was trained on a base with {key}={self.shapes.get(key)} "

@@ -41,8 +41,11 @@ class FtzooCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
-    """Entry point of the ``lightning`` console script."""
-    args = resolve_method_names(sys.argv[1:] if args is None else args)
+    """Entry point of the ``lightning`` console script (``args`` for use from Python)."""
+    if args is None:  # LightningCLI reads sys.argv itself; resolve method names in place
+        sys.argv[1:] = resolve_method_names(sys.argv[1:])
+    else:
+        args = resolve_method_names(args)
     return FtzooCLI(
         FineTuneModule,
         LightningDataModule,
