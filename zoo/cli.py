@@ -40,8 +40,8 @@ class FtzooCLI(LightningCLI):
         parser.link_arguments("model.tokenizer", "data.init_args.tokenizer", apply_on="instantiate")
 
 
-def main(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
-    """Entry point of the ``lightning`` console script (``args`` for use from Python)."""
+def build_cli(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
+    """Build (and by default run) the CLI; ``args`` as on the command line, for use from Python."""
     if args is None:  # LightningCLI reads sys.argv itself; resolve method names in place
         sys.argv[1:] = resolve_method_names(sys.argv[1:])
     else:
@@ -53,7 +53,13 @@ def main(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,  # the module builds its optimizer over the trainable parameters only
     )
+
+
+def main() -> None:
+    """Entry point of the ``lightning`` console script."""
+    build_cli()
 
 
 if __name__ == "__main__":

@@ -250,11 +250,10 @@ class FineTuneModule(L.LightningModule):
     def _log_accuracy(self, prefix: str) -> None:
         scores = {}
         for key, metric in self.task_accuracy.items():
-            if metric.update_count == 0:
-                continue
-            scores[self.task_names[key]] = metric.compute().item()
+            if metric.update_count > 0:
+                scores[self.task_names[key]] = metric.compute().item()
             metric.reset()
-        if not scores:
+        if not scores or self.trainer.sanity_checking:
             return
         for task, score in scores.items():
             self.log(f"{prefix}/acc/{task}", score, rank_zero_only=True)
