@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import sys
 
+from typing import Any
+
+import yaml
+from jsonargparse import set_loader
+from jsonargparse._loaders_dumpers import yaml_load
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -33,6 +38,23 @@ def _class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def load_config_with_method_names(text: str) -> Any:
+    """YAML loader for config files: ``method: s2ft`` or ``class_path: s2ft`` under
+    ``model`` become the registered method's class path."""
+    value = yaml_load(text)
+    model = value.get("model") if isinstance(value, dict) else None
+    method = model.get("method") if isinstance(model, dict) else None
+    methods = available_methods()
+    if isinstance(method, str) and method in methods:
+        model["method"] = _class_path(methods[method].cls)
+    elif isinstance(method, dict) and method.get("class_path") in methods:
+        method["class_path"] = _class_path(methods[method["class_path"]].cls)
+    return value
+
+
+set_loader("ftzoo", load_config_with_method_names, exceptions=(yaml.YAMLError,))
+
+
 class FtzooCLI(LightningCLI):
     """LightningCLI with the model's tokenizer linked into the data module."""
 
@@ -54,6 +76,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
         run=run,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # the module builds its optimizer over the trainable parameters only
+        parser_kwargs={"parser_mode": "ftzoo"},
     )
 
 

@@ -95,7 +95,7 @@ def test_validate_with_adapter_reports_accuracy(tiny_llama_dir, tmp_path):
         ["validate", "--model.model", str(tiny_llama_dir), "--model.adapter", str(adapter),
          "--data", "datamodules.ArithmeticDataModule", "--data.num_train", "16", "--data.num_val", "4",
          "--data.max_new_tokens", "4", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
-         "--trainer.enable_progress_bar", "false"]  # fmt: skip
+         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     )
     metrics = cli.trainer.callback_metrics
     assert "val/acc" in metrics and "val/acc/arithmetic" in metrics and "val/loss" in metrics
