@@ -111,3 +111,13 @@ def test_print_config_runs_as_printed(tiny_llama_dir, tmp_path, capsys):
     assert "class_path: plugins.full.plugin.FullFineTuning" in config.read_text()
     build_cli(["fit", "--config", str(config)])
     assert (tmp_path / "run" / "version_0" / "adapter" / "adapter.json").is_file()
+
+
+def test_registered_method_names_resolve_in_yaml_and_flags():
+    from zoo.cli import load_config_with_method_names, resolve_method_names
+
+    assert resolve_method_names(["fit", "--model.method", "full"])[2] == "plugins.full.plugin.FullFineTuning"
+    assert resolve_method_names(["fit", "--model.method=full"])[1] == "--model.method=plugins.full.plugin.FullFineTuning"
+    config = load_config_with_method_names("model:\n  method:\n    class_path: full\n    init_args: {include: norm}\n")
+    assert config["model"]["method"] == {"class_path": "plugins.full.plugin.FullFineTuning", "init_args": {"include": "norm"}}
+    assert load_config_with_method_names("model:\n  method: full\n")["model"]["method"].endswith("FullFineTuning")

@@ -106,3 +106,11 @@ def test_config_must_be_stored_as_attributes():
     with pytest.raises(TypeError, match="'rank' is not stored"):
         Forgetful().config()
     assert Doubler(5.0).config() == {"factor": 5.0}
+
+
+def test_list_plugins_names_the_distribution():
+    from zoo.__main__ import list_plugins
+
+    table = list_plugins()
+    assert table.splitlines()[0].split() == ["name", "class", "distribution"]
+    assert any(line.split()[:3] == ["full", "plugins.full.plugin.FullFineTuning", "ftzoo"] for line in table.splitlines())
