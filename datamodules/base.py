@@ -1,0 +1,258 @@
+"""The shared LightningDataModule: tokenizer, template, masking, batching, loaders and evaluation API.
+
+A concrete data module only says where its records come from and how its answers are scored, by
+implementing four methods:
+
+* ``_train_records()`` and ``_eval_records(stage)`` return :class:`~datamodules.records.Record` lists;
+* ``eval_tasks(stage)`` names the evaluation tasks in a fixed order, without loading data;
+* ``_extractor(task)`` returns the :class:`~datamodules.answers.AnswerExtractor` for a task.
+
+Contract with the LightningModule (``zoo.FineTuneModule``): the batch keys are listed in
+``datamodules/collate.py``; ``eval_tasks``, ``is_correct``, ``extract_answer`` and ``max_new_tokens``
+are below. The tokenizer is normally linked from the model by the CLI after instantiation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from datamodules.answers import AnswerExtractor
+from datamodules.collate import Collator
+from datamodules.encode import Example, encode_records
+from datamodules.errors import DataError
+from datamodules.loader import ResumableDataLoader
+from datamodules.prompts import PromptStyle, PromptTemplate, get_template
+from datamodules.records import OutputPolicy, Record, load_files
+from datamodules.sampler import ShardedSampler
+
+EVAL_STAGES = {"fit": "validate", "validate": "validate", "sanity_check": "validate", "test": "test"}
+
+
+def eval_stage(stage: str) -> str:
+    """Normalizes a stage name to ``"validate"`` or ``"test"`` (``"fit"``/``"sanity_check"`` mean validate).
+
+    Raises:
+        ValueError: For other stages.
+    """
+    if stage not in EVAL_STAGES:
+        raise ValueError(f"unknown evaluation stage {stage!r}; use 'validate' or 'test'")
+    return EVAL_STAGES[stage]
+
+
+class FineTuneDataModule(LightningDataModule):
+    """Base class of ftzoo's data modules (see the module docstring for what subclasses add).
+
+    Args:
+        tokenizer: A ``transformers`` tokenizer with an EOS token. Usually linked from the model by the CLI;
+            must be set before ``setup``. Its pad token pads batches (EOS when it has none).
+        prompt_style: ``"alpaca"`` (the LLM-Adapters template) or ``"chat"`` (the tokenizer's chat template).
+        max_length: Most tokens per example (prompt + response + EOS). Longer responses are cut; records
+            whose prompt alone fills it are dropped; both are counted and logged per split.
+        batch_size: Training batch size per device.
+        eval_batch_size: Validation/test/predict batch size per device; defaults to ``batch_size``.
+        num_workers: DataLoader worker processes.
+        seed: Seed for shuffling (epoch ``e`` uses ``seed + e``) and for any seeded split or subset.
+        group_by_length: Put records of similar length in the same batch (seeded and deterministic), to
+            waste less padding in training and generation.
+        max_new_tokens: Generation length for evaluation.
+        predict_files: JSON/JSONL files for ``trainer.predict`` (``output`` optional); by default the test sets.
+        empty_outputs: What a training record with an empty ``output`` does: ``"error"`` stops with a
+            :class:`DataError`; ``"drop"`` leaves it out and logs the dropped record numbers. Evaluation
+            records need only an ``answer`` (or an output stating one).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Optional[Any] = None,
+        prompt_style: PromptStyle = "alpaca",
+        max_length: int = 512,
+        batch_size: int = 8,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        seed: int = 42,
+        group_by_length: bool = False,
+        max_new_tokens: int = 256,
+        predict_files: Optional[list[str]] = None,
+        empty_outputs: Literal["error", "drop"] = "error",
+    ) -> None:
+        super().__init__()
+        if prompt_style not in ("alpaca", "chat"):
+            raise ValueError(f"unknown prompt_style {prompt_style!r}; choose 'alpaca' or 'chat'")
+        if empty_outputs not in ("error", "drop"):
+            raise ValueError(f"unknown empty_outputs {empty_outputs!r}; choose 'error' or 'drop'")
+        if max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {max_length}")
+        self.tokenizer = tokenizer
+        self.prompt_style = prompt_style
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.max_new_tokens = max_new_tokens
+        self.predict_files = list(predict_files or [])
+        self.empty_outputs = empty_outputs
+        self._splits: dict[str, list[Example]] = {}
+
+    # ----- for subclasses ---------------------------------------------------------------------------
+
+    @property
+    def train_output_policy(self) -> OutputPolicy:
+        """How subclasses load training files (from ``empty_outputs``); evaluation files use "optional"."""
+        return "drop_empty" if self.empty_outputs == "drop" else "required"
+
+    def _train_records(self) -> list[Record]:
+        raise NotImplementedError
+
+    def _eval_records(self, stage: str) -> list[Record]:
+        """Records of ``stage`` ("validate" or "test"), grouped in ``eval_tasks(stage)`` order."""
+        raise NotImplementedError
+
+    def eval_tasks(self, stage: str) -> list[str]:
+        """Evaluation task names for ``stage`` ("validate" or "test"), in a fixed order."""
+        raise NotImplementedError
+
+    def _extractor(self, task: str) -> AnswerExtractor:
+        raise NotImplementedError
+
+    # ----- evaluation API ---------------------------------------------------------------------------
+
+    def extract_answer(self, task: str, generation: str) -> Optional[str]:
+        """The answer predicted by ``generation`` for ``task``, or None if it contains none."""
+        return self._extractor(task).extract(generation)
+
+    def is_correct(self, task: str, generation: str, answer: str) -> bool:
+        """Whether ``generation`` answers ``task`` with the reference ``answer`` (LLM-Adapters rules)."""
+        return self._extractor(task).is_correct(generation, answer)
+
+    def reference_answer(self, record: Record) -> str:
+        """The record's ``answer``, or, when absent, the answer its ``output`` states (else the output)."""
+        if record.answer is not None:
+            return record.answer
+        if not record.output:
+            return ""
+        return self._extractor(record.task).extract(record.output) or record.output
+
+    # ----- Lightning hooks --------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Tokenizes the splits ``stage`` needs (once; later calls reuse them).
+
+        Raises:
+            ValueError: If no tokenizer was given, or it has no EOS token.
+            DataError: For bad data, or a training split left empty by the length limit.
+        """
+        self._check_tokenizer()
+        splits = {"fit": ("train", "validate"), "validate": ("validate",), "test": ("test",)}
+        for split in splits.get(stage, (stage,)):
+            if split not in self._splits:
+                self._splits[split] = self._encode(split)
+
+    def train_dataloader(self) -> DataLoader:
+        data = self._split("train")
+        sampler = self._sampler(data, self.batch_size, shuffle=True, group=self.group_by_length)
+        return ResumableDataLoader(
+            data,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=Collator(self._pad_id(), "train"),
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> Any:
+        return self._eval_loader("validate", "eval")
+
+    def test_dataloader(self) -> Any:
+        return self._eval_loader("test", "eval")
+
+    def predict_dataloader(self) -> Any:
+        return self._eval_loader("predict", "predict")
+
+    # ----- internals --------------------------------------------------------------------------------
+
+    def _check_tokenizer(self) -> None:
+        if self.tokenizer is None:
+            raise ValueError(
+                f"{type(self).__name__} has no tokenizer: pass `tokenizer=` or link it from the model "
+                "(LightningCLI: link_arguments('model.tokenizer', 'data.tokenizer' or 'data.init_args.tokenizer', "
+                "apply_on='instantiate'))"
+            )
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError(f"tokenizer {type(self.tokenizer).__name__} has no EOS token; set `eos_token` first")
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
+
+    def _template(self) -> PromptTemplate:
+        return get_template(self.prompt_style, self.tokenizer)
+
+    def _records(self, split: str) -> list[Record]:
+        if split == "train":
+            return self._train_records()
+        if split == "predict":
+            if self.predict_files:
+                return load_files(self.predict_files, output_policy="optional")
+            return self._eval_records("test")
+        return self._eval_records(split)
+
+    def _encode(self, split: str) -> list[Example]:
+        records = self._records(split)
+        if not records:
+            return []
+        # training examples are never scored, so their answers are not needed
+        answers = [self.reference_answer(r) if split != "train" else "" for r in records]
+        if split in ("validate", "test"):
+            for record, answer in zip(records, answers):
+                if not answer.strip():
+                    raise DataError(f"{record.source}: no 'answer' and an empty 'output': nothing to evaluate against")
+        with_response = not (split == "predict" and self.predict_files)
+        examples, stats = encode_records(
+            records, answers, self.tokenizer, self._template(), self.max_length, split, with_response
+        )
+        if split == "train" and not examples:
+            raise DataError(
+                f"train: all {stats.records} records were dropped: no prompt fits max_length={self.max_length}"
+            )
+        return examples
+
+    def _split(self, split: str) -> list[Example]:
+        if split not in self._splits:
+            self.setup({"train": "fit", "validate": "validate"}.get(split, split))
+        return self._splits[split]
+
+    def _shard_info(self) -> tuple[int, int]:
+        """(num_replicas, rank) of this process, from the trainer's distributed sampler settings."""
+        trainer = getattr(self, "trainer", None)
+        kwargs = getattr(trainer, "distributed_sampler_kwargs", None) if trainer is not None else None
+        if not kwargs:
+            return 1, 0
+        return kwargs["num_replicas"], kwargs["rank"]
+
+    def _sampler(self, data: list[Example], batch_size: int, shuffle: bool, group: bool) -> ShardedSampler:
+        num_replicas, rank = self._shard_info()
+        lengths = [len(e) for e in data]
+        return ShardedSampler(lengths, batch_size, num_replicas, rank, shuffle, self.seed, group)
+
+    def _eval_loader(self, split: str, mode: str) -> Any:
+        """One loader over all tasks of the split ([] when there is none, which Lightning skips).
+
+        Sharded like training (without shuffling), so under DDP up to ``world_size - 1`` records are
+        evaluated twice (the wrap-around padding); every rank then runs the same number of steps.
+        """
+        data = self._split(split)
+        if not data:
+            return []
+        group = self.group_by_length and split != "predict"  # predictions stay in file order
+        sampler = self._sampler(data, self.eval_batch_size, shuffle=False, group=group)
+        return DataLoader(
+            data,
+            batch_size=self.eval_batch_size,
+            sampler=sampler,
+            collate_fn=Collator(self._pad_id(), mode),
+            num_workers=self.num_workers,
+        )
