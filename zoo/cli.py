@@ -6,6 +6,7 @@ path, by short class name, or by its registered name (``--model.method s2ft``).
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from typing import Any
@@ -82,6 +83,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
 
 def main() -> None:
     """Entry point of the ``lightning`` console script."""
+    logging.basicConfig(format="%(message)s")
+    for name in ("zoo", "datamodules", "plugins"):  # data summaries and method reports
+        logging.getLogger(name).setLevel(logging.INFO)
     build_cli()
 
 
