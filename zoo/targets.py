@@ -32,7 +32,9 @@ def find_modules(
     Raises:
         ValueError: nothing matches (a misspelled target should fail loudly, not train nothing).
     """
-    found = [name for name, module in model.named_modules() if isinstance(module, kinds) and matches(name, target_modules)]
+    found = [
+        name for name, module in model.named_modules() if isinstance(module, kinds) and matches(name, target_modules)
+    ]
     if not found:
         raise ValueError(
             f"target_modules={target_modules!r} matches no {'/'.join(k.__name__ for k in kinds)} module of "
