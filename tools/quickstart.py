@@ -11,6 +11,7 @@ import json
 import time
 from pathlib import Path
 
+from tools.plot_metrics import plot_metrics
 from zoo.cli import build_cli
 
 
@@ -32,6 +33,7 @@ def quickstart(config: str = "configs/quickstart.yaml", run_dir: str = "runs/qui
     base = _test_accuracy(config, "--trainer.default_root_dir", str(run))
     fit_started = time.monotonic()
     fit = build_cli(["fit", "--config", config, "--trainer.default_root_dir", str(run),
+                     "--trainer.logger.init_args.save_dir", str(run), "--trainer.logger.init_args.name", "logs",
                      "--model.adapter_dir", str(run / "adapter")])  # fmt: skip
     fit_minutes = (time.monotonic() - fit_started) / 60
     tuned = _test_accuracy(config, "--trainer.default_root_dir", str(run), "--model.adapter", str(run / "adapter"))
@@ -46,6 +48,7 @@ def quickstart(config: str = "configs/quickstart.yaml", run_dir: str = "runs/qui
         "base": base,
         "fine_tuned": tuned,
         "adapter": str(run / "adapter"),
+        "loss_plot": str(plot_metrics(str(run / "logs"))),
     }
     (run / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(
@@ -54,7 +57,7 @@ def quickstart(config: str = "configs/quickstart.yaml", run_dir: str = "runs/qui
         f"{results['fit_minutes']:.1f} min):\n"
         f"  base model   {base.get('acc', float('nan')):7.2%}\n"
         f"  fine-tuned   {tuned.get('acc', float('nan')):7.2%}\n"
-        f"Adapter: {results['adapter']}   Results: {run / 'results.json'}"
+        f"Adapter: {results['adapter']}   Results: {run / 'results.json'}   Loss curve: {results['loss_plot']}"
     )
     return results
 
