@@ -9,9 +9,11 @@ what rebuilds it (method, config, selection, base identity).
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +21,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
@@ -31,6 +34,9 @@ from zoo.plugins import method_from_config, method_hooks, method_name
 from zoo.schedule import Decay, warmup_decay
 
 STAGE_PREFIX = {"validate": "val", "fit": "val", "sanity_check": "val", "test": "test"}
+# Wrapper modules that FSDP, activation checkpointing and torch.compile insert into parameter names.
+WRAPPER_NAMES = re.compile(r"(_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
+WRAPPED_CHILD = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")  # a wrapper's one child
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -94,6 +100,7 @@ class FineTuneModule(L.LightningModule):
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
         self.model: nn.Module | None = None
         self.selection: Any = None
+        self.trainable_shapes: dict[str, torch.Size] = {}  # by parameter name, as the method built them
         self.base_info: BaseModelInfo | None = None
         self.task_accuracy = nn.ModuleDict()
         self.task_names: dict[str, str] = {}
@@ -106,6 +113,12 @@ class FineTuneModule(L.LightningModule):
         """Load the base, then let the method select and rewrite (or load an adapter)."""
         if self.model is not None:
             return
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
+            raise ValueError(
+                "DeepSpeed ZeRO-3 partitions parameters while the base model loads (deepspeed.zero.Init), which "
+                "ftzoo's loader does not support; use ZeRO-2 or FSDP (docs/distributed.md) to shard the base"
+            )
         self._build(selection=None)
 
     def _build(self, selection: Any) -> None:
@@ -113,8 +126,8 @@ class FineTuneModule(L.LightningModule):
         model = load_model(self.model_name, self.dtype_name, self.attn_implementation, self.trust_remote_code)
         self.base_info = BaseModelInfo.of(model, self.model_name)
         self.base_parameter_count = sum(p.numel() for p in model.parameters())
-        if self._trainer is not None:
-            model.to(self.trainer.strategy.root_device)
+        if self._trainer is not None and not isinstance(self.trainer.strategy, FSDPStrategy):
+            model.to(self.trainer.strategy.root_device)  # FSDP moves each unit to the device as it shards it
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -126,6 +139,8 @@ class FineTuneModule(L.LightningModule):
         elif self.method is not None:
             self.selection = self._select() if selection is None else selection
             self.hooks.ftzoo_rewrite_model(model=model, selection=self.selection)
+            # Shapes before wrapping: FSDP later holds parameters as flat 1-D shards.
+            self.trainable_shapes = {name: p.shape for name, p in self.trainable_parameters()}
         elif stage == "fit":
             raise ValueError("choose a method to fit with --model.method (e.g. --model.method s2ft)")
 
@@ -157,7 +172,7 @@ class FineTuneModule(L.LightningModule):
         datamodule = self.trainer.datamodule
         if datamodule is None:
             raise RuntimeError("this method scores parameters on training batches, but no data module is attached")
-        device = self.trainer.strategy.root_device
+        device = next(self.model.parameters()).device  # the CPU under FSDP, before it shards the model
         for batch in islice(iter(datamodule.train_dataloader()), self.calibration_batches):
             yield {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
@@ -170,8 +185,9 @@ class FineTuneModule(L.LightningModule):
         named = self.trainable_parameters()
         if not named:
             raise RuntimeError(f"method {self.method!r} selected nothing to train")
-        decay = [p for _, p in named if p.ndim >= 2]
-        no_decay = [p for _, p in named if p.ndim < 2]
+        ndim = {name: len(self.trainable_shapes.get(_unwrapped(name), p.shape)) for name, p in named}
+        decay = [p for name, p in named if ndim[name] >= 2]
+        no_decay = [p for name, p in named if ndim[name] < 2]
         groups = [g for g in ({"params": decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
         optimizer = self.optimizer_factory(groups)
         total_steps = int(self.trainer.estimated_stepping_batches)
@@ -180,7 +196,7 @@ class FineTuneModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
-        trainable = sum(p.numel() for _, p in self.trainable_parameters())
+        trainable = sum(math.prod(shape) for shape in self.trainable_shapes.values())  # not the local shards
         self.trainable_parameter_count = trainable
         rank_zero_info(
             f"{method_name(self.method)}: training {trainable:,} of the base model's "
@@ -299,8 +315,11 @@ class FineTuneModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainable = {f"model.{name}": p.detach() for name, p in self.trainable_parameters()}
-        checkpoint["state_dict"] = trainable
+        # Keep the trainable entries of the state dict the strategy gathered: under FSDP the local
+        # parameters are 1-D shards, the gathered entries whole (and empty off rank 0). DeepSpeed drops
+        # this dict and saves the module itself (see exclude_frozen_parameters in its config).
+        trainable = {f"model.{_unwrapped(name)}" for name, _ in self.trainable_parameters()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["ftzoo"] = self._checkpoint_identity()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -315,10 +334,18 @@ class FineTuneModule(L.LightningModule):
                 )
         BaseModelInfo(**saved["base"]).check_same(self.base_info, what="the checkpoint")
         if _canonical(saved["selection"]) != _canonical(current["selection"]):
+            if self.trainer.strategy.restore_checkpoint_after_setup:  # FSDP, DeepSpeed: already wrapped
+                raise CheckpointMismatchError(
+                    f"the checkpoint's selection differs from this run's, and {type(self.trainer.strategy).__name__} "
+                    "has already sharded the model, so it cannot be rebuilt; resume with the same method config, "
+                    "seed and data, or under DDP"
+                )
             rank_zero_info("The checkpoint's selection differs from this run's; rebuilding the model with it.")
             self.model = None
             self._build(selection=saved["selection"])
-        expected = {f"model.{name}" for name, _ in self.trainable_parameters()}
+        if "state_dict" not in checkpoint:
+            return  # FSDP and DeepSpeed load the tensors themselves and pass on the rest
+        expected = {f"model.{_unwrapped(name)}" for name, _ in self.trainable_parameters()}
         missing = expected - set(checkpoint["state_dict"])
         if missing:
             raise CheckpointMismatchError(f"the checkpoint lacks trainable tensors: {sorted(missing)[:5]}")
@@ -334,19 +361,73 @@ class FineTuneModule(L.LightningModule):
             config=self.method.config(),
             selection=self.selection,
             base=self.base_info,
-            tensors={k: v.detach().cpu() for k, v in tensors.items()},
+            # copies: gathered (FSDP) parameters live only inside the gathering context
+            tensors={k: v.detach().to("cpu", copy=True) for k, v in tensors.items()},
             info=info,
         )
 
     def on_fit_end(self) -> None:
-        adapter = self.extract_adapter()  # every rank: sharded strategies gather here
-        if not self.trainer.is_global_zero:
-            return
+        # every rank: trainer.log_dir is a collective (a broadcast from rank 0)
         folder = Path(self.adapter_dir or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapter")
-        adapter.info["train_minutes"] = round((time.monotonic() - self._fit_started) / 60, 2)
-        save_adapter(adapter, folder, hooks=self.hooks)
-        rank_zero_info(f"Adapter written to {folder}")
+        with self._whole_parameters():  # every rank takes part in gathering; rank 0 extracts and writes
+            adapter = self.extract_adapter() if self.trainer.is_global_zero else None
+        if adapter is not None:
+            adapter.info["train_minutes"] = round((time.monotonic() - self._fit_started) / 60, 2)
+            save_adapter(adapter, folder, hooks=self.hooks)
+            rank_zero_info(f"Adapter written to {folder}")
+        self.trainer.strategy.barrier("ftzoo_adapter_written")
+
+    @contextmanager
+    def _whole_parameters(self) -> Iterator[None]:
+        """Whole parameters on rank 0, under the plain model's module names, for the duration.
+
+        FSDP keeps every parameter as a 1-D shard outside forward and backward, and its wrappers
+        (and activation checkpointing's) insert ``_fsdp_wrapped_module.`` into module names, which
+        methods match against (PEFT does). DDP and DeepSpeed ZeRO-1/2 need neither.
+        """
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, FSDPStrategy):
+            yield
+            return
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        offload = strategy.root_device.type != "cpu"  # gather unit by unit into host memory
+        with (
+            FullyShardedDataParallel.summon_full_params(
+                strategy.model, writeback=False, rank0_only=True, offload_to_cpu=offload
+            ),
+            _without_wrappers(self.model),
+        ):
+            yield
 
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def _unwrapped(name: str) -> str:
+    """A parameter name as in the unwrapped model (without FSDP, checkpointing or compile wrappers)."""
+    return WRAPPER_NAMES.sub("", name)
+
+
+@contextmanager
+def _without_wrappers(model: nn.Module) -> Iterator[None]:
+    """Put every wrapped module in its wrapper's place in the parent for the duration, then restore."""
+    swapped = []
+    for parent in [m for m in model.modules() if _wrapped_child(m) is None]:
+        for name, child in list(parent.named_children()):
+            inner = child
+            while _wrapped_child(inner) is not None:
+                inner = _wrapped_child(inner)
+            if inner is not child:
+                swapped.append((parent, name, child))
+                parent._modules[name] = inner
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            parent._modules[name] = child
+
+
+def _wrapped_child(module: nn.Module) -> nn.Module | None:
+    return next((module._modules[key] for key in WRAPPED_CHILD if key in module._modules), None)
