@@ -62,6 +62,11 @@ class FtzooCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.tokenizer", "data.init_args.tokenizer", apply_on="instantiate")
 
+    def before_fit(self) -> None:
+        """Tell the module which checkpoint it resumes from, so that it rebuilds the stored
+        selection instead of selecting anew (and scoring calibration batches) first."""
+        self.model.resume_from = self.config[self.subcommand].get("ckpt_path")
+
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
     """Build (and by default run) the CLI; ``args`` as on the command line, for use from Python."""

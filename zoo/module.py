@@ -137,12 +137,23 @@ class FineTuneModule(L.LightningModule):
                 raise ValueError("model.adapter is for validate/test/predict; to continue a run use --ckpt_path")
             self._apply_adapter(self.adapter_path)
         elif self.method is not None:
+            if selection is None:
+                selection = self._checkpoint_selection()
             self.selection = self._select() if selection is None else selection
             self.hooks.ftzoo_rewrite_model(model=model, selection=self.selection)
             # Shapes before wrapping: FSDP later holds parameters as flat 1-D shards.
             self.trainable_shapes = {name: p.shape for name, p in self.trainable_parameters()}
         elif stage == "fit":
             raise ValueError("choose a method to fit with --model.method (e.g. --model.method s2ft)")
+
+    def _checkpoint_selection(self) -> Any:
+        """The selection stored in the checkpoint this run resumes from, if it is known yet
+        (``resume_from`` is set by the CLI); otherwise ``on_load_checkpoint`` rebuilds."""
+        path = getattr(self, "resume_from", None)
+        if path is None or not Path(path).is_file():
+            return None
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return checkpoint.get("ftzoo", {}).get("selection")
 
     def _apply_adapter(self, path: str) -> None:
         adapter = load_adapter(path)

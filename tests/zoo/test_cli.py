@@ -121,3 +121,21 @@ def test_registered_method_names_resolve_in_yaml_and_flags():
     config = load_config_with_method_names("model:\n  method:\n    class_path: full\n    init_args: {include: norm}\n")
     assert config["model"]["method"] == {"class_path": "plugins.full.plugin.FullFineTuning", "init_args": {"include": "norm"}}
     assert load_config_with_method_names("model:\n  method: full\n")["model"]["method"].endswith("FullFineTuning")
+
+
+def test_resume_rebuilds_the_stored_selection_without_selecting_again(tiny_llama_dir, tmp_path, monkeypatch):
+    s2ft = ["--model.method", "s2ft", "--model.method.init_args.o_heads", "0.5",
+            "--model.method.init_args.down_channels", "0.25"]  # fmt: skip
+    build_cli(fit_args(tiny_llama_dir, tmp_path / "first", 2, *s2ft))
+    checkpoint = next((tmp_path / "first" / "run" / "version_0" / "checkpoints").glob("*.ckpt"))
+    stored = torch.load(checkpoint, weights_only=True)["ftzoo"]["selection"]
+
+    from zoo.module import FineTuneModule
+
+    def no_selection(self):
+        raise AssertionError("a resumed run must not select again")
+
+    monkeypatch.setattr(FineTuneModule, "_select", no_selection)
+    other_seed = [*fit_args(tiny_llama_dir, tmp_path / "resumed", 4, *s2ft), "--seed_everything", "8"]
+    cli = build_cli([*other_seed, "--ckpt_path", str(checkpoint)])
+    assert cli.model.selection == stored and cli.trainer.global_step == 4
