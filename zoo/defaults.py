@@ -13,6 +13,7 @@ from torch import nn
 
 from zoo.adapter import Adapter
 from zoo.hookspecs import hookimpl
+from zoo.serving import serving_modules
 
 
 class CoreDefaults:
@@ -63,3 +64,10 @@ class CoreDefaults:
             for name, original in undo.items():
                 model.get_parameter(name).copy_(original)
         return True
+
+    @hookimpl(trylast=True)
+    def ftzoo_serving_deltas(self, adapter: Adapter, model: nn.Module) -> dict[str, nn.Module]:
+        """Delta modules from the dense deltas, keeping only nonzero rows and columns
+        (:mod:`zoo.serving`)."""
+        deltas = self.hook.ftzoo_adapter_deltas(adapter=adapter, model=model)
+        return serving_modules(deltas, model)

@@ -1,0 +1,172 @@
+"""tools/serve.py: a mixed-adapter batch answers every request as that adapter fused alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny_adapters import METHODS
+from tiny_models import tiny_tokenizer
+
+from tools.common import encode_prompts, generate_greedy, hooks_for
+from tools.mixed_batch import MixedAdapterModel
+from tools.serve import Request, generate_mixed, serve
+from zoo.adapter import AdapterError
+
+PROMPTS = ["hello", "the sea is", "a", "12 + 7 =", "once upon a time", "xyz", "Q:", "ok then"]
+NEW_TOKENS = 5
+
+
+def fused_answer(tiny, adapter, prompt):
+    model = tiny.fresh()
+    if adapter is not None:
+        hooks_for(adapter).ftzoo_fuse_adapter(model=model, adapter=adapter, scale=1.0)
+    tokenizer = tiny_tokenizer()
+    tokens, logits = generate_greedy(
+        model, tokenizer, encode_prompts(tokenizer, [prompt], False, "cpu"), NEW_TOKENS, True
+    )
+    return tokens[0].tolist(), logits[0]
+
+
+def assert_as_fused(tiny, adapters, requests, answers):
+    for request, answer in zip(requests, answers):
+        tokens, logits = fused_answer(tiny, adapters.get(request.adapter), request.prompt)
+        assert answer.tokens == tokens[: len(answer.tokens)], request
+        torch.testing.assert_close(answer.logits, logits[: len(answer.tokens)], atol=2e-5, rtol=1e-4)
+
+
+def server_with(tiny, adapters):
+    server = MixedAdapterModel(tiny.fresh(), tiny.info)
+    for name, adapter in adapters.items():
+        server.add_adapter(name, adapter)
+    return server
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_mixed_batch_equals_each_adapter_fused_alone(tiny, method):
+    adapters = {f"{method}-{seed}": tiny.adapter(method, seed) for seed in range(3)}
+    names = [*adapters, None]
+    requests = [Request(p, names[i % len(names)]) for i, p in enumerate(PROMPTS)]
+    server = server_with(tiny, adapters)
+    answers = generate_mixed(server, tiny_tokenizer(), requests, batch_size=8, max_new_tokens=NEW_TOKENS, logits=True)
+    assert_as_fused(tiny, adapters, requests, answers)
+
+
+def test_one_batch_mixes_every_method(tiny):
+    adapters = {m: tiny.adapter(m, 7) for m in METHODS}
+    names = [*adapters, None]
+    requests = [Request(PROMPTS[i % len(PROMPTS)], names[i % len(names)]) for i in range(2 * len(names))]
+    answers = generate_mixed(server_with(tiny, adapters), tiny_tokenizer(), requests, 16, NEW_TOKENS, logits=True)
+    assert_as_fused(tiny, adapters, requests, answers)
+
+
+@pytest.mark.parametrize("rows_per_adapter", [1, 2, 3])
+def test_column_deltas_are_batched_into_one_plan(tiny, rows_per_adapter):
+    adapters = {f"m{seed}": tiny.adapter("merged", seed) for seed in range(4)}  # S²FT-shaped columns
+    server = server_with(tiny, adapters)
+    names = [n for n in adapters for _ in range(rows_per_adapter)][:-1] + [None]  # uneven rows, one base row
+    requests = [Request(PROMPTS[i % len(PROMPTS)], n) for i, n in enumerate(names)]
+    with server.assign(names):
+        plan = server._plans["model.layers.0.mlp.down_proj"]
+        assert plan.columns is not None and not plan.rest.groups
+    answers = generate_mixed(
+        server, tiny_tokenizer(), requests, batch_size=len(names), max_new_tokens=NEW_TOKENS, logits=True
+    )
+    assert_as_fused(tiny, adapters, requests, answers)
+
+
+def test_removing_adapters_unhooks_the_base(tiny):
+    server = server_with(tiny, {"a": tiny.adapter("merged", 0)})
+    assert server._hooks
+    server.remove_adapter("a")
+    assert not server._hooks
+    assert not any(m._forward_hooks for m in server.model.modules())
+
+
+def test_serve_tool_reads_and_writes_jsonl(tiny, tmp_path):
+    paths = [f"a={tiny.saved('full', tmp_path / 'a', 0)}", f"b={tiny.saved('merged', tmp_path / 'b', 1)}"]
+    lines = [
+        {"prompt": "hello", "adapter": "a", "max_new_tokens": 3},
+        {"prompt": "the sea", "adapter": None},
+        {"prompt": "xyz", "adapter": "b", "max_new_tokens": 4},
+    ]
+    (tmp_path / "requests.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    rows = serve(
+        paths, str(tmp_path / "requests.jsonl"), str(tmp_path / "answers.jsonl"), batch_size=2, max_new_tokens=2
+    )
+    written = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert written == rows and [r["adapter"] for r in written] == ["a", None, "b"]
+    assert [len(r["tokens"]) <= n for r, n in zip(written, [3, 2, 4])] == [True] * 3
+    tokens, _ = fused_answer(tiny, tiny.adapter("merged", 1), "xyz")
+    assert written[2]["tokens"] == tokens[: len(written[2]["tokens"])]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"prompt": "hi", "adapter": "nope"}', "adapter 'nope' is not loaded"),
+        ('{"prompt": 3}', "string 'prompt'"),
+        ('{"prompt": "hi", "max_new_tokens": 0}', "positive integer"),
+        ("not json", "not JSON"),
+    ],
+)
+def test_serve_refuses_bad_requests_and_writes_nothing(tiny, tmp_path, line, message):
+    adapter = f"a={tiny.saved('merged', tmp_path / 'a', 0)}"
+    (tmp_path / "requests.jsonl").write_text('{"prompt": "fine", "adapter": "a"}\n' + line + "\n")
+    with pytest.raises(ValueError, match=message):
+        serve([adapter], str(tmp_path / "requests.jsonl"), str(tmp_path / "answers.jsonl"))
+    assert not (tmp_path / "answers.jsonl").exists()
+
+
+def test_serve_refuses_bad_adapters_and_writes_nothing(tiny, other_base, tmp_path):
+    (tmp_path / "requests.jsonl").write_text('{"prompt": "fine"}\n')
+    out = tmp_path / "answers.jsonl"
+    good = f"a={tiny.saved('merged', tmp_path / 'a', 0)}"
+    with pytest.raises(AdapterError, match="other weights"):
+        serve([good, f"o={other_base.saved('merged', tmp_path / 'o', 0)}"], str(tmp_path / "requests.jsonl"), str(out))
+    with pytest.raises(FileNotFoundError, match="no such requests file"):
+        serve([good], str(tmp_path / "missing.jsonl"), str(out))
+    with pytest.raises(AdapterError, match="no such adapter folder"):
+        serve([f"m={tmp_path / 'missing'}"], str(tmp_path / "requests.jsonl"), str(out))
+    assert not out.exists()
+
+
+def test_a_batch_must_match_its_assignment(tiny):
+    server = server_with(tiny, {"a": tiny.adapter("merged", 0)})
+    batch = encode_prompts(tiny_tokenizer(), ["one", "two"], False, "cpu")
+    with server.assign(["a"]), pytest.raises(RuntimeError, match="assignment has 1"):
+        server.model(**batch)
+    with pytest.raises(KeyError, match="nope"), server.assign(["nope"]):
+        pass
+
+
+def test_http_endpoint_answers_like_the_library(tiny):
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from tools.serve import http_server
+
+    adapters = {"a": tiny.adapter("merged", 0)}
+    server = server_with(tiny, adapters)
+    httpd = http_server(server, tiny_tokenizer(), 0, 4, NEW_TOKENS, False)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_port}/generate"
+
+    def post(payload):
+        request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return json.loads(reply.read())
+
+    try:
+        answers = post([{"prompt": "hello", "adapter": "a"}, {"prompt": "xyz"}])
+        assert [a["adapter"] for a in answers] == ["a", None]
+        assert answers[0]["tokens"] == fused_answer(tiny, adapters["a"], "hello")[0][: len(answers[0]["tokens"])]
+        with pytest.raises(urllib.error.HTTPError) as err:
+            post({"prompt": "hi", "adapter": "nope"})
+        assert err.value.code == 400
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -1,0 +1,174 @@
+"""Combine adapters trained on different tasks into one adapter, or one fused model folder.
+
+All adapters must belong to the same base model. When they all come from one method and
+that method can merge in its own format (``ftzoo_merge_adapters`` returns an adapter, e.g.
+S²FT summing its selected columns), the result is an adapter of that method. Otherwise
+each adapter is turned into dense task vectors (``ftzoo_adapter_deltas``), merged with
+:mod:`plugins.merge.formulas`, and saved as a ``merged`` adapter, which every tool reads
+like any other. The merge also reports how much the adapters' changes overlap::
+
+    python tools/merge.py --adapters '[runs/math/adapter, runs/code/adapter]' \\
+        --how ties --density 0.2 --output merged/math+code
+    python tools/merge.py --adapters '[math=runs/math/adapter, code=runs/code/adapter]' \\
+        --how average --fuse true --output merged/math+code-model
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+if __package__ in (None, ""):  # run as `python tools/merge.py`: make `tools` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from plugins.merge import merged_adapter
+from plugins.merge.combine import How, MergeOptions, combine, format_overlap, overlap_report
+from tools.common import check_output, checked_deltas, hooks_for, load_base, parse_named, read_adapter
+from tools.export import fuse_into, save_model_folder
+from zoo.adapter import META_FILE, Adapter, BaseModelInfo, save_adapter
+from zoo.loading import load_tokenizer
+
+
+def merge(
+    adapters: list[str],
+    output: str,
+    how: How = "average",
+    weights: list[float] | None = None,
+    density: float = 0.2,
+    gamma: float = 0.01,
+    scale: float = 1.0,
+    seed: int = 0,
+    average_over: Literal["all", "changed"] = "changed",
+    fuse: bool = False,
+    base_model: str | None = None,
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Merge adapters of one base model.
+
+    Args:
+        adapters: adapter folders, as ``path`` or ``name=path`` (names label the report).
+        output: the adapter folder (or, with ``fuse``, the model folder) to write; written
+            atomically, so a failed merge leaves nothing behind.
+        how: ``sum``, ``average``, ``task_arithmetic``, ``ties``, ``dare``, ``dare_ties`` or
+            ``breadcrumbs`` (see ``plugins/merge/formulas.py``).
+        weights: one weight per adapter (default: all 1).
+        density: ties/dare/dare_ties/breadcrumbs: fraction of each adapter's changed
+            entries that is kept.
+        gamma: breadcrumbs: fraction of the largest changes masked away.
+        scale: task_arithmetic/ties/dare/dare_ties/breadcrumbs: multiplier λ of the merged update.
+        seed: dare/dare_ties: seed of the random drop.
+        average_over: average: ``changed`` averages each entry over the adapters that
+            changed it (disjoint selections keep their full update); ``all`` over all.
+        fuse: write the base model with the merge fused in (a Hugging Face folder), not an adapter.
+        base_model: the base model; default: the one the adapters record.
+        dtype: dtype of the base weights (and of the written model).
+        overwrite: replace ``output`` if it exists.
+
+    Returns:
+        The report: output, method of the result, sources, options, overlap.
+
+    Raises:
+        AdapterError: an adapter is missing, corrupt, of another base model, or does not fit it.
+        FileExistsError: ``output`` exists and ``overwrite`` is off.
+        ValueError: bad options (unknown ``how``, fractions outside [0, 1], wrong number of weights).
+    """
+    options = MergeOptions(how, density, gamma, scale, seed, average_over)
+    paths = parse_named(adapters)
+    if not paths:
+        raise ValueError("give at least one adapter to merge")
+    weights = [1.0] * len(paths) if weights is None else list(weights)
+    if len(weights) != len(paths):
+        raise ValueError(f"{len(paths)} adapters but {len(weights)} weights")
+    check_output(output, overwrite, marker="config.json" if fuse else META_FILE)
+    loaded = {label: read_adapter(path) for label, path in paths.items()}
+    _check_same_base(loaded)
+    model, info = load_base(base_model, loaded, dtype)
+
+    task_vectors = [checked_deltas(hooks_for(a), a, model, f"adapter {label}") for label, a in loaded.items()]
+    overlap = overlap_report(task_vectors, list(loaded))
+    print(format_overlap(overlap))
+    recipe = {
+        "how": how,
+        "options": options.as_dict(),
+        "weights": weights,
+        "sources": [{"name": label, "path": str(paths[label]), "method": a.method} for label, a in loaded.items()],
+        "overlap": overlap,
+    }
+    result = _merged(loaded, task_vectors, weights, options, model, info, recipe)
+    del task_vectors
+
+    if fuse:
+        fuse_into(model, result, what="the merged adapter")
+        save_model_folder(model, load_tokenizer(info.name_or_path), output, overwrite)
+    else:
+        save_adapter(result, output, hooks=hooks_for(result))
+    report = {"output": str(output), "method": result.method, "fused": fuse, **recipe}
+    print(
+        f"Wrote {output}: {how} of {len(loaded)} adapters as {'a fused model' if fuse else result.method + ' adapter'}"
+    )
+    return report
+
+
+def _merged(
+    adapters: dict[str, Adapter],
+    task_vectors: list[dict[str, torch.Tensor]],
+    weights: list[float],
+    options: MergeOptions,
+    model: torch.nn.Module,
+    info: BaseModelInfo,
+    recipe: dict[str, Any],
+) -> Adapter:
+    """The method's own merge when it gives the same update as the dense merge, else a
+    ``merged`` adapter of the dense merge."""
+    dense = _cast_like(combine(task_vectors, weights, options), model)
+    own = _merge_in_method_form(list(adapters.values()), weights, options)
+    if own is not None:
+        method = own.method
+        differs = _difference(checked_deltas(hooks_for(own), own, model, f"{method}'s own merge"), dense)
+        if differs is None:
+            own.info = {**own.info, "merge": recipe}
+            return own
+        print(f"note: {method}'s own {options.how} differs from the dense one ({differs}); saving the dense merge")
+    return merged_adapter(dense, info, info={"merge": recipe})
+
+
+def _merge_in_method_form(adapters: list[Adapter], weights: list[float], options: MergeOptions) -> Adapter | None:
+    """The method's own merge (``ftzoo_merge_adapters``) when every adapter is of one method."""
+    if len({a.method for a in adapters}) != 1:
+        return None
+    return hooks_for(adapters[0]).ftzoo_merge_adapters(adapters=adapters, weights=weights, options=options.as_dict())
+
+
+def _difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> str | None:
+    """Where two sets of updates differ beyond rounding (a parameter absent from one is zero)."""
+    for name in sorted(set(a) | set(b)):
+        x, y = a.get(name), b.get(name)
+        x = torch.zeros_like(y) if x is None else x
+        y = torch.zeros_like(x) if y is None else y
+        try:
+            torch.testing.assert_close(x, y.to(x.dtype))
+        except AssertionError:
+            return f"{name}: max difference {(x.float() - y.float()).abs().max().item():.3g}"
+    return None
+
+
+def _check_same_base(adapters: dict[str, Adapter]) -> None:
+    (first_label, first), *rest = adapters.items()
+    for label, adapter in rest:
+        adapter.base.check_same(first.base, what=f"adapter {label} (compared with adapter {first_label})")
+
+
+def _cast_like(deltas: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: d.to(model.get_parameter(name).dtype) for name, d in deltas.items()}
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    report = CLI(merge, as_positional=False)
+    print(json.dumps({k: v for k, v in report.items() if k != "overlap"}, indent=2))

@@ -1,0 +1,168 @@
+"""Load a base model once and switch among adapters in place, answering a prompt after each.
+
+A switch unfuses the active adapter (``ftzoo_unfuse_adapter``) and fuses the next one
+(``ftzoo_fuse_adapter``): S²FT adds and restores its dense column blocks, LoRA merges and
+unmerges ``B @ A``, the core default adds dense deltas and restores the originals. After
+any sequence of switches the weights are the base plus the active adapter, as a fresh
+fuse would make them::
+
+    python tools/switch.py --adapters '[math=runs/math/adapter, code=runs/code/adapter]' \\
+        --prompt 'What is 12*7?' --rounds 3
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+if __package__ in (None, ""):  # run as `python tools/switch.py`: make `tools` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pluggy import HookRelay
+from torch import nn
+
+from tools.common import (
+    atomic_file,
+    checked_deltas,
+    encode_prompts,
+    generate_greedy,
+    hooks_for,
+    load_base,
+    parse_named,
+    pick_device,
+    read_adapter,
+    synchronize,
+)
+from zoo.adapter import Adapter, AdapterError, BaseModelInfo
+from zoo.loading import load_tokenizer
+
+BASE = "base"
+"""Name that switches every adapter off."""
+
+
+class AdapterSwitcher:
+    """One base model in memory; at most one adapter fused into it at a time.
+
+    Args:
+        model: the plain base model (weights are changed in place).
+        base_info: its identity, to refuse adapters of another base.
+    """
+
+    def __init__(self, model: nn.Module, base_info: BaseModelInfo) -> None:
+        self.model = model
+        self.base_info = base_info
+        self.adapters: dict[str, tuple[Adapter, HookRelay]] = {}
+        self.active: str | None = None
+        self._undo: Any = None
+
+    def add(self, name: str, adapter: Adapter) -> None:
+        """Register an adapter, after checking that it fits the base model.
+
+        Raises:
+            AdapterError: it belongs to another base model or does not fit its shapes.
+        """
+        if name == BASE or name in self.adapters:
+            raise ValueError(f"adapter name {name!r} is taken")
+        adapter.base.check_same(self.base_info, what=f"adapter {name}")
+        hooks = hooks_for(adapter, what=f"adapter {name}")
+        checked_deltas(hooks, adapter, self.model, what=f"adapter {name}")  # fail here, not mid-switch
+        self.adapters[name] = (adapter, hooks)
+
+    def activate(self, name: str | None) -> float:
+        """Make ``name`` the fused adapter (``None`` or ``"base"``: none).
+
+        Returns:
+            Seconds the switch took (unfuse + fuse, GPU work included).
+        """
+        name = None if name == BASE else name
+        if name is not None and name not in self.adapters:
+            raise KeyError(f"no adapter named {name!r} (known: {', '.join(self.adapters) or 'none'})")
+        device = next(self.model.parameters()).device
+        synchronize(device)
+        start = time.perf_counter()
+        if self.active is not None:
+            adapter, hooks = self.adapters[self.active]
+            hooks.ftzoo_unfuse_adapter(model=self.model, adapter=adapter, undo=self._undo)
+            self.active, self._undo = None, None
+        if name is not None:
+            adapter, hooks = self.adapters[name]
+            self._undo = hooks.ftzoo_fuse_adapter(model=self.model, adapter=adapter, scale=1.0)
+            self.active = name
+        synchronize(device)
+        return time.perf_counter() - start
+
+
+def switch(
+    adapters: list[str],
+    prompt: str = "Write one sentence about the sea.",
+    sequence: list[str] | None = None,
+    rounds: int = 2,
+    max_new_tokens: int = 16,
+    chat: bool = False,
+    base_model: str | None = None,
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    device: str = "auto",
+    output: str | None = None,
+) -> dict[str, Any]:
+    """Switch among adapters on one base model; answer ``prompt`` after each switch.
+
+    Args:
+        adapters: adapter folders, as ``path`` or ``name=path``.
+        prompt: the prompt answered after every switch.
+        sequence: adapter names in the order to switch to (``base`` = none); default:
+            every adapter in turn, ``rounds`` times.
+        rounds: passes over the adapters when no ``sequence`` is given.
+        max_new_tokens: length of each greedy answer.
+        chat: wrap the prompt in the tokenizer's chat template.
+        base_model: the base model; default: the one the adapters record.
+        dtype: dtype of the base weights.
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        output: write the report here as JSON.
+
+    Returns:
+        ``{"switches": [{"to", "seconds", "answer"}], "latency_ms": {name: {"mean", "median"}}}``.
+    """
+    paths = parse_named(adapters)
+    loaded = {name: read_adapter(path) for name, path in paths.items()}
+    model, info = load_base(base_model, loaded, dtype)
+    model.to(pick_device(device))
+    tokenizer = load_tokenizer(info.name_or_path)
+    switcher = AdapterSwitcher(model, info)
+    for name, adapter in loaded.items():
+        switcher.add(name, adapter)
+    order = sequence if sequence is not None else [name for _ in range(rounds) for name in loaded]
+    unknown = sorted({n for n in order if n != BASE and n not in loaded})
+    if unknown:
+        raise AdapterError(f"sequence names unknown adapters {unknown} (known: {sorted(loaded)})")
+
+    batch = encode_prompts(tokenizer, [prompt], chat, model.device)
+    switches = []
+    for name in order:
+        seconds = switcher.activate(name)
+        tokens, _ = generate_greedy(model, tokenizer, batch, max_new_tokens)
+        answer = tokenizer.decode(tokens[0], skip_special_tokens=True)
+        switches.append({"to": name, "seconds": seconds, "answer": answer})
+        print(f"{name:<20} {seconds * 1e3:9.2f} ms  {answer!r}")
+    report = {"base_model": info.name_or_path, "switches": switches, "latency_ms": latency_summary(switches)}
+    if output:
+        with atomic_file(output) as handle:
+            json.dump(report, handle, indent=2)
+    return report
+
+
+def latency_summary(switches: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean and median switch time per target adapter, in milliseconds."""
+    per: dict[str, list[float]] = {}
+    for s in switches:
+        per.setdefault(s["to"], []).append(s["seconds"] * 1e3)
+    return {name: {"mean": statistics.fmean(v), "median": statistics.median(v)} for name, v in per.items()}
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    CLI(switch, as_positional=False)
