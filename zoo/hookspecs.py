@@ -270,9 +270,10 @@ def ftzoo_serving_deltas(adapter: Adapter, model: nn.Module) -> dict[str, nn.Mod
         model: the plain base model (for shapes, dtype, device).
 
     Returns:
-        Name of a base ``nn.Linear`` (as in ``model.named_modules()``) → module mapping
-        that linear's input ``x`` (``[..., in_features]``) to the change of its output
-        (``[..., out_features]``).
+        Name of a base module (as in ``model.named_modules()``: usually an ``nn.Linear``;
+        the default also covers embeddings and norms) → module mapping that module's input
+        to the change of its output (for a linear: ``[..., in_features]`` →
+        ``[..., out_features]``).
     """
 
 

@@ -47,10 +47,13 @@ class FullFineTuning(Method):
 
     @hookimpl
     def ftzoo_adapter_deltas(self, adapter: Adapter, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {
-            name: trained.to(model.get_parameter(name)) - model.get_parameter(name).detach()
-            for name, trained in adapter.tensors.items()
-        }
+        deltas = {}
+        for name, trained in adapter.tensors.items():
+            base = model.get_parameter(name).detach()
+            if trained.shape != base.shape:
+                raise ValueError(f"full adapter tensor {name!r} has shape {list(trained.shape)}, the base {list(base.shape)}")
+            deltas[name] = trained.to(base) - base
+        return deltas
 
     @hookimpl
     def ftzoo_fuse_adapter(self, model: nn.Module, adapter: Adapter, scale: float) -> dict[str, torch.Tensor] | None:
