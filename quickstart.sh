@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash tools/install.sh
-HF_HUB_OFFLINE=1 .venv/bin/python tools/quickstart.py "$@"
+HF_HUB_OFFLINE=1 .venv/bin/python -m tools.quickstart "$@"

@@ -8,8 +8,12 @@ held-out accuracies and writes them to ``<run>/results.json``.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python tools/quickstart.py`: make `tools` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.plot_metrics import plot_metrics
 from zoo.cli import build_cli
