@@ -1,0 +1,214 @@
+"""Partial backpropagation: S²FT gradients are full fine-tuning's, restricted to the slices."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+from plugins.s2ft.layers import S2FTLinear
+from zoo.plugins import method_hooks
+
+ALL_ROLES = {
+    "o_heads": 0.5,
+    "v_heads": 0.5,
+    "down_channels": 0.3,
+    "up_channels": 0.2,
+    "gate_channels": 0.2,
+    "allocation": "per_layer",
+}
+SMOLLM2_GROUPS = {"hidden_size": 72, "num_attention_heads": 9, "num_key_value_heads": 3}
+
+
+def full_gradients(base, batch):
+    """Gradients of every base parameter (a plain, unrewritten model)."""
+    model = copy.deepcopy(base).requires_grad_(True)
+    model(**batch).loss.backward()
+    return {name: p.grad for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "arch,shape",
+    [("llama-gqa", None), ("llama-mha", None), ("qwen2", None), ("mistral", None), ("llama-gqa", SMOLLM2_GROUPS)],
+    ids=["llama-gqa", "llama-mha", "qwen2-bias", "mistral", "smollm2-groups"],
+)
+def test_gradients_equal_full_fine_tuning_restricted(s2, arch, shape):
+    r = s2.rewritten(arch, shape=shape, seed=5, **ALL_ROLES)
+    batch = s2.make_batch(3)
+    expected = full_gradients(r.base, batch)
+    r.model(**batch).loss.backward()
+    for name, layer in s2.s2ft_layers(r.model).items():
+        grad, index = s2.base_coordinates(layer, layer.s2ft_weight.grad)
+        torch.testing.assert_close(
+            grad, expected[f"{name}.weight"].index_select(layer.dim, index), rtol=1e-10, atol=1e-12
+        )
+        if layer.s2ft_bias is not None:
+            bias_grad, index = s2.base_coordinates(layer, layer.s2ft_bias.grad)
+            torch.testing.assert_close(bias_grad, expected[f"{name}.bias"][index], rtol=1e-10, atol=1e-12)
+    frozen_with_grad = [n for n, p in r.model.named_parameters() if p.grad is not None and "s2ft_" not in n]
+    assert frozen_with_grad == []
+
+
+def test_only_selected_slices_change_and_adapter_reproduces_training(s2):
+    r = s2.rewritten("llama-gqa", shape=SMOLLM2_GROUPS, seed=2, **ALL_ROLES)
+    hooks = method_hooks(r.method)
+    params = [p for _, p in hooks.ftzoo_trainable_parameters(model=r.model)]
+    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    for step in range(3):
+        r.model(**s2.make_batch(step)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    tensors = hooks.ftzoo_extract_adapter(model=r.model, selection=r.selection)
+    from zoo import Adapter, BaseModelInfo
+
+    adapter = Adapter("s2ft", r.method.config(), r.selection, BaseModelInfo.of(r.base, "tiny"), tensors)
+    fused = copy.deepcopy(r.base)
+    hooks.ftzoo_fuse_adapter(model=fused, adapter=adapter, scale=1.0)
+    batch = s2.make_batch(7)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(**batch).logits, r.model(**batch).logits, rtol=1e-10, atol=1e-10)
+    # In base coordinates, exactly the selected slices differ.
+    selected = {}
+    for entry in r.selection["projections"]:
+        rows = torch.zeros(entry["num_units"], dtype=torch.bool)
+        rows[entry["units"]] = True
+        selected[entry["module"]] = (entry["dim"], rows.repeat_interleave(entry["unit_size"]))
+    for name, p in r.base.named_parameters():
+        changed = fused.get_parameter(name) != p
+        module, kind = name.rsplit(".", 1)
+        if module not in selected or (kind == "bias" and selected[module][0] == 1):
+            assert not changed.any(), name
+            continue
+        dim, mask = selected[module]
+        along = changed.any(dim=1 - dim) if changed.ndim == 2 else changed
+        assert torch.equal(along, mask), name  # every selected row/column moved, nothing else
+
+
+def test_gradient_accumulation_equals_one_large_batch(s2):
+    r = s2.rewritten("llama-mha", seed=1, **ALL_ROLES)
+    big = s2.make_batch(4, batch=4)
+    halves = [{k: v[i : i + 2] for k, v in big.items()} for i in (0, 2)]
+    twin = copy.deepcopy(r.model)
+    r.model(**big).loss.backward()
+    for half in halves:
+        (twin(**half).loss / 2).backward()
+    for (name, p), (_, q) in zip(r.model.named_parameters(), twin.named_parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-12)
+
+
+def saved_bytes(fn, exclude):
+    """Bytes of the distinct storages autograd saves while running ``fn`` (minus ``exclude``)."""
+    storages = {}
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(storages.values()), out
+
+
+@pytest.mark.parametrize("dim", [1, 0])
+def test_saved_activations_are_only_the_selected_slice(dim):
+    base = torch.nn.Linear(64, 48, bias=True)
+    runs = [(8, 24)] if dim == 1 else [(16, 32)]
+    layer = S2FTLinear(base, dim, runs, slot_units=list(range(16)), unit_size=1)
+    x = torch.randn(4, 10, 64, requires_grad=True)
+    nbytes, y = saved_bytes(lambda: layer(x), exclude=list(layer.parameters()))  # parameters: no new memory
+    expected = 4 * 10 * 16 * 4 if dim == 1 else x.numel() * 4  # columns: x[..., 8:24]; rows: all of x
+    assert nbytes == expected
+    y.sum().backward()
+    assert layer.weight.grad is None and layer.s2ft_weight.grad.shape == ((48, 16) if dim == 1 else (16, 64))
+
+
+def test_frozen_projection_saves_nothing_extra(s2):
+    """A rewritten model saves, beyond what the frozen model saves, only the column slices."""
+    r = s2.rewritten("llama-gqa", dtype=torch.float32, seed=0, o_heads=2, down_channels=8, allocation="per_layer")
+    batch = s2.make_batch(0)
+    frozen = copy.deepcopy(r.base).requires_grad_(False)  # the frozen floor: backward through every block
+    frozen.model.layers[0].input_layernorm.weight.requires_grad_(True)
+    params = list(r.model.parameters()) + list(r.model.buffers())
+    s2ft_bytes, _ = saved_bytes(lambda: r.model(**batch).loss, exclude=params)
+    frozen_bytes, _ = saved_bytes(
+        lambda: frozen(**batch).loss, exclude=list(frozen.parameters()) + list(frozen.buffers())
+    )
+    tokens = batch["input_ids"].numel()
+    slices = 2 * tokens * (2 * 16 + 8) * 4  # 2 layers × (2 O heads of 16 columns + 8 down channels) × fp32
+    assert s2ft_bytes <= frozen_bytes + slices
+
+
+def test_bf16_autocast_step_runs(s2):
+    r = s2.rewritten("qwen2", dtype=torch.float32, seed=0, **ALL_ROLES)
+    params = [p for n, p in r.model.named_parameters() if "s2ft_" in n]
+    before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = r.model(**s2.make_batch(0)).loss
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
+    optimizer.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, params))
+
+
+def test_bf16_model_trains(s2):
+    r = s2.rewritten("llama-gqa", dtype=torch.bfloat16, seed=0, **ALL_ROLES)
+    params = [p for n, p in r.model.named_parameters() if "s2ft_" in n]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    for step in range(2):
+        r.model(**s2.make_batch(step)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(p.dtype == torch.bfloat16 for p in params)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(s2):
+    r = s2.rewritten("llama-gqa", seed=3, **ALL_ROLES)
+    twin = copy.deepcopy(r.model)
+    twin.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    twin.train()
+    batch = s2.make_batch(5)
+    r.model(**batch).loss.backward()
+    twin(**batch, use_cache=False).loss.backward()
+    for (name, p), (_, q) in zip(r.model.named_parameters(), twin.named_parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_forward_uses_the_current_slice_and_never_writes_the_base(s2):
+    r = s2.rewritten("qwen2", seed=0, o_heads=2, v_heads=1, allocation="per_layer")
+    layers = s2.s2ft_layers(r.model)
+    frozen = {name: (layer.weight.detach().clone(), layer.bias) for name, layer in layers.items()}
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.s2ft_weight.add_(0.5)  # what an optimizer step does: an in-place update
+            if layer.s2ft_bias is not None:
+                layer.s2ft_bias.sub_(0.25)
+    for name, layer in layers.items():
+        x = torch.randn(2, 5, layer.in_features, dtype=torch.float64)
+        assert torch.equal(layer.weight, frozen[name][0])  # the frozen base is untouched
+        weight, bias = layer.weight.detach().clone(), None if layer.bias is None else layer.bias.detach().clone()
+        for (a, b), offset in zip(layer.runs, [0, *itertools.accumulate(b - a for a, b in layer.runs)]):
+            weight.narrow(layer.dim, a, b - a).copy_(layer.s2ft_weight.detach().narrow(layer.dim, offset, b - a))
+            if layer.s2ft_bias is not None:
+                bias[a:b] = layer.s2ft_bias.detach()[offset : offset + b - a]
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, weight, bias))
+
+
+def test_dtype_moves_keep_the_layer_consistent(s2):
+    r = s2.rewritten("llama-gqa", dtype=torch.float32, seed=0, o_heads=2, v_heads=1, allocation="per_layer")
+    r.model.to(torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in r.model.parameters())
+    for layer in s2.s2ft_layers(r.model).values():
+        assert list(layer.buffers()) == []  # nothing extra for DDP to broadcast every step
+    loss = r.model(**s2.make_batch(0)).loss
+    loss.backward()
+    assert torch.isfinite(loss)

@@ -1,0 +1,61 @@
+"""tools/bench_train.py: exact memory counting and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from tools.bench_train import bench_train, count_memory
+
+
+def test_count_memory_is_exact_on_a_hand_built_model():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16, bias=False), torch.nn.ReLU(), torch.nn.Linear(16, 4, bias=False))
+    model.requires_grad_(False)
+    model[2].weight.requires_grad_(True)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return type("Out", (), {"loss": self.net(x).square().mean()})
+
+    x = torch.randn(3, 8)
+    memory = count_memory(Wrapper(), [model[2].weight], {"x": x})
+    assert memory["weights"] == (8 * 16 + 16 * 4) * 4
+    assert memory["gradients"] == 16 * 4 * 4
+    assert memory["optimizer"] == 2 * 16 * 4 * 4 + 4  # exp_avg, exp_avg_sq and the step counter
+    # Saved: the ReLU output (input of the trained layer; ReLU saves the same storage) and
+    # the square's input; the first linear layer is frozen and its input needs no gradient.
+    assert memory["activations"] == (3 * 16 + 3 * 4) * 4
+
+
+def test_bench_train_runs_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    results = bench_train(
+        output=str(out),
+        device="cpu",
+        memory_layers=(1,),
+        seq_lens=(64,),
+        batch_sizes=(1,),
+        time_layers=1,
+        time_seq_len=8,
+        time_batch_size=1,
+        steps=1,
+        warmup=0,
+        quiet=True,
+    )
+    assert json.loads(out.read_text())["ratios"] == results["ratios"]
+    row = results["memory"][0]["bytes"]
+    assert set(row) == {"full", "lora", "lora_d0", "s2ft", "frozen"}
+    assert row["s2ft"]["gradients"] * 1.0 == results["trainable"]["memory_1_layers"]["s2ft"]["parameters"] * 2  # bf16
+    assert (
+        row["s2ft"]["activations"]
+        < row["frozen"]["activations"]
+        < row["lora_d0"]["activations"]
+        < row["lora"]["activations"]
+    )
+    assert max(row["s2ft"]["total"], row["lora"]["total"]) < row["full"]["total"] / 3
+    assert results["time"]["s2ft"]["step"] > 0

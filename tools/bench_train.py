@@ -1,0 +1,585 @@
+"""Training-step memory and time of full fine-tuning, LoRA, S²FT and a frozen floor, side by side.
+
+Methods (each on a fresh copy of the same random model):
+
+* ``full``: every parameter trains.
+* ``lora``: the ``peft`` library, r=32 (alpha 64, dropout 0.05) on q, k, v, up, down as in
+  LLM-Adapters and the S²FT paper's baselines; adapters in the model's dtype (bf16 adapters
+  on a bf16 model).
+* ``lora_d0``: the same without dropout, LoRA's cheapest setting (dropout keeps a masked
+  copy of each adapted layer's input for backward).
+* ``s2ft``: this repository's plugin with the paper's recipe (O heads 5.2 %, down channels
+  2 %, random, spread over all layers); the exact number of trained values is printed.
+* ``frozen``: the floor: every weight frozen except the first block's input norm, so the
+  backward pass still runs through every block but computes no weight gradient.
+
+Memory is *counted*, exactly, at the real Llama-2-7B layer shapes (hidden 4096,
+intermediate 11008, 32 heads, vocabulary 32000) with a few layers in bf16, built on the
+``meta`` device so no weight is allocated: bytes of parameters and buffers, gradients and
+AdamW state, plus the bytes autograd saves for backward (a ``saved_tensors_hooks`` that
+counts each storage once, so views of one tensor count once, and leaves out the weights
+themselves). Their sum is the step's footprint; the real peak can only be lower (the
+gradients grow while the saved activations are freed). Attention is the fused kernel
+(``aten._scaled_dot_product_flash_attention_for_cpu``: it saves q, k, v, the output and
+the log-sum-exp, like flash attention on a GPU), registered as a transformers attention
+function so the meta run and the CPU run use the same op.
+
+Time is *measured* at a smaller width (SmolLM2-135M's shape: 30 layers, hidden 576,
+9 query / 3 kv heads, intermediate 1536, vocabulary 49152, random weights, fp32): the
+median over ``steps`` of forward, backward and ``AdamW.step`` (each timed, every step),
+after ``warmup`` steps. With ``device=cuda`` the memory runs on the GPU with real weights
+and also reports ``torch.cuda.max_memory_allocated``; times use CUDA events.
+
+Usage::
+
+    python tools/bench_train.py                       # CPU; writes docs/bench/train_cpu.json
+    python tools/bench_train.py --device cuda --output docs/bench/train_cuda.json
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+if __package__ in (None, ""):  # run as `python tools/bench_train.py`: make `tools` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+
+from plugins.s2ft import S2FT
+from plugins.s2ft.config import PAPER_RECIPES
+from plugins.s2ft.selection import unit_count
+from tools.common import atomic_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+MethodName = Literal["full", "lora", "lora_d0", "s2ft", "frozen"]
+METHODS: tuple[MethodName, ...] = ("full", "lora", "lora_d0", "s2ft", "frozen")
+
+LLAMA2_7B = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32000,
+}
+SMOLLM2_135M = {
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+}
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+FUSED_ATTENTION = "ftzoo_fused_sdpa"
+
+
+def fused_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention with the fused CPU kernel (works on ``meta`` too); no padding."""
+    group = query.shape[1] // key.shape[1]
+    if group > 1:  # [b, kv, s, d] → [b, h, s, d]
+        key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+    out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, dropout, True, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None  # [b, s, h, d]
+
+
+AttentionInterface.register(FUSED_ATTENTION, fused_attention)
+
+
+def build_model(shape: dict[str, Any], layers: int, dtype: torch.dtype, device: str, seed: int) -> nn.Module:
+    """A random Llama of ``shape`` with ``layers`` blocks, every parameter frozen."""
+    config = LlamaConfig(num_hidden_layers=layers, max_position_embeddings=4096, **shape)
+    config._attn_implementation = "sdpa" if device == "cuda" else FUSED_ATTENTION
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype)
+    return model.requires_grad_(False)
+
+
+def prepare(
+    method: MethodName, model: nn.Module, seed: int, lora_rank: int, lora_dropout: float
+) -> tuple[nn.Module, list[nn.Parameter], str]:
+    """Make ``method``'s parameters trainable; return (model, trainable, description)."""
+    if method == "full":
+        model.requires_grad_(True)
+        return model, list(model.parameters()), "all parameters"
+    if method == "frozen":
+        norm = model.model.layers[0].input_layernorm.weight.requires_grad_(True)
+        return model, [norm], "first input norm only"
+    if method in ("lora", "lora_d0"):
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=lora_rank,
+            lora_alpha=2 * lora_rank,
+            lora_dropout=lora_dropout if method == "lora" else 0.0,
+            target_modules=LORA_TARGETS,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config, autocast_adapter_dtype=False)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        return model, trainable, f"r={lora_rank} on {','.join(LORA_TARGETS)}, dropout {config.lora_dropout}"
+    s2ft = S2FT(**PAPER_RECIPES["llama2-commonsense"])
+    selection = s2ft.ftzoo_select_parameters(model=model, calibration_batches=None, seed=seed)
+    s2ft.ftzoo_rewrite_model(model=model, selection=selection)
+    trainable = [p for _, p in s2ft.ftzoo_trainable_parameters(model=model)]
+    units = ", ".join(f"{n} {role}" for role, n in unit_count(selection).items())
+    return model, trainable, f"paper recipe: {units}"
+
+
+def make_batch(vocab: int, batch: int, seq: int, device: str, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
+    return {"input_ids": ids, "labels": ids}
+
+
+def storage_key(t: torch.Tensor) -> int:
+    """Identity of a tensor's storage (``_cdata`` also tells ``meta`` storages apart)."""
+    return t.untyped_storage()._cdata
+
+
+def nbytes(tensors: Any) -> int:
+    """Bytes of the distinct storages of ``tensors``."""
+    seen = {storage_key(t): t.untyped_storage().nbytes() for t in tensors if isinstance(t, torch.Tensor)}
+    return sum(seen.values())
+
+
+def count_memory(model: nn.Module, trainable: list[nn.Parameter], batch: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Bytes of weights, gradients, AdamW state and saved activations of one training step."""
+    state = list(model.parameters()) + list(model.buffers())
+    skip = {storage_key(t) for t in state}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = storage_key(t)
+        if key not in skip:
+            saved[key] = t.untyped_storage().nbytes()
+        return t
+
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(**batch).loss
+    loss.backward()
+    grads = nbytes(p.grad for p in trainable)
+    optimizer.step()
+    optim = nbytes(v for s in optimizer.state.values() for v in s.values())
+    memory = {"weights": nbytes(state), "gradients": grads, "optimizer": optim, "activations": sum(saved.values())}
+    memory["total"] = sum(memory.values())
+    return memory
+
+
+def cuda_peak(model: nn.Module, trainable: list[nn.Parameter], batch: dict[str, torch.Tensor]) -> int | None:
+    """``torch.cuda.max_memory_allocated`` over two real steps (the second has optimizer state);
+    ``None`` if the step does not fit on the GPU."""
+    for p in trainable:
+        p.grad = None
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        for _ in range(2):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        del optimizer
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
+
+
+class StepTimer:
+    """One method's model, optimizer and per-phase durations (forward, backward, AdamW step)."""
+
+    PHASES = ("forward", "backward", "optimizer")
+
+    def __init__(self, model: nn.Module, trainable: list[nn.Parameter], device: str) -> None:
+        self.model, self.device = model, device
+        self.optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.01)
+        self.clock = _cuda_clock if device == "cuda" else _cpu_clock
+        self.durations: dict[str, list[float]] = {name: [] for name in (*self.PHASES, "step")}
+
+    def step(self, batch: dict[str, torch.Tensor], record: bool) -> None:
+        marks = [self.clock()]
+        loss = self.model(**batch).loss
+        marks.append(self.clock())
+        loss.backward()
+        marks.append(self.clock())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        marks.append(self.clock())
+        if record:
+            seconds = _elapsed(marks, self.device)
+            for name, value in zip(self.PHASES, seconds):
+                self.durations[name].append(value)
+            self.durations["step"].append(sum(seconds))
+
+    def medians(self) -> dict[str, float]:
+        return {name: statistics.median(values) for name, values in self.durations.items()} | {
+            "step_min": min(self.durations["step"]),
+            "steps": self.durations["step"],
+        }
+
+
+def _cpu_clock() -> float:
+    return time.perf_counter()
+
+
+def _cuda_clock() -> torch.cuda.Event:
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def _elapsed(marks: list, device: str) -> list[float]:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return [a.elapsed_time(b) / 1000 for a, b in itertools.pairwise(marks)]
+    return [b - a for a, b in itertools.pairwise(marks)]
+
+
+def bench_train(
+    output: str | None = None,
+    docs: str | None = None,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    methods: tuple[MethodName, ...] = METHODS,
+    memory_layers: tuple[int, ...] = (2, 32),
+    seq_lens: tuple[int, ...] = (512, 1024),
+    batch_sizes: tuple[int, ...] = (1, 2),
+    time_layers: int = 30,
+    time_seq_len: int = 256,
+    time_batch_size: int = 4,
+    steps: int = 5,
+    warmup: int = 2,
+    lora_rank: int = 32,
+    lora_dropout: float = 0.05,
+    seed: int = 0,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Measure memory and step time of each method; write JSON and print ratio tables.
+
+    Args:
+        output: JSON file to write (default ``docs/bench/train_<device>.json``).
+        docs: Markdown file whose "Training" section is rewritten from the results
+            (e.g. ``docs/benchmarks.md``); other sections stay as they are.
+        device: ``cpu``; ``cuda`` also measures the real peak; ``auto`` picks cuda if present.
+        methods: which methods to run (ratios need ``full``, ``s2ft`` and ``frozen``).
+        memory_layers: decoder blocks of the Llama-2-7B-shaped model for memory (32 = the whole model).
+        seq_lens: sequence lengths for memory.
+        batch_sizes: batch sizes for memory.
+        time_layers: decoder blocks of the SmolLM2-135M-shaped model for timing.
+        time_seq_len: sequence length for timing.
+        time_batch_size: batch size for timing.
+        steps: timed steps (the median is reported).
+        warmup: untimed steps first.
+        lora_rank: LoRA rank (alpha = 2 × rank).
+        lora_dropout: dropout of ``lora`` (LLM-Adapters: 0.05); ``lora_d0`` has none.
+        seed: seed of the weights, batches and S²FT's random selection.
+        quiet: do not print the tables.
+
+    Returns:
+        The results written to ``output``.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    results: dict[str, Any] = {
+        "command": "python tools/bench_train.py " + " ".join(sys.argv[1:]) if __name__ == "__main__" else None,
+        "environment": _environment(device),
+        "settings": {
+            "memory_shape": "llama2-7b",
+            "memory_layers": memory_layers,
+            "memory_dtype": "bfloat16",
+            "time_shape": "smollm2-135m",
+            "time_layers": time_layers,
+            "time_dtype": "float32",
+            "time_seq_len": time_seq_len,
+            "time_batch_size": time_batch_size,
+            "steps": steps,
+            "warmup": warmup,
+            "lora_rank": lora_rank,
+            "lora_dropout": lora_dropout,
+            "seed": seed,
+        },
+        "trainable": {},
+        "memory": [],
+    }
+    mem_device = "cuda" if device == "cuda" else "meta"
+    for layers in memory_layers:
+        for seq in seq_lens:
+            for batch_size in batch_sizes:
+                row: dict[str, Any] = {"layers": layers, "seq_len": seq, "batch_size": batch_size, "bytes": {}}
+                for method in methods:
+                    model = build_model(LLAMA2_7B, layers, torch.bfloat16, mem_device, seed)
+                    model, trainable, what = prepare(method, model, seed, lora_rank, lora_dropout)
+                    count = {"parameters": sum(p.numel() for p in trainable), "what": what}
+                    results["trainable"].setdefault(f"memory_{layers}_layers", {})[method] = count
+                    batch = make_batch(LLAMA2_7B["vocab_size"], batch_size, seq, mem_device, seed)
+                    row["bytes"][method] = count_memory(model, trainable, batch)
+                    if device == "cuda":
+                        row["bytes"][method]["cuda_max_allocated"] = cuda_peak(model, trainable, batch)
+                    del model, trainable
+                results["memory"].append(row)
+    results["time"] = _time_methods(
+        methods,
+        device,
+        time_layers,
+        time_seq_len,
+        time_batch_size,
+        steps,
+        warmup,
+        lora_rank,
+        lora_dropout,
+        seed,
+        results["trainable"],
+    )
+    results["environment"]["load_average_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    results["ratios"] = ratios(results)
+    path = Path(output or REPO / "docs" / "bench" / f"train_{device}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as handle:
+        handle.write(json.dumps(results, indent=2) + "\n")
+    if docs:
+        update_docs(Path(docs), docs_section(results, path))
+    if not quiet:
+        print(format_tables(results))
+        print(f"\nwritten to {path}")
+    return results
+
+
+def _time_methods(
+    methods: tuple[MethodName, ...],
+    device: str,
+    layers: int,
+    seq: int,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    lora_rank: int,
+    lora_dropout: float,
+    seed: int,
+    trainable_info: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Time the methods round-robin, one step of each in turn, so that a busy machine slows
+    them alike (every step is timed; medians are compared)."""
+    base = build_model(SMOLLM2_135M, layers, torch.float32, device, seed)
+    batch = make_batch(SMOLLM2_135M["vocab_size"], batch_size, seq, device, seed)
+    timers = {}
+    for method in methods:
+        model, trainable, what = prepare(method, copy.deepcopy(base), seed, lora_rank, lora_dropout)
+        trainable_info.setdefault("time", {})[method] = {"parameters": sum(p.numel() for p in trainable), "what": what}
+        timers[method] = StepTimer(model, trainable, device)
+    del base
+    for i in range(warmup + steps):
+        for timer in timers.values():
+            timer.step(batch, record=i >= warmup)
+    return {method: timer.medians() for method, timer in timers.items()}
+
+
+def ratios(results: dict[str, Any]) -> dict[str, Any]:
+    """S²FT against full, LoRA and the frozen floor (memory per shape, and time).
+
+    Memory ratios are of the totals; ``beyond_base_weights`` compares what each method adds
+    to the frozen base weights that all of them hold (its own weights, gradients, optimizer
+    state and saved activations)."""
+    out: dict[str, Any] = {"memory": [], "time": {}}
+    for row in results["memory"]:
+        total = {m: b["total"] for m, b in row["bytes"].items()}
+        base = min(b["weights"] for b in row["bytes"].values())  # the frozen base model's own weights
+        beyond = {m: t - base for m, t in total.items()}
+        shape = {k: row[k] for k in ("layers", "seq_len", "batch_size")}
+        out["memory"].append({**shape, **_relative(total), "beyond_base_weights": _relative(beyond)})
+    step = {m: t["step"] for m, t in results["time"].items()}
+    out["time"] = _relative(step)
+    return out
+
+
+def _relative(values: dict[str, float]) -> dict[str, float]:
+    """``"s2ft/full"``-style ratios of S²FT and of the frozen floor to every other method."""
+    return {
+        f"{method}/{other}": values[method] / values[other]
+        for method in ("s2ft", "frozen")
+        for other in ("full", "lora", "lora_d0", "frozen")
+        if method in values and other in values and other != method
+    }
+
+
+TARGETS = [
+    ("memory", "s2ft/full", 1 / 3, "S²FT ≤ 1/3 of full FT's memory"),
+    ("memory", "s2ft/lora", 0.90, "S²FT ≥ 10 % below LoRA's memory"),
+    ("memory", "s2ft/frozen", 1.08, "S²FT within 8 % of the frozen floor's memory"),
+    ("time", "s2ft/full", 1 / 1.8, "S²FT ≥ 1.8× faster than full FT"),
+    ("time", "s2ft/lora", 0.90, "S²FT ≥ 10 % faster than LoRA"),
+    ("time", "s2ft/frozen", 1.05, "S²FT within 5 % of the frozen floor's time"),
+]
+"""(kind, ratio, upper limit, description): the issue's targets, as ratios of one run."""
+
+
+REFERENCES = ("full", "lora", "lora_d0", "frozen")
+"""The methods every row is compared with (the ``vs …`` columns)."""
+
+
+def format_tables(results: dict[str, Any]) -> str:
+    """Markdown tables of memory (GiB), time (s) and the targets."""
+    return "\n".join(_memory_table(results) + [""] + _time_table(results) + [""] + _target_table(results))
+
+
+def _memory_table(results: dict[str, Any]) -> list[str]:
+    gib = 2**30
+    rows = results["memory"]
+    cuda = any("cuda_max_allocated" in b for row in rows for b in row["bytes"].values())
+    columns = ["layers", "seq × batch", "method", "weights", "grads", "AdamW", "activations", "total"]
+    columns += [f"vs {m}" for m in REFERENCES] + ["added vs lora"] + (["cuda peak"] if cuda else [])
+    lines = ["Memory at Llama-2-7B shapes, bf16 (GiB)", "", _row(columns), _row(["---"] * len(columns))]
+    for row in rows:
+        b = row["bytes"]
+        base = min(v["weights"] for v in b.values())  # the frozen base model's weights, held by every method
+        for m in b:
+            parts = ("weights", "gradients", "optimizer", "activations", "total")
+            cells = [row["layers"], f"{row['seq_len']} × {row['batch_size']}", m] + [
+                f"{b[m][k] / gib:.3f}" for k in parts
+            ]
+            cells += [_ratio(b[m]["total"], b.get(o, {}).get("total")) for o in REFERENCES]
+            cells.append(_ratio(b[m]["total"] - base, b["lora"]["total"] - base) if "lora" in b else "-")
+            if cuda:
+                peak = b[m].get("cuda_max_allocated")
+                cells.append(f"{peak / gib:.3f}" if peak else "OOM")
+            lines.append(_row(cells))
+    return lines
+
+
+def _time_table(results: dict[str, Any]) -> list[str]:
+    s, t, info = results["settings"], results["time"], results["trainable"]["time"]
+    title = (
+        f"Step time at SmolLM2-135M shape, {s['time_layers']} layers, fp32, seq {s['time_seq_len']} × batch "
+        f"{s['time_batch_size']}, median of {s['steps']} steps (s)"
+    )
+    columns = ["method", "trainable", "forward", "backward", "AdamW", "step", "fastest step"]
+    columns += [f"vs {m}" for m in REFERENCES]
+    lines = [title, "", _row(columns), _row(["---"] * len(columns))]
+    for m in t:
+        cells = [m, f"{info[m]['parameters']:,}"]
+        cells += [f"{t[m][k]:.3f}" for k in ("forward", "backward", "optimizer", "step", "step_min")]
+        cells += [_ratio(t[m]["step"], t.get(o, {}).get("step")) for o in REFERENCES]
+        lines.append(_row(cells))
+    return lines
+
+
+def _target_table(results: dict[str, Any]) -> list[str]:
+    """Each target at its worst shape, beside the frozen floor's ratio there (the best that
+    any method with a full backward pass can reach)."""
+    columns = ["target", "S²FT (worst shape)", "met", "frozen floor there", "shapes met"]
+    lines = [_row(columns), _row(["---"] * len(columns))]
+    for kind, key, limit, text in TARGETS:
+        rows = results["ratios"]["memory"] if kind == "memory" else [results["ratios"]["time"]]
+        rows = [r for r in rows if key in r]
+        if not rows:
+            continue
+        worst = max(rows, key=lambda r: r[key])
+        shape = f" at {worst['layers']} layers, {worst['seq_len']} × {worst['batch_size']}" if kind == "memory" else ""
+        floor_key = key.replace("s2ft/", "frozen/")
+        floor = f"{worst[floor_key]:.3f}" if floor_key in worst else "-"
+        met = sum(r[key] <= limit for r in rows)
+        cells = [text, f"{worst[key]:.3f}{shape}", "yes" if worst[key] <= limit else "NO", floor, f"{met}/{len(rows)}"]
+        lines.append(_row(cells))
+    counts = [
+        f"{info['s2ft']['parameters']:,} at {name.replace('_', ' ')} ({info['s2ft']['what']})"
+        for name, info in results["trainable"].items()
+        if "s2ft" in info
+    ]
+    if counts:
+        lines += ["", "S²FT trains exactly " + "; ".join(counts) + "."]
+    return lines
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+SECTION = "## Training"
+
+
+def docs_section(results: dict[str, Any], path: Path) -> str:
+    """The "Training" section of ``docs/benchmarks.md``: command, setting and tables."""
+    env, command = results["environment"], results.get("command") or "python tools/bench_train.py"
+    where = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path
+    setting = (
+        f"Written by `{command}` (results in `{where}`; torch {env['torch']}, transformers "
+        f"{env.get('transformers')}, peft {env.get('peft')}, device {env['device']}, {env['threads']} threads, "
+        f"load average {env['load_average_at_start']:.2f} at the start and {env['load_average_at_end']:.2f} at the "
+        "end). How each number is measured: the module docstring of `tools/bench_train.py`."
+    )
+    lines = [SECTION, "", setting, "", *format_tables(results).splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def update_docs(path: Path, section: str) -> None:
+    """Replace (or append) the Training section of ``path``; other sections stay as they are."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = text.find(f"\n{SECTION}\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(SECTION) + 2)
+        text = text[: start + 1] + section + ("" if end < 0 else "\n" + text[end + 1 :])
+    with atomic_file(path) as handle:
+        handle.write(text)
+
+
+def _ratio(value: float, reference: float | None) -> str:
+    return f"{value / reference:.3f}" if reference else "-"
+
+
+def _environment(device: str) -> dict[str, Any]:
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or "?",
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "device": device,
+    }
+    try:
+        import peft
+        import transformers
+
+        env |= {"transformers": transformers.__version__, "peft": peft.__version__}
+    except ImportError:
+        pass
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def main(argv: list[str] | None = None) -> None:
+    from jsonargparse import CLI
+
+    CLI(bench_train, args=argv)
+
+
+if __name__ == "__main__":
+    main()
