@@ -108,13 +108,7 @@ def test_accumulating_two_batches_equals_double_batch(train, method):
     assert_same_adapter(train(method, "accumulate"), train(method, "single"))
 
 
-S2FT_WRITES_FROZEN_WEIGHT = pytest.mark.xfail(
-    strict=True,
-    reason="S2FTLinear.forward writes the trained slice into the frozen weight in place (sync_); under FSDP "
-    "that weight is a view of the gathered flat parameter (autograd refuses the write, and a write would be "
-    "lost when FSDP reshards). Remove this mark once S2FT adds the slice out of place.",
-)
-FSDP_METHODS = [pytest.param(m, marks=S2FT_WRITES_FROZEN_WEIGHT) if m == "s2ft" else m for m in METHOD_ARGS]
+FSDP_METHODS = list(METHOD_ARGS)
 
 
 @pytest.mark.parametrize("method", FSDP_METHODS)
