@@ -8,9 +8,6 @@ from tiny_models import save_tiny_model
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parents[1]
-REASONING_DATA = Path(os.environ.get("FTZOO_REASONING_DATA", REPO.parent / "shared" / "data" / "reasoning"))
-
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:

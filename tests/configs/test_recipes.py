@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REASONING_DATA, REPO
+from locations import REASONING_DATA, REPO
 from zoo.cli import build_cli
 
 RECIPES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*/*.yaml") if p.parent.name != "methods")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import REASONING_DATA
+from locations import REASONING_DATA
 from zoo.cli import build_cli
 
 pytestmark = [
