@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 from typing import Any
 
@@ -74,6 +75,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
         sys.argv[1:] = resolve_method_names(sys.argv[1:])
     else:
         args = resolve_method_names(args)
+        # Called from Python (tools, tests): sys.argv belongs to the caller, not to this CLI.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return FtzooCLI(
         FineTuneModule,
         LightningDataModule,
