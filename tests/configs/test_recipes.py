@@ -37,3 +37,18 @@ def test_method_blocks_switch_the_method(method_config, tiny_llama_dir):
     from zoo.plugins import method_name
 
     assert method_name(cli.model.method) == expected
+
+
+@pytest.mark.parametrize("method", ["full", "s2ft", "lora", "dora", "sparse"])
+def test_quickstart_fits_with_every_builtin_method(method, tiny_llama_dir, tmp_path):
+    """`lightning fit --config configs/quickstart.yaml --model.method <name>` (tiny model, 3 steps)."""
+    cli = build_cli(
+        ["fit", "--config", str(REPO / "configs/quickstart.yaml"), "--model.model", str(tiny_llama_dir),
+         "--model.method", method, "--data.init_args.num_train", "24", "--data.init_args.max_length", "256",
+         "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
+         "--trainer.enable_progress_bar", "false", "--model.adapter_dir", str(tmp_path / "adapter")]  # fmt: skip
+    )
+    from zoo.plugins import method_name
+
+    assert method_name(cli.model.method) == method and cli.trainer.global_step == 3
+    assert (tmp_path / "adapter" / "adapter.json").is_file()
