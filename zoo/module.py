@@ -33,7 +33,6 @@ from zoo.method import Method
 from zoo.plugins import method_from_config, method_hooks, method_name
 from zoo.schedule import Decay, warmup_decay
 
-STAGE_PREFIX = {"validate": "val", "fit": "val", "sanity_check": "val", "test": "test"}
 # Wrapper modules that FSDP, activation checkpointing and torch.compile insert into parameter names.
 WRAPPER_NAMES = re.compile(r"(_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
 WRAPPED_CHILD = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")  # a wrapper's one child
