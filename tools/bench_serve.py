@@ -43,7 +43,7 @@ from torch import nn
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from plugins.merge import merged_adapter
-from tools.common import atomic_file, hooks_for, synchronize
+from tools.common import atomic_file, replace_docs_section, hooks_for, synchronize
 from tools.mixed_batch import MixedAdapterModel
 from tools.switch import AdapterSwitcher
 from zoo.adapter import Adapter, BaseModelInfo
@@ -403,15 +403,7 @@ def docs_section(results: dict[str, Any]) -> str:
 
 def update_docs(path: Path, section: str) -> None:
     """Replace (or append) the Serving section of ``path``; other sections stay as they are."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(f"\n{SECTION}\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION) + 2)
-        text = text[: start + 1] + section + ("" if end < 0 else "\n" + text[end + 1 :])
-    with atomic_file(path) as handle:
-        handle.write(text)
+    replace_docs_section(path, SECTION, section)
 
 
 def bench_serve(

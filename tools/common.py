@@ -228,3 +228,17 @@ def generate_greedy(
         out = model.generate(**batch, generation_config=config)
     new = out.sequences[:, batch["input_ids"].shape[1] :]
     return new, (torch.stack(out.logits, dim=1) if logits else None)
+
+
+def replace_docs_section(path: Path, title: str, section: str) -> None:
+    """Replace (or append) the section headed ``title`` (e.g. ``"## Training"``) in the
+    Markdown file ``path``, atomically; other sections stay as they are."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = text.find(f"\n{title}\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(title) + 2)
+        text = text[: start + 1] + section + ("" if end < 0 else "\n" + text[end + 1 :])
+    with atomic_file(path) as handle:
+        handle.write(text)

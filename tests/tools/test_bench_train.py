@@ -49,7 +49,7 @@ def test_bench_train_runs_and_writes_json(tmp_path):
     )
     assert json.loads(out.read_text())["ratios"] == results["ratios"]
     row = results["memory"][0]["bytes"]
-    assert set(row) == {"full", "lora", "lora_d0", "s2ft", "frozen"}
+    assert set(row) == {"full", "lora", "lora_d0", "dora", "sparse", "s2ft", "frozen"}
     assert row["s2ft"]["gradients"] * 1.0 == results["trainable"]["memory_1_layers"]["s2ft"]["parameters"] * 2  # bf16
     assert (
         row["s2ft"]["activations"]
