@@ -139,3 +139,18 @@ def test_resume_rebuilds_the_stored_selection_without_selecting_again(tiny_llama
     other_seed = [*fit_args(tiny_llama_dir, tmp_path / "resumed", 4, *s2ft), "--seed_everything", "8"]
     cli = build_cli([*other_seed, "--ckpt_path", str(checkpoint)])
     assert cli.model.selection == stored and cli.trainer.global_step == 4
+
+
+def test_predict_writes_jsonl(tiny_llama_dir, tmp_path):
+    import json
+
+    out = tmp_path / "predictions.jsonl"
+    build_cli(
+        ["predict", "--model.model", str(tiny_llama_dir), "--data", "datamodules.ArithmeticDataModule",
+         "--data.num_train", "8", "--data.num_test", "3", "--data.max_new_tokens", "4", "--data.prompt_style", "chat",
+         "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+         "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks", "zoo.callbacks.PredictionWriter",
+         "--trainer.callbacks.output_file", str(out)]  # fmt: skip
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and {"task", "prompt", "generation", "answer", "correct"} <= set(rows[0])

@@ -1,0 +1,38 @@
+"""Callbacks for ftzoo runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write what ``lightning predict`` generates to a JSONL file, one record per prompt.
+
+    Each line holds the task, prompt, generation and, where the data has answers, the
+    extracted answer and whether it is correct. The file appears only once every batch is
+    written (a temporary sibling is renamed into place).
+
+    Args:
+        output_file: the JSONL file to write.
+    """
+
+    def __init__(self, output_file: str = "predictions.jsonl") -> None:
+        super().__init__(write_interval="epoch")
+        self.output_file = output_file
+
+    def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        target = Path(self.output_file)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        with open(tmp, "w") as f:
+            for batch in predictions:
+                for row in batch:
+                    f.write(json.dumps(row) + "\n")
+        os.replace(tmp, target)
