@@ -136,7 +136,7 @@ def test_every_registered_method_has_a_row():
 def test_training_changed_outputs_through_trainable_state_only(case):
     case_id, trained = case
     if trained.method.name in NOT_TRAINED:
-        pytest.skip("not trained")
+        pytest.skip("the merged method only combines adapters; it has no training step to test")
     base = _fresh(case_id)
     assert not torch.allclose(logits(trained.model, BATCH), logits(base, BATCH), atol=1e-4)
     assert trained.trainable, "the method selected nothing to train"
@@ -207,7 +207,7 @@ def test_deltas_are_base_parameters_and_equal_fused_minus_base(case):
 def test_resume_from_selection_and_trainable_state(case):
     case_id, trained = case
     if trained.method.name in NOT_TRAINED:
-        pytest.skip("not trained")
+        pytest.skip("the merged method only combines adapters; it has no training step to test")
     hooks = method_hooks(type(trained.method)(**trained.method.config()))
     model = _fresh(case_id)
     hooks.ftzoo_rewrite_model(model=model, selection=json.loads(json.dumps(trained.selection)))
