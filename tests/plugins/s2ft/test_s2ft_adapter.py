@@ -7,19 +7,12 @@ import copy
 import pytest
 import torch
 from tiny_models import tiny_model
+from s2ft_cases import ALL_ROLES as ROLES
 
 from plugins.s2ft import S2FT, structured_updates
 from zoo import Adapter, AdapterError, BaseModelInfo, load_adapter, save_adapter
 from zoo.plugins import method_hooks
 
-ROLES = {
-    "o_heads": 0.5,
-    "v_heads": 0.5,
-    "down_channels": 0.3,
-    "up_channels": 0.2,
-    "gate_channels": 0.2,
-    "allocation": "per_layer",
-}
 
 
 def trained(s2, arch="llama-gqa", dtype=torch.float64, seed=0, steps=3, **config):

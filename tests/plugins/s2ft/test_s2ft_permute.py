@@ -9,15 +9,8 @@ import pytest
 import torch
 
 from plugins.s2ft.permute import permute_, place_front, plan_attention, plan_channels, runs
+from s2ft_cases import ALL_ROLES
 
-ALL_ROLES = {
-    "o_heads": 0.5,
-    "v_heads": 0.5,
-    "down_channels": 0.3,
-    "up_channels": 0.2,
-    "gate_channels": 0.2,
-    "allocation": "per_layer",
-}
 
 
 @pytest.mark.parametrize("arch", ["llama-gqa", "llama-mha", "mistral", "qwen2"])

@@ -10,15 +10,8 @@ import torch
 
 from plugins.s2ft.layers import S2FTLinear
 from zoo.plugins import method_hooks
+from s2ft_cases import ALL_ROLES
 
-ALL_ROLES = {
-    "o_heads": 0.5,
-    "v_heads": 0.5,
-    "down_channels": 0.3,
-    "up_channels": 0.2,
-    "gate_channels": 0.2,
-    "allocation": "per_layer",
-}
 SMOLLM2_GROUPS = {"hidden_size": 72, "num_attention_heads": 9, "num_key_value_heads": 3}
 
 
