@@ -11,12 +11,15 @@ The update is decoupled from the base: tensors are in the base model's coordinat
 adapter applies to a plain copy of the base it was trained on. :class:`BaseModelInfo`
 records which base that is, and :meth:`BaseModelInfo.check_same` refuses any other.
 Folders are written atomically: to a temporary sibling first, then renamed into place.
+A base model given as a relative path is recorded relative to the adapter folder and
+resolved from there, so an adapter works from any directory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -27,6 +30,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from zoo.outputs import folder_lock
+from zoo.paths import looks_local
 
 FORMAT = "ftzoo-adapter"
 FORMAT_VERSION = 1
@@ -132,45 +138,121 @@ class Adapter:
         }
 
 
-def save_adapter(adapter: Adapter, folder: str | Path, hooks: Any = None) -> Path:
+def save_adapter(adapter: Adapter, folder: str | Path, hooks: Any = None, allow_nonfinite: bool = False) -> Path:
     """Write ``adapter`` to ``folder`` atomically; replace an older adapter there.
+
+    The files are written to a unique temporary sibling, then swapped into place under a
+    lock on the parent folder, so concurrent saves to one folder each leave a complete
+    adapter (the last one wins) and no temporary behind.
 
     Args:
         adapter: what to save.
         folder: the adapter folder to create or replace.
         hooks: the method's hook relay, so it can add its own files
             (``ftzoo_save_adapter_files``).
+        allow_nonfinite: save even if a tensor holds NaN or infinity.
 
     Raises:
         AdapterError: ``folder`` exists and is not an adapter folder.
+        NonFiniteError: a tensor holds NaN or infinity and ``allow_nonfinite`` is off.
     """
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not (folder / META_FILE).exists():
-        raise AdapterError(f"{folder} exists and is not an adapter folder; refusing to overwrite it")
+    if not allow_nonfinite:
+        check_finite(adapter.tensors, what=f"the adapter for {folder}")
+    _refuse_non_adapter(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter.tensors.items()}
         save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": FORMAT})
-        (tmp / META_FILE).write_text(json.dumps(adapter.metadata(), indent=2) + "\n")
+        metadata = adapter.metadata()
+        metadata["base"]["name_or_path"] = _portable_base_path(adapter.base.name_or_path, folder)
+        (tmp / META_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         if hooks is not None:
             hooks.ftzoo_save_adapter_files(adapter=adapter, folder=str(tmp))
-        _replace_folder(tmp, folder)
+        with folder_lock(folder.parent):
+            _refuse_non_adapter(folder)  # again: another writer may have put something there
+            _replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
 
 
+def _refuse_non_adapter(folder: Path) -> None:
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / META_FILE).exists())):
+        raise AdapterError(f"{folder} exists and is not an adapter folder; refusing to overwrite it")
+
+
 def _replace_folder(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an old ``target`` is removed only once ``new`` is there."""
+    """Move ``new`` to ``target``; an old ``target`` is removed only once ``new`` is there,
+    and put back if the move fails. Callers hold :func:`folder_lock` on the parent."""
     if not target.exists():
         new.rename(target)
         return
     old = target.with_name(f".{target.name}.old-{new.name.rsplit('-', 1)[-1]}")
     target.rename(old)
-    new.rename(target)
+    try:
+        new.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# non-finite values
+# ---------------------------------------------------------------------------------------
+
+
+class NonFiniteError(AdapterError):
+    """An adapter holds NaN or infinite values: a diverged run, not a usable update."""
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse tensors that hold NaN or infinity, naming the first few and the counts.
+
+    Raises:
+        NonFiniteError: the message says how to override (``allow_nonfinite``).
+    """
+    bad = []
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            nan = int(torch.isnan(tensor).sum())
+            bad.append(f"{name} ({nan} NaN, {int(torch.isinf(tensor).sum())} inf of {tensor.numel()})")
+    if bad:
+        raise NonFiniteError(
+            f"{what} holds non-finite values in {len(bad)} tensor(s): {'; '.join(bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''}. The run diverged (lower the learning rate); pass "
+            "allow_nonfinite=True (--allow_nonfinite true) to use it anyway"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# where the base model is
+# ---------------------------------------------------------------------------------------
+
+
+def _portable_base_path(name_or_path: str, folder: Path) -> str:
+    """A relative local base path, rewritten relative to the adapter folder (``./`` or
+    ``../`` first, so it always reads as local): it then resolves from any directory."""
+    path = Path(name_or_path)
+    if path.is_absolute() or name_or_path.startswith("~") or not path.exists():
+        return name_or_path
+    relative = Path(os.path.relpath(path.absolute(), folder.absolute())).as_posix()
+    return relative if relative.startswith("../") else f"./{relative}"
+
+
+def resolve_base_path(name_or_path: str, folder: Path) -> str:
+    """The base recorded by the adapter in ``folder``, as a path usable from here: a relative
+    path that exists relative to the adapter folder becomes that (absolute) path."""
+    path = Path(name_or_path)
+    if path.is_absolute() or name_or_path.startswith("~"):
+        return name_or_path
+    beside = folder / path
+    if beside.exists() and (looks_local(name_or_path) or not path.exists()):
+        return str(beside.resolve())
+    return name_or_path
 
 
 def load_adapter(folder: str | Path, map_location: str | torch.device = "cpu") -> Adapter:
@@ -209,7 +291,7 @@ def load_adapter(folder: str | Path, map_location: str | torch.device = "cpu") -
         method=meta["method"],
         config=meta["config"],
         selection=meta.get("selection"),
-        base=BaseModelInfo(**meta["base"]),
+        base=BaseModelInfo(**{**meta["base"], "name_or_path": resolve_base_path(meta["base"]["name_or_path"], folder)}),
         tensors=tensors,
         info=meta.get("info", {}),
     )

@@ -7,8 +7,10 @@ path, by short class name, or by its registered name (``--model.method s2ft``).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import warnings
+from pathlib import Path
 
 from typing import Any
 
@@ -18,22 +20,47 @@ from jsonargparse._loaders_dumpers import yaml_load
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
-from zoo.module import FineTuneModule
-from zoo.plugins import available_methods
+from zoo.adapter import AdapterError
+from zoo.checkpoints import CheckpointError, InterruptCheckpoint
+from zoo.guard import NonFiniteLossError
+from zoo.loading import ModelLoadError
+from zoo.module import CheckpointMismatchError, FineTuneModule
+from zoo.outputs import OutputPathError
+from zoo.plugins import PluginError, available_methods, is_method_reference, unknown_method_message
+from zoo.targets import UnsupportedWeightError
 
 METHOD_FLAG = "--model.method"
 
 
+class ConfigError(ValueError):
+    """A config file or a value in it is wrong; the message names which and why."""
+
+
 def resolve_method_names(args: list[str]) -> list[str]:
-    """Replace a registered method name after ``--model.method`` by its class path."""
+    """Replace a registered method name after ``--model.method`` by its class path.
+
+    Raises:
+        PluginError: the value names no installed method (listing them, and the closest name).
+    """
     methods = available_methods()
     resolved = list(args)
     for i, arg in enumerate(resolved):
-        if arg == METHOD_FLAG and i + 1 < len(resolved) and resolved[i + 1] in methods:
-            resolved[i + 1] = _class_path(methods[resolved[i + 1]].cls)
-        elif arg.startswith(METHOD_FLAG + "=") and arg.split("=", 1)[1] in methods:
-            resolved[i] = f"{METHOD_FLAG}={_class_path(methods[arg.split('=', 1)[1]].cls)}"
+        if arg == METHOD_FLAG and i + 1 < len(resolved):
+            _check_method_name(resolved[i + 1])
+            if resolved[i + 1] in methods:
+                resolved[i + 1] = _class_path(methods[resolved[i + 1]].cls)
+        elif arg.startswith(METHOD_FLAG + "="):
+            _check_method_name(arg.split("=", 1)[1])
+            if arg.split("=", 1)[1] in methods:
+                resolved[i] = f"{METHOD_FLAG}={_class_path(methods[arg.split('=', 1)[1]].cls)}"
     return resolved
+
+
+def _check_method_name(value: str) -> None:
+    """Refuse a bare word that names no method (jsonargparse would ask for a dot import path);
+    leave YAML/JSON values, ``null`` and class paths to the parser."""
+    if re.fullmatch(r"[A-Za-z_][\w-]*", value) and value not in ("null", "None") and not is_method_reference(value):
+        raise PluginError(unknown_method_message(value))
 
 
 def _class_path(cls: type) -> str:
@@ -47,6 +74,9 @@ def load_config_with_method_names(text: str) -> Any:
     model = value.get("model") if isinstance(value, dict) else None
     method = model.get("method") if isinstance(model, dict) else None
     methods = available_methods()
+    name = method.get("class_path") if isinstance(method, dict) else method
+    if isinstance(name, str):
+        _check_method_name(name)
     if isinstance(method, str) and method in methods:
         model["method"] = _class_path(methods[method].cls)
     elif isinstance(method, dict) and method.get("class_path") in methods:
@@ -54,23 +84,87 @@ def load_config_with_method_names(text: str) -> Any:
     return value
 
 
+def check_config_files(args: list[str]) -> None:
+    """Parse each ``--config`` file as YAML first, so that a syntax error names the file
+    (jsonargparse reports it as ``"<unicode string>"``).
+
+    Raises:
+        ConfigError: with the file, line, column and the problem.
+    """
+    for path in _config_paths(args):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue  # jsonargparse names a missing file itself
+        try:
+            yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = " ".join(str(p) for p in (getattr(err, "context", None), getattr(err, "problem", None)) if p)
+            raise ConfigError(f"{path}{where}: YAML syntax error: {problem or err}") from err
+
+
+def _config_paths(args: list[str]) -> list[str]:
+    paths = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            paths.append(args[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    return paths
+
+
 set_loader("ftzoo", load_config_with_method_names, exceptions=(yaml.YAMLError,))
 
 
 class FtzooCLI(LightningCLI):
-    """LightningCLI with the model's tokenizer linked into the data module."""
+    """LightningCLI with the model's tokenizer linked into the data module.
+
+    Args:
+        command_line: the arguments as given (subcommand first), for the resume command an
+            :class:`~zoo.checkpoints.InterruptCheckpoint` prints.
+    """
+
+    def __init__(self, *args: Any, command_line: list[str] | None = None, **kwargs: Any) -> None:
+        self.command_line = command_line
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.tokenizer", "data.init_args.tokenizer", apply_on="instantiate")
 
+    def instantiate_classes(self) -> None:
+        """Build the objects; an error raised by a constructor (a missing ``data_dir``) is
+        re-raised as itself, not buried in jsonargparse's dump of every argument."""
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            root = _root_cause(err)
+            if root is err:
+                raise
+            raise ConfigError(f"{type(root).__name__}: {root}") from root
+
     def before_fit(self) -> None:
         """Tell the module which checkpoint it resumes from, so that it rebuilds the stored
-        selection instead of selecting anew (and scoring calibration batches) first."""
+        selection instead of selecting anew (and scoring calibration batches) first; tell
+        the interrupt checkpoint how this run was started."""
         self.model.resume_from = self.config[self.subcommand].get("ckpt_path")
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, InterruptCheckpoint):
+                callback.resume_command = self.command_line
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of a ``raise ... from`` chain."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
     """Build (and by default run) the CLI; ``args`` as on the command line, for use from Python."""
+    command_line = list(sys.argv[1:] if args is None else args)
+    check_config_files(command_line)
     if args is None:  # LightningCLI reads sys.argv itself; resolve method names in place
         sys.argv[1:] = resolve_method_names(sys.argv[1:])
     else:
@@ -86,7 +180,23 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # the module builds its optimizer over the trainable parameters only
         parser_kwargs={"parser_mode": "ftzoo"},
+        command_line=command_line,
     )
+
+
+USER_ERRORS = (
+    AdapterError,
+    CheckpointError,
+    CheckpointMismatchError,
+    ConfigError,
+    ModelLoadError,
+    NonFiniteLossError,
+    OutputPathError,
+    PluginError,
+    UnsupportedWeightError,
+)
+"""Errors that name a wrong input or a fault and what to do; ``lightning`` prints them
+without a traceback."""
 
 
 def main() -> None:
@@ -94,7 +204,10 @@ def main() -> None:
     logging.basicConfig(format="%(message)s")
     for name in ("zoo", "datamodules", "plugins"):  # data summaries and method reports
         logging.getLogger(name).setLevel(logging.INFO)
-    build_cli()
+    try:
+        build_cli()
+    except USER_ERRORS as err:  # a wrong input: its message says what and where, a traceback adds nothing
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

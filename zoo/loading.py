@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import HFValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from zoo.paths import looks_local
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,9 @@ def _smollm2_135m() -> tuple[str, str]:
 ALIASES = {"smollm2-135m": _smollm2_135m}
 """Alias → function returning ``(folder, gguf_file)``."""
 
+MODEL_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json")
+"""A folder holding none of these is not a model folder."""
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
@@ -60,7 +66,28 @@ def resolve_model_source(name_or_path: str) -> tuple[str, dict[str, Any]]:
         return str(path.parent), {"gguf_file": path.name}
     if path.exists() and not path.is_dir():
         raise ModelLoadError(f"{path}: a model path must be a folder or a .gguf file")
-    return str(path) if path.exists() else name_or_path, {}
+    if path.is_dir():
+        _check_model_folder(path)
+        return str(path), {}
+    if looks_local(name_or_path):  # never ask the hub about a path
+        raise ModelLoadError(f"{name_or_path}: no such model folder")
+    return name_or_path, {}
+
+
+def _check_model_folder(path: Path) -> None:
+    """Refuse a folder that holds neither a model config nor a tokenizer, before transformers
+    guesses at it (and asks for sentencepiece)."""
+    if any((path / name).is_file() for name in MODEL_FILES):
+        return
+    if (path / "adapter.json").is_file():
+        raise ModelLoadError(
+            f"{path} is an ftzoo adapter, not a model: give the base model as the model and the adapter "
+            "with --model.adapter (tools: --adapter)"
+        )
+    raise ModelLoadError(
+        f"{path} is not a model folder: it has no {' or '.join(MODEL_FILES[:2])} (a model folder is written by "
+        "save_pretrained; a single .gguf file is given by its own path)"
+    )
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -97,7 +124,7 @@ def load_model(
 def _from_pretrained(auto_cls: Any, source: str, name_or_path: str, **kwargs: Any) -> Any:
     try:
         return auto_cls.from_pretrained(source, **kwargs)
-    except OSError as err:
+    except (OSError, HFValidationError) as err:  # a missing file, no network, or not a hub id
         raise ModelLoadError(
             f"could not load {name_or_path!r} with {auto_cls.__name__}: {err}\n"
             "Without internet access a model must be local: give the path of a folder "

@@ -28,6 +28,8 @@ from torchmetrics import MeanMetric
 from transformers import GenerationConfig
 
 from zoo.adapter import Adapter, AdapterError, BaseModelInfo, load_adapter, save_adapter
+from zoo.checkpoints import read_checkpoint
+from zoo.guard import FitGuard
 from zoo.loading import load_model, load_tokenizer
 from zoo.method import Method
 from zoo.plugins import method_from_config, method_hooks, method_name
@@ -64,6 +66,9 @@ class FineTuneModule(L.LightningModule):
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         trust_remote_code: allow a model's own Python code (off unless you trust it).
         adapter_dir: where ``fit`` writes the trained adapter; default ``<log_dir>/adapter``.
+            Checked before training starts.
+        overwrite: let ``fit`` replace an adapter already in ``adapter_dir`` (a folder
+            of anything else is never replaced).
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class FineTuneModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         adapter_dir: str | None = None,
+        overwrite: bool = False,
     ) -> None:
         super().__init__()
         self.model_name = model
@@ -96,6 +102,7 @@ class FineTuneModule(L.LightningModule):
         self.gradient_checkpointing = gradient_checkpointing
         self.trust_remote_code = trust_remote_code
         self.adapter_dir = adapter_dir
+        self.overwrite = overwrite
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
         self.model: nn.Module | None = None
         self.selection: Any = None
@@ -149,9 +156,9 @@ class FineTuneModule(L.LightningModule):
         """The selection stored in the checkpoint this run resumes from, if it is known yet
         (``resume_from`` is set by the CLI); otherwise ``on_load_checkpoint`` rebuilds."""
         path = getattr(self, "resume_from", None)
-        if path is None or not Path(path).is_file():
+        if path is None or str(path) in ("last", "best", "hpc", "registry"):  # Lightning finds these itself
             return None
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = read_checkpoint(path, map_location="cpu", weights_only=True, mmap=True)
         return checkpoint.get("ftzoo", {}).get("selection")
 
     def _apply_adapter(self, path: str) -> None:
@@ -376,9 +383,17 @@ class FineTuneModule(L.LightningModule):
             info=info,
         )
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The output-path check, atomic checkpoints and the non-finite stop (:mod:`zoo.guard`)."""
+        return [FitGuard()]
+
+    def adapter_output(self) -> Path:
+        """Where ``fit`` writes the adapter. Every rank calls it: ``trainer.log_dir`` is a
+        collective (a broadcast from rank 0)."""
+        return Path(self.adapter_dir or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapter")
+
     def on_fit_end(self) -> None:
-        # every rank: trainer.log_dir is a collective (a broadcast from rank 0)
-        folder = Path(self.adapter_dir or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapter")
+        folder = self.adapter_output()
         with self._whole_parameters():  # every rank takes part in gathering; rank 0 extracts and writes
             adapter = self.extract_adapter() if self.trainer.is_global_zero else None
         if adapter is not None:

@@ -13,6 +13,7 @@ method and the core defaults, and nothing else (see :mod:`zoo.hookspecs`).
 
 from __future__ import annotations
 
+import difflib
 import functools
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -90,12 +91,33 @@ def method_class(name: str) -> type[Method]:
     """The method class registered under ``name``."""
     methods = available_methods()
     if name not in methods:
-        known = ", ".join(sorted(methods)) or "none"
-        raise PluginError(
-            f"no method named {name!r} is installed (known: {known}). Install the plugin "
-            f"package that provides it, or give its class path."
-        )
+        raise PluginError(unknown_method_message(name))
     return methods[name].cls
+
+
+def unknown_method_message(name: str) -> str:
+    """Say that ``name`` is no installed method: list them, and the closest name if any."""
+    methods = available_methods()
+    known = ", ".join(sorted(methods)) or "none"
+    close = difflib.get_close_matches(name, list(methods), n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return (
+        f"no method named {name!r} is installed.{hint} Installed methods: {known} (python -m zoo plugins lists "
+        "them with their packages). Install the plugin package that provides it, or give its class path."
+    )
+
+
+def is_method_reference(value: str) -> bool:
+    """Whether ``value`` can name a method class: a registered name, a dotted class path, or
+    the short name of a loaded :class:`Method` subclass (which jsonargparse resolves)."""
+    if value in available_methods() or "." in value:
+        return True
+    pending, short = [Method], set()
+    while pending:
+        cls = pending.pop()
+        short.add(cls.__name__)
+        pending.extend(cls.__subclasses__())
+    return value in short
 
 
 def method_name(method: Method) -> str:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from zoo import Adapter, Method, hookimpl
+from zoo.targets import check_trainable_parameters
 
 
 class FullFineTuning(Method):
@@ -42,6 +43,7 @@ class FullFineTuning(Method):
 
     @hookimpl
     def ftzoo_rewrite_model(self, model: nn.Module, selection: list[str]) -> None:
+        check_trainable_parameters(model, selection, "full fine-tuning")  # before any requires_grad changes
         for name in selection:
             model.get_parameter(name).requires_grad_(True)
 

@@ -22,7 +22,7 @@ from plugins.lora.layer import LowRankDelta, delta_weight
 from plugins.lora.model import base_name, extract, inject, load, split_by_layer
 from plugins.lora.peft_format import write_peft_files
 from zoo import Adapter, Method, hookimpl
-from zoo.targets import find_modules
+from zoo.targets import check_trainable_modules, find_modules
 
 
 class LoRA(Method):
@@ -89,6 +89,7 @@ class LoRA(Method):
 
     @hookimpl
     def ftzoo_rewrite_model(self, model: nn.Module, selection: dict[str, Any]) -> None:
+        check_trainable_modules(model, selection["targets"], "LoRA")  # before PEFT changes anything
         inject(model, peft_config(self.options(), selection["targets"]), seed=selection["seed"])
 
     @hookimpl

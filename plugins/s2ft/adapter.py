@@ -81,7 +81,8 @@ def check_fits(model: nn.Module, adapter: Adapter) -> list[tuple[StructuredUpdat
 
     Raises:
         AdapterError: naming the layer and projection whose parameter is missing, is
-            already rewritten by S²FT, or has another shape than the adapter's.
+            already rewritten by S²FT, has another shape than the adapter's, or whose
+            selected units are out of range.
     """
     pairs = []
     entries = {e["module"]: e for e in projections_of(adapter.selection)}
@@ -105,6 +106,12 @@ def check_fits(model: nn.Module, adapter: Adapter) -> list[tuple[StructuredUpdat
                 f"S²FT adapter does not fit this base model: {where} has shape {expected}, but the adapter was "
                 f"trained on {entry['num_units']} {entry['unit']}s of {entry['unit_size']} "
                 f"(dimension {update.dim} of size {size}) with a delta of shape {list(update.delta.shape)}"
+            )
+        bad = [u for u in entry["units"] if not 0 <= u < entry["num_units"]]
+        if bad:
+            raise AdapterError(
+                f"S²FT adapter selection names {entry['unit']}s {sorted(bad)[:5]} of {where}; there are "
+                f"{entry['num_units']} (0 to {entry['num_units'] - 1}): the adapter is damaged"
             )
         pairs.append((update, param))
     return pairs

@@ -89,7 +89,9 @@ def check_budget(name: str, budget: Budget) -> None:
     """
     if isinstance(budget, bool) or not isinstance(budget, int | float):
         raise TypeError(f"S2FT {name} must be a fraction (float in [0, 1]) or a count (int), got {budget!r}")
-    if budget < 0 or (isinstance(budget, float) and budget > 1):
+    if budget < 0:
+        raise ValueError(f"S2FT {name}={budget!r} is negative; give a fraction in [0, 1] or a count of units ≥ 0")
+    if isinstance(budget, float) and budget > 1:
         raise ValueError(
             f"S2FT {name}={budget!r}: a float is a fraction of the units and must lie in [0, 1]; "
             "give an int for a number of units"

@@ -24,6 +24,7 @@ from plugins.s2ft.permute import permute_, plan_attention, plan_channels, positi
 from plugins.s2ft.selection import STRATEGIES, Target, choose, make_selection, projections_of, unit_count
 from plugins.s2ft.structures import Block, coupled_blocks
 from zoo import Adapter, Method, hookimpl
+from zoo.targets import check_trainable_modules
 
 
 class S2FT(Method):
@@ -160,8 +161,11 @@ class S2FT(Method):
 def rewrite(model: nn.Module, selection: Any) -> None:
     """Co-permute every block with a selection and make its selected slices trainable.
 
+    Every block is checked before any is changed, so a refusal leaves the model as it was.
+
     Raises:
         ValueError: the selection does not fit the model (naming the layer and projection).
+        UnsupportedWeightError: a projection to permute holds quantized or integer weights.
     """
     blocks = {b.index: b for b in coupled_blocks(model)}
     by_layer: dict[int, dict[str, dict[str, Any]]] = {}
@@ -170,11 +174,27 @@ def rewrite(model: nn.Module, selection: Any) -> None:
     for layer, entries in sorted(by_layer.items()):
         if layer not in blocks:
             raise ValueError(f"the S²FT selection names layer {layer}; the model has {len(blocks)} blocks")
+        check_block(blocks[layer], entries)
+    touched = [blocks[layer].module_name(p) for layer, entries in by_layer.items() for p in _permuted(entries)]
+    check_trainable_modules(model, touched, "S²FT")
+    for layer, entries in sorted(by_layer.items()):
         rewrite_block(blocks[layer], entries)
 
 
-def rewrite_block(block: Block, entries: dict[str, dict[str, Any]]) -> None:
-    """Co-permute one block and swap its selected projections for :class:`S2FTLinear`."""
+def _permuted(entries: dict[str, dict[str, Any]]) -> list[str]:
+    """The projections a block's co-permutation changes (see :func:`_permute_block`)."""
+    attention = ["q", "k", "v", "o"] if {"o", "v"} & set(entries) else []
+    ffn = ["gate", "up", "down"] if {"gate", "up", "down"} & set(entries) else []
+    return attention + ffn
+
+
+def check_block(block: Block, entries: dict[str, dict[str, Any]]) -> None:
+    """Refuse a block's selection that was made for other sizes, names units out of range,
+    or targets a projection that is already rewritten.
+
+    Raises:
+        ValueError: naming the layer, projection and what does not fit.
+    """
     for role, entry in entries.items():
         target = Target.of(block, role)
         if (entry["num_units"], entry["unit_size"]) != (target.num_units, target.unit_size):
@@ -182,9 +202,19 @@ def rewrite_block(block: Block, entries: dict[str, dict[str, Any]]) -> None:
                 f"the S²FT selection for layer {block.index} {role} projection was made for {entry['num_units']} "
                 f"{entry['unit']}s of {entry['unit_size']}; this model has {target.num_units} of {target.unit_size}"
             )
-        rewritten = isinstance(target.linear, S2FTLinear)
-        if rewritten:
+        bad = [u for u in entry["units"] if not 0 <= u < target.num_units]
+        if bad:
+            raise ValueError(
+                f"the S²FT selection for layer {block.index} {role} projection names {entry['unit']}s {bad[:5]}; "
+                f"there are {target.num_units} (0 to {target.num_units - 1})"
+            )
+        if isinstance(target.linear, S2FTLinear):
             raise RuntimeError(f"{target.module_name} is already rewritten by S²FT")
+
+
+def rewrite_block(block: Block, entries: dict[str, dict[str, Any]]) -> None:
+    """Co-permute one block and swap its selected projections for :class:`S2FTLinear`
+    (checked first by :func:`check_block`)."""
     units = {role: entry["units"] for role, entry in entries.items()}
     orders = _permute_block(block, units)
     for role, entry in entries.items():

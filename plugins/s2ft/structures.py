@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -175,7 +176,7 @@ def _check_block(block: Block, model_type: str) -> None:
     for projection, (out_features, in_features) in expected.items():
         linear = block.linear(projection)
         weight = getattr(linear, "weight", None)
-        if weight is None or weight.ndim != 2:
+        if not isinstance(weight, torch.Tensor) or weight.ndim != 2:  # torch.ao quantized: a method
             raise UnsupportedArchitectureError(
                 f"{block.module_name(projection)} is a {type(linear).__name__} without a 2-D weight; S²FT "
                 "needs plain linear projections (quantized or fused layers are not supported)"

@@ -24,6 +24,8 @@ from torch import nn
 
 from plugins.sparse.indices import ENCODING, decode, encode
 from plugins.sparse.layer import SparseMaskLinear, csr_tensor
+from zoo.adapter import AdapterError
+from zoo.targets import check_trainable_modules
 
 INDICES, VALUES = "mask_indices", "mask_values"
 
@@ -49,15 +51,38 @@ def selected_indices(selection: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def rewrite(model: nn.Module, chosen: dict[str, torch.Tensor], grad_mode: str) -> None:
-    """Replace each target ``nn.Linear`` by a :class:`SparseMaskLinear` at the same name."""
+    """Replace each target ``nn.Linear`` by a :class:`SparseMaskLinear` at the same name.
+
+    Every target is checked before any is replaced, so a refusal leaves the model as it was.
+
+    Raises:
+        TypeError: a target is not a plain ``nn.Linear``.
+        ValueError: mask indices fall outside a target's weight.
+        UnsupportedWeightError: a target holds quantized or integer weights.
+    """
     for name, indices in chosen.items():
         base = model.get_submodule(name)
         if type(base) is not nn.Linear:
             raise TypeError(f"sparse masks adapt nn.Linear layers; {name} is a {type(base).__name__}")
-        if indices.numel() and int(indices[-1]) >= base.weight.numel():
-            raise ValueError(f"mask indices of {name} exceed its weight of shape {tuple(base.weight.shape)}")
+        check_indices(name, indices, base.weight.numel(), tuple(base.weight.shape))
+    check_trainable_modules(model, chosen, "sparse masks")
+    for name, indices in chosen.items():
+        base = model.get_submodule(name)
         values_dtype = torch.float32 if base.weight.dtype in (torch.float16, torch.bfloat16) else base.weight.dtype
         model.set_submodule(name, SparseMaskLinear(base, indices, values_dtype, grad_mode))
+
+
+def check_indices(name: str, indices: torch.Tensor, numel: int, shape: tuple[int, ...]) -> None:
+    """Refuse flat mask indices outside a weight of ``numel`` entries.
+
+    Raises:
+        ValueError: naming the target, the offending index and the weight's shape.
+    """
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= numel):
+        bad = int(indices.max()) if int(indices.max()) >= numel else int(indices.min())
+        raise ValueError(
+            f"mask index {bad} of {name} is outside its weight of shape {list(shape)} ({numel} entries)"
+        )
 
 
 def extract(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -80,6 +105,33 @@ def adapter_targets(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.T
     }
 
 
+def fitting_targets(
+    model: nn.Module, tensors: dict[str, torch.Tensor]
+) -> list[tuple[str, torch.Tensor, torch.Tensor, nn.Parameter]]:
+    """``(name, indices, values, weight)`` per target, after checking every target fits ``model``.
+
+    Raises:
+        AdapterError: a target is missing from the model, or its indices and values disagree
+            in count or fall outside the weight.
+    """
+    out = []
+    for name, (indices, values) in adapter_targets(tensors).items():
+        try:
+            weight = model.get_parameter(f"{name}.weight")
+        except AttributeError as err:
+            raise AdapterError(f"sparse adapter does not fit this base model: it has no {name}.weight") from err
+        if indices.shape != values.shape:
+            raise AdapterError(
+                f"sparse adapter: {name} has {indices.numel()} mask indices but {values.numel()} values"
+            )
+        try:
+            check_indices(name, indices, weight.numel(), tuple(weight.shape))
+        except ValueError as err:
+            raise AdapterError(f"sparse adapter does not fit this base model: {err}") from err
+        out.append((name, indices, values, weight))
+    return out
+
+
 def fuse(model: nn.Module, tensors: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
     """``W.flatten()[idx] += scale · values`` in place; returns the k original entries per weight.
 
@@ -87,8 +139,7 @@ def fuse(model: nn.Module, tensors: dict[str, torch.Tensor], scale: float) -> di
     """
     undo = {}
     with torch.no_grad():
-        for name, (indices, values) in adapter_targets(tensors).items():
-            weight = model.get_parameter(f"{name}.weight")
+        for name, indices, values, weight in fitting_targets(model, tensors):  # all checked before any change
             flat, idx = weight.view(-1), indices.to(weight.device)
             undo[f"{name}.weight"] = (idx, flat.index_select(0, idx).clone())
             update = values if scale == 1.0 else values * scale
@@ -106,8 +157,7 @@ def unfuse(model: nn.Module, undo: dict[str, tuple[torch.Tensor, torch.Tensor]])
 def deltas(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Dense ``[out, in]`` deltas, zero outside the mask, in each weight's dtype."""
     out = {}
-    for name, (indices, values) in adapter_targets(tensors).items():
-        weight = model.get_parameter(f"{name}.weight")
+    for name, indices, values, weight in fitting_targets(model, tensors):
         flat = torch.zeros(weight.numel(), dtype=weight.dtype, device=weight.device)
         flat.index_add_(0, indices.to(weight.device), values.to(device=weight.device, dtype=weight.dtype))
         out[f"{name}.weight"] = flat.view_as(weight)

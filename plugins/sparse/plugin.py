@@ -89,8 +89,7 @@ class SparseMask(Method):
     @hookimpl
     def ftzoo_serving_deltas(self, adapter: Adapter, model: nn.Module) -> dict[str, nn.Module]:
         modules = {}
-        for name, (indices, values) in masks.adapter_targets(adapter.tensors).items():
-            weight = model.get_parameter(f"{name}.weight")
+        for name, indices, values, weight in masks.fitting_targets(model, adapter.tensors):
             values = values.to(device=weight.device, dtype=weight.dtype)
             modules[name] = masks.SparseDelta(indices.to(weight.device), values, tuple(weight.shape))
         return modules

@@ -1,0 +1,62 @@
+"""What the fault tests share: a short quickstart fit on the tiny model, and faults to inject.
+
+The fits run the shipped quickstart recipe (``configs/quickstart.yaml``, so its checkpoint
+callbacks are the ones under test) on the tiny Llama, with 24 generated problems in
+batches of 8: three steps per epoch, a checkpoint every 25 steps as shipped (so only the
+interrupt and end-of-run checkpoints matter here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+from lightning.pytorch import Callback
+
+from locations import REPO
+
+
+def quickstart_args(model_dir: Path, root: Path, max_steps: int, *extra: str) -> list[str]:
+    """``lightning fit --config configs/quickstart.yaml`` on the tiny model, logging under ``root``."""
+    return [
+        "fit",
+        "--config", str(REPO / "configs" / "quickstart.yaml"),
+        "--model.model", str(model_dir),
+        "--model.warmup_steps", "2",
+        "--data.init_args.num_train", "24",
+        "--data.init_args.max_length", "256",
+        "--trainer.max_steps", str(max_steps),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--trainer.logger.init_args.save_dir", str(root),
+        "--trainer.logger.init_args.version", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+def run_dir(root: Path) -> Path:
+    """The run folder of :func:`quickstart_args` (the recipe names it ``quickstart``)."""
+    return root / "quickstart" / "version_0"
+
+
+class SigintAt(Callback):
+    """Send this process a real SIGINT (what Ctrl-C sends) in the middle of optimizer step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step + 1 == self.step:
+            signal.raise_signal(signal.SIGINT)
+
+
+@contextlib.contextmanager
+def sigint_restored() -> Iterator[None]:
+    """Lightning ignores SIGINT after it handles one; give the test process its handler back."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,195 @@
+"""Checkpoints that survive a full disk, a damaged file and Ctrl-C.
+
+* :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file beside its real
+  name and renames it into place, so a checkpoint is complete or absent: a full disk or a
+  kill mid-write leaves the previous ``last.ckpt`` as it was. Reading refuses a damaged
+  file with its path and what is wrong (:func:`read_checkpoint`). ``FineTuneModule``
+  installs it on plain strategies (:class:`zoo.guard.FitGuard`).
+* :class:`InterruptCheckpoint` is Lightning's ``OnExceptionCheckpoint`` that also says
+  where the checkpoint is and prints the exact command that resumes from it. Recipes
+  declare it beside a ``ModelCheckpoint`` that saves every N steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import shlex
+import signal
+import sys
+import tempfile
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated or not a checkpoint."""
+
+
+def read_checkpoint(path: str | Path, **load_kwargs: Any) -> dict[str, Any]:
+    """``torch.load`` a checkpoint, refusing a damaged one by name.
+
+    Args:
+        path: the ``.ckpt`` file.
+        load_kwargs: passed to ``torch.load`` (``map_location``, ``weights_only``, ``mmap``).
+
+    Raises:
+        CheckpointError: the file is missing, empty, truncated or not a torch checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    size = path.stat().st_size
+    try:
+        checkpoint = torch.load(path, **load_kwargs)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise CheckpointError(
+            f"{path} is damaged ({size:,} bytes; {type(err).__name__}: {str(err).splitlines()[0] if str(err) else '?'})"
+            f": it was probably cut short by a full disk or a kill while it was written. {_others(path)}"
+        ) from err
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def _others(path: Path) -> str:
+    others = sorted(p.name for p in path.parent.glob("*.ckpt") if p != path)
+    if not others:
+        return "No other checkpoint is in its folder."
+    return f"Resume from another checkpoint in {path.parent}: {', '.join(others[:5])}"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose files appear whole or not at all (temporary name, fsync,
+    rename in the same folder), and whose reads name a damaged file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            return super().save_checkpoint(checkpoint, path, storage_options)  # its own refusal
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        kwargs = {"map_location": map_location or (lambda storage, loc: storage)}
+        if weights_only is not None:
+            kwargs["weights_only"] = weights_only
+        return read_checkpoint(path, **kwargs)
+
+
+def use_atomic_io(strategy: Any) -> None:
+    """Give ``strategy`` an :class:`AtomicCheckpointIO` if it writes plain torch files
+    (single device, DDP); sharded strategies (FSDP, DeepSpeed) keep their own writers."""
+    current = getattr(strategy, "_checkpoint_io", None)
+    if current is None or type(current) is TorchCheckpointIO:
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            if type(strategy.checkpoint_io) is TorchCheckpointIO:
+                strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """Save a checkpoint when ``fit`` stops on Ctrl-C or an error, and print the command
+    that resumes from it.
+
+    Ctrl-C (SIGINT) during training does not cut a step in half: the current step finishes,
+    then training stops and the checkpoint is written, so resuming continues exactly as an
+    uninterrupted run would. A second Ctrl-C stops at once (Lightning's own handling).
+    Nothing is saved when the error comes before the first training step (nothing is lost
+    then, and the model may not be built).
+
+    Args:
+        dirpath: where to write it; default: the ``ModelCheckpoint``'s folder, else
+            ``<log_dir>/checkpoints``.
+        filename: the file name, without ``.ckpt``.
+    """
+
+    def __init__(self, dirpath: str | None = None, filename: str = "interrupted") -> None:
+        super().__init__(dirpath or "", filename)
+        self.resume_command: list[str] | None = None
+        """The ``lightning`` command line of this run (set by the CLI), to print with ``--ckpt_path``."""
+        self._started = False
+        self._stop_requested = False
+        self._previous_handler: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = True
+        if not self.dirpath:
+            periodic = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.dirpath), None)
+            root = None if periodic else (trainer.log_dir or trainer.default_root_dir)
+            self.dirpath = periodic.dirpath if periodic else os.path.join(root, "checkpoints")
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self._previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True
+        self._restore_handler()  # a second Ctrl-C interrupts at once
+        print("\nCtrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to stop now)", file=sys.stderr)
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.strategy.reduce_boolean_decision(self._stop_requested, all=False):  # every rank stops together
+            raise KeyboardInterrupt
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handler()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handler()
+        if not self._started:
+            return
+        try:
+            super().on_exception(trainer)
+        except Exception as err:  # never hide the error that stopped training
+            print(f"ftzoo: could not write {self.ckpt_path}: {err}", file=sys.stderr)
+            return
+        if trainer.is_global_zero:
+            print(self.message(trainer.global_step, exception), file=sys.stderr, flush=True)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_handler()
+        if self._started:  # a finished run no longer needs its interrupt checkpoint
+            super().teardown(trainer)
+
+    def message(self, step: int, exception: BaseException) -> str:
+        """What the user reads: why training stopped, where the checkpoint is, how to resume."""
+        why = "interrupted (Ctrl-C)" if isinstance(exception, KeyboardInterrupt) else f"stopped by an error: {exception}"
+        command = resume_command(self.resume_command, self.ckpt_path)
+        return f"\nTraining {why}\nCheckpoint at step {step}: {self.ckpt_path}\nResume with:\n  {command}\n"
+
+
+def resume_command(args: list[str] | None, ckpt_path: str) -> str:
+    """``lightning fit ... --ckpt_path <ckpt_path>``: ``args`` (a ``lightning`` command line,
+    subcommand first) with any earlier ``--ckpt_path`` replaced."""
+    if args is None:
+        return f"lightning fit <the same arguments> --ckpt_path {shlex.quote(ckpt_path)}"
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["lightning", *kept, "--ckpt_path", ckpt_path])
