@@ -15,7 +15,7 @@ from pluggy import HookRelay
 from torch import nn
 
 from zoo.adapter import Adapter, AdapterError, BaseModelInfo, load_adapter
-from zoo.loading import load_model
+from zoo.loading import ModelLoadError, load_model
 from zoo.plugins import PluginError, method_from_config, method_hooks
 
 
@@ -65,13 +65,22 @@ def load_base(
         dtype: dtype of the base weights.
 
     Raises:
-        AdapterError: an adapter belongs to another base model.
+        AdapterError: an adapter belongs to another base model, or the base it records is
+            not here (the message asks for ``--base_model``; a path is never sent to the hub).
     """
-    if base_model is None:
+    recorded = base_model is None
+    if recorded:
         if not adapters:
             raise ValueError("give the base model (no adapter to read it from)")
         base_model = next(iter(adapters.values())).base.name_or_path
-    model = load_model(base_model, dtype).eval()
+    try:
+        model = load_model(base_model, dtype).eval()
+    except ModelLoadError as err:
+        if not recorded:
+            raise
+        raise AdapterError(
+            f"the adapter's base model cannot be loaded here: {err}\nPass --base_model <folder or id>"
+        ) from err
     info = BaseModelInfo.of(model, base_model)
     for label, adapter in adapters.items():
         adapter.base.check_same(info, what=f"adapter {label}")

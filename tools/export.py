@@ -24,7 +24,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tools.common import atomic_folder, check_output, hooks_for, load_base, read_adapter
-from zoo.adapter import Adapter, AdapterError
+from zoo.adapter import Adapter, AdapterError, check_finite
 from zoo.loading import load_tokenizer
 
 CONFIG_LEFTOVERS = ("quantization_config", "auto_map")
@@ -37,6 +37,7 @@ def export(
     base_model: str | None = None,
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     overwrite: bool = False,
+    allow_nonfinite: bool = False,
 ) -> Path:
     """Fuse ``adapter`` into its base model and write a Hugging Face model folder.
 
@@ -46,16 +47,20 @@ def export(
         base_model: the base model; default: the one the adapter records.
         dtype: dtype of the written weights.
         overwrite: replace ``output`` if it exists.
+        allow_nonfinite: export even if the adapter holds NaN or infinity (a NaN model).
 
     Returns:
         The written folder.
 
     Raises:
         AdapterError: the adapter is missing, corrupt, or belongs to another base model.
+        NonFiniteError: the adapter holds NaN or infinity and ``allow_nonfinite`` is off.
         FileExistsError: ``output`` exists and ``overwrite`` is off.
     """
     check_output(output, overwrite, marker="config.json")
     loaded = read_adapter(adapter)
+    if not allow_nonfinite:
+        check_finite(loaded.tensors, what=f"adapter {adapter}")
     model, info = load_base(base_model, {adapter: loaded}, dtype)
     fuse_into(model, loaded, what=f"adapter {adapter}")
     folder = save_model_folder(model, load_tokenizer(info.name_or_path), output, overwrite)

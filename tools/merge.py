@@ -29,7 +29,7 @@ from plugins.merge import merged_adapter
 from plugins.merge.combine import How, MergeOptions, combine, format_overlap, overlap_report
 from tools.common import check_output, checked_deltas, hooks_for, load_base, parse_named, read_adapter
 from tools.export import fuse_into, save_model_folder
-from zoo.adapter import META_FILE, Adapter, BaseModelInfo, save_adapter
+from zoo.adapter import META_FILE, Adapter, BaseModelInfo, check_finite, save_adapter
 from zoo.loading import load_tokenizer
 
 
@@ -47,6 +47,7 @@ def merge(
     base_model: str | None = None,
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     overwrite: bool = False,
+    allow_nonfinite: bool = False,
 ) -> dict[str, Any]:
     """Merge adapters of one base model.
 
@@ -68,6 +69,7 @@ def merge(
         base_model: the base model; default: the one the adapters record.
         dtype: dtype of the base weights (and of the written model).
         overwrite: replace ``output`` if it exists.
+        allow_nonfinite: merge even if an adapter (or the result) holds NaN or infinity.
 
     Returns:
         The report: output, method of the result, sources, options, overlap.
@@ -75,6 +77,7 @@ def merge(
     Raises:
         AdapterError: an adapter is missing, corrupt, of another base model, or does not fit it.
         FileExistsError: ``output`` exists and ``overwrite`` is off.
+        NonFiniteError: an adapter or the result holds NaN or infinity and ``allow_nonfinite`` is off.
         ValueError: bad options (unknown ``how``, fractions outside [0, 1], wrong number of weights).
     """
     options = MergeOptions(how, density, gamma, scale, seed, average_over)
@@ -86,6 +89,9 @@ def merge(
         raise ValueError(f"{len(paths)} adapters but {len(weights)} weights")
     check_output(output, overwrite, marker="config.json" if fuse else META_FILE)
     loaded = {label: read_adapter(path) for label, path in paths.items()}
+    if not allow_nonfinite:
+        for label, adapter in loaded.items():
+            check_finite(adapter.tensors, what=f"adapter {label}")
     _check_same_base(loaded)
     model, info = load_base(base_model, loaded, dtype)
 
@@ -102,11 +108,13 @@ def merge(
     result = _merged(loaded, task_vectors, weights, options, model, info, recipe)
     del task_vectors
 
+    if not allow_nonfinite:
+        check_finite(result.tensors, what="the merged adapter")
     if fuse:
         fuse_into(model, result, what="the merged adapter")
         save_model_folder(model, load_tokenizer(info.name_or_path), output, overwrite)
     else:
-        save_adapter(result, output, hooks=hooks_for(result))
+        save_adapter(result, output, hooks=hooks_for(result), allow_nonfinite=allow_nonfinite)
     report = {"output": str(output), "method": result.method, "fused": fuse, **recipe}
     print(
         f"Wrote {output}: {how} of {len(loaded)} adapters as {'a fused model' if fuse else result.method + ' adapter'}"

@@ -30,6 +30,10 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 
 
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+"""``--ckpt_path`` values that Lightning resolves itself (not file names)."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated or not a checkpoint."""
 

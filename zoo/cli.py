@@ -21,7 +21,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
 from zoo.adapter import AdapterError
-from zoo.checkpoints import CheckpointError, InterruptCheckpoint
+from zoo.checkpoints import LIGHTNING_CKPT_NAMES, CheckpointError, InterruptCheckpoint, read_checkpoint
 from zoo.guard import NonFiniteLossError
 from zoo.loading import ModelLoadError
 from zoo.module import CheckpointMismatchError, FineTuneModule
@@ -132,6 +132,15 @@ class FtzooCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.tokenizer", "data.init_args.tokenizer", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a missing or damaged ``--ckpt_path`` by name before LightningCLI reads its
+        hyperparameters (which fails with a bare ``OSError``)."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and str(path) not in LIGHTNING_CKPT_NAMES:
+            read_checkpoint(path, weights_only=True, map_location="cpu", mmap=True)
+        super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
         """Build the objects; an error raised by a constructor (a missing ``data_dir``) is

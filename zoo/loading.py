@@ -8,17 +8,27 @@ A model argument is one of:
 * a Hugging Face model id or a local folder, for ``from_pretrained``.
 
 Weights load through transformers (safetensors, or GGUF dequantized to ``dtype``); remote
-code is never run unless ``trust_remote_code=True`` is asked for.
+code is never run unless ``trust_remote_code=True`` is asked for. A path that does not
+exist, or a folder that is not a model, is refused by name without asking the hub; a hub
+id on an offline machine is looked up in the local cache only (:func:`hub_offline`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import logging
+import os
+import socket
+import threading
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HFValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -122,12 +132,55 @@ def load_model(
 
 
 def _from_pretrained(auto_cls: Any, source: str, name_or_path: str, **kwargs: Any) -> Any:
+    offline = not Path(source).exists() and hub_offline()
     try:
-        return auto_cls.from_pretrained(source, **kwargs)
+        with _hub_offline_mode(offline):  # a hub id on an offline machine: the cache only, no minute of retries
+            return auto_cls.from_pretrained(source, **kwargs)
     except (OSError, HFValidationError) as err:  # a missing file, no network, or not a hub id
+        where = "The Hugging Face hub is not reachable, so only its local cache was searched. " if offline else ""
         raise ModelLoadError(
-            f"could not load {name_or_path!r} with {auto_cls.__name__}: {err}\n"
+            f"could not load {name_or_path!r} with {auto_cls.__name__}: {str(err).splitlines()[0]}\n{where}"
             "Without internet access a model must be local: give the path of a folder "
             "written by save_pretrained (or a .gguf file), the alias 'smollm2-135m', or "
-            "set HF_HUB_OFFLINE=1 with the model already in the Hugging Face cache."
+            "a model already in the Hugging Face cache."
         ) from err
+
+
+@contextlib.contextmanager
+def _hub_offline_mode(offline: bool) -> Iterator[None]:
+    """huggingface_hub's offline mode for the duration: it reads ``HF_HUB_OFFLINE`` once, at
+    import, and transformers asks the hub for optional files (``adapter_config.json``) even
+    with ``local_files_only``."""
+    if not offline or hf_constants.HF_HUB_OFFLINE:
+        yield
+        return
+    hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = False
+
+
+@functools.cache
+def hub_offline(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub cannot be asked: ``HF_HUB_OFFLINE`` is set (read now, not
+    at import), or a TCP connection to it fails within ``timeout`` seconds (DNS included).
+    Behind a proxy the hub is assumed reachable."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or hf_constants.HF_HUB_OFFLINE:
+        return True
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False
+    host = urlparse(hf_constants.ENDPOINT).hostname or "huggingface.co"
+    reachable: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            reachable.append(True)
+        except OSError:
+            reachable.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return not (reachable and reachable[0])

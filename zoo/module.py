@@ -28,7 +28,7 @@ from torchmetrics import MeanMetric
 from transformers import GenerationConfig
 
 from zoo.adapter import Adapter, AdapterError, BaseModelInfo, load_adapter, save_adapter
-from zoo.checkpoints import read_checkpoint
+from zoo.checkpoints import LIGHTNING_CKPT_NAMES, read_checkpoint
 from zoo.guard import FitGuard
 from zoo.loading import load_model, load_tokenizer
 from zoo.method import Method
@@ -156,7 +156,7 @@ class FineTuneModule(L.LightningModule):
         """The selection stored in the checkpoint this run resumes from, if it is known yet
         (``resume_from`` is set by the CLI); otherwise ``on_load_checkpoint`` rebuilds."""
         path = getattr(self, "resume_from", None)
-        if path is None or str(path) in ("last", "best", "hpc", "registry"):  # Lightning finds these itself
+        if path is None or str(path) in LIGHTNING_CKPT_NAMES:  # Lightning finds these itself
             return None
         checkpoint = read_checkpoint(path, map_location="cpu", weights_only=True, mmap=True)
         return checkpoint.get("ftzoo", {}).get("selection")

@@ -114,7 +114,19 @@ def check_trainable_parameters(model: nn.Module, names: Iterable[str], what: str
         UnsupportedWeightError: listing every parameter that cannot be trained.
     """
     values = dict(model.named_parameters())
-    _raise_if_any([p for name in names if (p := weight_problem(name, values.get(name)))], what)
+    problems = [weight_problem(name, values[name] if name in values else _attribute(model, name)) for name in names]
+    _raise_if_any([p for p in problems if p], what)
+
+
+def packed_weights(model: nn.Module) -> list[str]:
+    """``<module>.weight`` of every module whose weight is not a tensor (torch.ao quantized
+    layers keep packed weights behind a method): no parameter name would reveal them."""
+    return [f"{name}.weight" for name, m in model.named_modules() if callable(getattr(m, "weight", None))]
+
+
+def _attribute(model: nn.Module, name: str) -> object:
+    module, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(module), attr, None)
 
 
 def _raise_if_any(problems: list[str], what: str) -> None:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from zoo import Adapter, Method, hookimpl
-from zoo.targets import check_trainable_parameters
+from zoo.targets import check_trainable_parameters, packed_weights
 
 
 class FullFineTuning(Method):
@@ -43,7 +43,8 @@ class FullFineTuning(Method):
 
     @hookimpl
     def ftzoo_rewrite_model(self, model: nn.Module, selection: list[str]) -> None:
-        check_trainable_parameters(model, selection, "full fine-tuning")  # before any requires_grad changes
+        packed = [name for name in packed_weights(model) if self._chosen(name)]  # quantized layers it would skip
+        check_trainable_parameters(model, [*selection, *packed], "full fine-tuning")  # before any change
         for name in selection:
             model.get_parameter(name).requires_grad_(True)
 

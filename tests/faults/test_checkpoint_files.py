@@ -1,0 +1,73 @@
+"""Fault 3: a checkpoint write cut short (full disk, kill), and resuming from a damaged file.
+
+| case                                        | what the user sees                               | kept on disk                     |
+| ------------------------------------------- | ------------------------------------------------ | -------------------------------- |
+| the disk fills while ``last.ckpt`` is       | the OSError of the write                         | the previous ``last.ckpt``,      |
+| rewritten                                   |                                                  | whole; no temporary file         |
+| ``fit`` saves checkpoints                   | nothing: they go through ``AtomicCheckpointIO``  |                                  |
+| ``--ckpt_path`` names a truncated file      | CheckpointError: "<path> is damaged (N bytes;    | the file, untouched              |
+|                                             | ...)", and the other checkpoints beside it       |                                  |
+| ``--ckpt_path`` names no file               | CheckpointError: "<path>: no such checkpoint"    |                                  |
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import torch
+from faults.harness import quickstart_args, run_dir
+
+from zoo import checkpoints
+from zoo.checkpoints import AtomicCheckpointIO, CheckpointError
+from zoo.cli import build_cli
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_llama_dir, tmp_path_factory):
+    """A two-step quickstart run with a checkpoint at each step."""
+    root = tmp_path_factory.mktemp("run")
+    every_step = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "1",
+                  "--trainer.callbacks.save_top_k", "-1"]  # fmt: skip
+    cli = build_cli(quickstart_args(tiny_llama_dir, root, 2, *every_step))
+    return cli, run_dir(root) / "checkpoints"
+
+
+def test_fit_writes_checkpoints_atomically(finished_run):
+    cli, folder = finished_run
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch=0-step=1.ckpt", "epoch=0-step=2.ckpt", "last.ckpt"]
+
+
+def test_a_write_cut_short_by_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1, "state_dict": {"w": torch.ones(4)}}, path)
+    before = path.read_bytes()
+
+    def disk_full(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"global_step": 2, "state_dict": {"w": torch.zeros(4)}}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_resuming_from_a_truncated_checkpoint_names_the_file(finished_run, tiny_llama_dir, tmp_path):
+    _, folder = finished_run
+    damaged = tmp_path / "last.ckpt"
+    data = (folder / "last.ckpt").read_bytes()
+    damaged.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"{damaged} is damaged \({len(data) // 2:,} bytes"):
+        build_cli(quickstart_args(tiny_llama_dir, tmp_path, 3, "--ckpt_path", str(damaged)))
+    with pytest.raises(CheckpointError, match="is damaged"):
+        AtomicCheckpointIO().load_checkpoint(damaged)  # validate/test --ckpt_path read through it too
+    assert damaged.read_bytes() == data[: len(data) // 2]
+
+
+def test_resuming_from_a_missing_checkpoint_names_the_file(tiny_llama_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        build_cli(quickstart_args(tiny_llama_dir, tmp_path, 3, "--ckpt_path", str(tmp_path / "nope.ckpt")))
