@@ -2,7 +2,7 @@
 
 | case                                        | what the user sees                               | kept on disk                     |
 | ------------------------------------------- | ------------------------------------------------ | -------------------------------- |
-| the disk fills while ``last.ckpt`` is       | the OSError of the write                         | the previous ``last.ckpt``,      |
+| the disk fills while ``last.ckpt`` is       | the OSError of the write (EFBIG here)            | the previous ``last.ckpt``,      |
 | rewritten                                   |                                                  | whole; no temporary file         |
 | ``fit`` saves checkpoints                   | nothing: they go through ``AtomicCheckpointIO``  |                                  |
 | ``--ckpt_path`` names a truncated file      | CheckpointError: "<path> is damaged (N bytes;    | the file, untouched              |
@@ -12,13 +12,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import resource
+import signal
+from collections.abc import Iterator
 
 import pytest
 import torch
 from faults.harness import quickstart_args, run_dir
 
-from zoo import checkpoints
 from zoo.checkpoints import AtomicCheckpointIO, CheckpointError
 from zoo.cli import build_cli
 
@@ -39,19 +42,27 @@ def test_fit_writes_checkpoints_atomically(finished_run):
     assert sorted(p.name for p in folder.iterdir()) == ["epoch=0-step=1.ckpt", "epoch=0-step=2.ckpt", "last.ckpt"]
 
 
-def test_a_write_cut_short_by_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+@contextlib.contextmanager
+def disk_full_after(limit: int) -> Iterator[None]:
+    """Writes past ``limit`` bytes of a file fail with EFBIG, as on a full disk (RLIMIT_FSIZE)."""
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def test_a_write_cut_short_by_a_full_disk_keeps_the_previous_checkpoint(finished_run, tmp_path):
+    cli, _ = finished_run
+    io = cli.trainer.strategy.checkpoint_io  # what fit saved through
     path = tmp_path / "last.ckpt"
-    io = AtomicCheckpointIO()
     io.save_checkpoint({"global_step": 1, "state_dict": {"w": torch.ones(4)}}, path)
     before = path.read_bytes()
-
-    def disk_full(obj, handle, *args, **kwargs):
-        handle.write(b"PK\x03\x04 half a checkpoint")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(checkpoints.torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        io.save_checkpoint({"global_step": 2, "state_dict": {"w": torch.zeros(4)}}, path)
+    with disk_full_after(1 << 20), pytest.raises((OSError, RuntimeError)):
+        io.save_checkpoint({"global_step": 2, "state_dict": {"w": torch.zeros(1 << 20)}}, path)  # 4 MiB
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
