@@ -16,6 +16,7 @@ from torch import nn
 
 from zoo.adapter import Adapter, AdapterError, BaseModelInfo, load_adapter
 from zoo.loading import ModelLoadError, load_model
+from zoo.outputs import folder_lock
 from zoo.plugins import PluginError, method_from_config, method_hooks
 
 
@@ -148,13 +149,18 @@ def atomic_folder(target: str | Path, overwrite: bool = False, marker: str = "co
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f"{tmp.name}.old")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            tmp.rename(target)
+        with folder_lock(target.parent):  # two writers of one folder must not interleave their renames
+            if target.exists():
+                old = target.with_name(f"{tmp.name}.old")
+                target.rename(old)
+                try:
+                    tmp.rename(target)
+                except BaseException:
+                    old.rename(target)  # the previous folder stays in place
+                    raise
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+            else:
+                tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
