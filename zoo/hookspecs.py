@@ -100,7 +100,9 @@ def ftzoo_rewrite_model(model: nn.Module, selection: Any) -> None:
     :func:`ftzoo_select_parameters` or the one stored in a checkpoint or adapter). A method
     may replace modules, permute weights, add parameters and set ``requires_grad``, but
     must keep the model's outputs unchanged before training and must not copy the frozen
-    base weights. New parameters' names must contain the method's prefix
+    base weights. It must check every module it will change before changing any
+    (:func:`zoo.targets.check_trainable_modules`), so that a refusal (a quantized or integer
+    weight, a selection that does not fit) leaves the model exactly as it was. New parameters' names must contain the method's prefix
     (:attr:`zoo.Method.prefix`) so that the core can find them by name.
 
     Args:
