@@ -148,10 +148,12 @@ class FtzooCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except Exception as err:
-            root = _root_cause(err)
-            if root is err:
+            cause = _constructor_error(err)
+            if cause is err:
                 raise
-            raise ConfigError(f"{type(root).__name__}: {root}") from root
+            if isinstance(cause, USER_ERRORS):
+                raise cause from None
+            raise ConfigError(f"{type(cause).__name__}: {cause}") from cause
 
     def before_fit(self) -> None:
         """Tell the module which checkpoint it resumes from, so that it rebuilds the stored
@@ -163,11 +165,19 @@ class FtzooCLI(LightningCLI):
                 callback.resume_command = self.command_line
 
 
-def _root_cause(err: BaseException) -> BaseException:
-    """The innermost exception of a ``raise ... from`` chain."""
-    while err.__cause__ is not None:
+def _constructor_error(err: BaseException) -> BaseException:
+    """The first exception of a ``raise ... from`` chain that jsonargparse did not raise itself:
+    what the constructor raised."""
+    while err.__cause__ is not None and _raised_in(err, "jsonargparse"):
         err = err.__cause__
     return err
+
+
+def _raised_in(err: BaseException, package: str) -> bool:
+    frame = err.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and f"{package}/" in frame.tb_frame.f_code.co_filename.replace("\\", "/")
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
