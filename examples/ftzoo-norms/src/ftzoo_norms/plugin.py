@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from zoo import Adapter, Method, hookimpl
+from zoo.targets import check_trainable_parameters
 
 
 class NormsOnly(Method):
@@ -57,6 +58,7 @@ class NormsOnly(Method):
     @hookimpl
     def ftzoo_rewrite_model(self, model: nn.Module, selection: list[str]) -> None:
         """Unfreeze the chosen base parameters; nothing else changes."""
+        check_trainable_parameters(model, selection, "norms")  # all checked before any is unfrozen
         for name in selection:
             model.get_parameter(name).requires_grad_(True)
 
