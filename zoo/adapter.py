@@ -159,8 +159,9 @@ def save_adapter(adapter: Adapter, folder: str | Path, hooks: Any = None, allow_
     folder = Path(folder)
     if not allow_nonfinite:
         check_finite(adapter.tensors, what=f"the adapter for {folder}")
-    _refuse_non_adapter(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(folder.parent):  # refuse early, but not while another save is swapping folders
+        _refuse_non_adapter(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter.tensors.items()}
