@@ -14,6 +14,7 @@ are below. The tokenizer is normally linked from the model by the CLI after inst
 
 from __future__ import annotations
 
+import random
 from typing import Any, Literal, Optional
 
 from lightning.pytorch import LightningDataModule
@@ -62,6 +63,8 @@ class FineTuneDataModule(LightningDataModule):
         empty_outputs: What a training record with an empty ``output`` does: ``"error"`` stops with a
             :class:`DataError`; ``"drop"`` leaves it out and logs the dropped record numbers. Evaluation
             records need only an ``answer`` (or an output stating one).
+        holdout: Training records to hold out (a seeded sample, never trained on) for model selection,
+            such as a learning-rate search: ``holdout_dataloader()`` serves them with labels.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class FineTuneDataModule(LightningDataModule):
         max_new_tokens: int = 256,
         predict_files: Optional[list[str]] = None,
         empty_outputs: Literal["error", "drop"] = "error",
+        holdout: int = 0,
     ) -> None:
         super().__init__()
         if prompt_style not in ("alpaca", "chat"):
@@ -85,6 +89,8 @@ class FineTuneDataModule(LightningDataModule):
             raise ValueError(f"unknown empty_outputs {empty_outputs!r}; choose 'error' or 'drop'")
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}")
+        if holdout < 0:
+            raise ValueError(f"holdout must be >= 0 records, got {holdout}")
         self.tokenizer = tokenizer
         self.prompt_style = prompt_style
         self.max_length = max_length
@@ -96,7 +102,9 @@ class FineTuneDataModule(LightningDataModule):
         self.max_new_tokens = max_new_tokens
         self.predict_files = list(predict_files or [])
         self.empty_outputs = empty_outputs
+        self.holdout = holdout
         self._splits: dict[str, list[Example]] = {}
+        self._train_split: Optional[tuple[list[Record], list[Record]]] = None
 
     # ----- for subclasses ---------------------------------------------------------------------------
 
@@ -172,6 +180,18 @@ class FineTuneDataModule(LightningDataModule):
     def predict_dataloader(self) -> Any:
         return self._eval_loader("predict", "predict")
 
+    def holdout_dataloader(self) -> DataLoader:
+        """The held-out training records (``holdout``), batched with labels like training, in order."""
+        data = self._split("holdout")
+        if not data:
+            raise ValueError("no records are held out: set holdout to a number of training records")
+        return DataLoader(data, batch_size=self.eval_batch_size, collate_fn=Collator(self._pad_id(), "train"))
+
+    def examples(self, split: str) -> list[Example]:
+        """The tokenized examples of ``split`` ("train", "holdout", "validate", "test" or "predict"),
+        in the fixed order the evaluation loaders use (before any length grouping)."""
+        return self._split(split)
+
     # ----- internals --------------------------------------------------------------------------------
 
     def _check_tokenizer(self) -> None:
@@ -192,13 +212,27 @@ class FineTuneDataModule(LightningDataModule):
         return get_template(self.prompt_style, self.tokenizer)
 
     def _records(self, split: str) -> list[Record]:
-        if split == "train":
-            return self._train_records()
+        if split in ("train", "holdout"):
+            train, held_out = self._train_and_holdout()
+            return train if split == "train" else held_out
         if split == "predict":
             if self.predict_files:
                 return load_files(self.predict_files, output_policy="optional")
             return self._eval_records("test")
         return self._eval_records(split)
+
+    def _train_and_holdout(self) -> tuple[list[Record], list[Record]]:
+        """The training records split once into (trained on, held out), by a seeded sample."""
+        if self._train_split is None:
+            records = self._train_records()
+            if self.holdout and self.holdout >= len(records):
+                raise DataError(f"holdout={self.holdout} leaves nothing to train on: there are {len(records)} records")
+            held = set(random.Random(f"{self.seed}:holdout").sample(range(len(records)), self.holdout))
+            self._train_split = (
+                [r for i, r in enumerate(records) if i not in held],
+                [r for i, r in enumerate(records) if i in held],
+            )
+        return self._train_split
 
     def _encode(self, split: str) -> list[Example]:
         records = self._records(split)

@@ -100,6 +100,7 @@ class ReasoningDataModule(FineTuneDataModule):
     Args:
         data_dir: Root folder laid out as in the module docstring (e.g. ``../shared/data/reasoning``).
         train_tasks: Training tasks, e.g. ``[commonsense]`` or ``[commonsense/boolq, commonsense/arc_easy]``.
+            Only ``fit`` reads them (validate and test need no training files).
         val_tasks: Test sets to validate on, e.g. ``[math/gsm8k]``; empty: no validation.
         test_tasks: Test sets for ``trainer.test``; defaults to ``val_tasks``.
         max_eval_records: If set, validate and test on at most this many records per task (a seeded
@@ -113,7 +114,7 @@ class ReasoningDataModule(FineTuneDataModule):
     def __init__(
         self,
         data_dir: str,
-        train_tasks: list[str],
+        train_tasks: Optional[list[str]] = None,
         val_tasks: Optional[list[str]] = None,
         test_tasks: Optional[list[str]] = None,
         max_eval_records: Optional[int] = None,
@@ -126,7 +127,6 @@ class ReasoningDataModule(FineTuneDataModule):
             raise DataError(f"{data_root}: data_dir not found")
         if max_eval_records is not None and max_eval_records < 1:
             raise ValueError(f"max_eval_records must be >= 1, got {max_eval_records}")
-        train_files = resolve_tasks(data_root, list(train_tasks), "train")
         val_files = resolve_tasks(data_root, list(val_tasks or []), "test")
         test_specs = val_tasks if test_tasks is None else test_tasks
         test_files = resolve_tasks(data_root, list(test_specs or []), "test")
@@ -140,11 +140,11 @@ class ReasoningDataModule(FineTuneDataModule):
             max_new_tokens = max((DEFAULT_MAX_NEW_TOKENS.get(d or "math", 256) for d in domains), default=256)
         super().__init__(max_new_tokens=max_new_tokens, empty_outputs=empty_outputs, **kwargs)
         self.data_dir = data_root
-        self.train_files = train_files
+        self.train_tasks = list(train_tasks or [])
         self.val_files = val_files
         self.test_files = test_files
         self.max_eval_records = max_eval_records
-        self._domains = {f.task: f.domain for f in train_files + val_files + test_files}
+        self._domains = {f.task: f.domain for f in val_files + test_files}
 
     def eval_tasks(self, stage: str) -> list[str]:
         files = self.test_files if eval_stage(stage) == "test" else self.val_files
@@ -154,7 +154,10 @@ class ReasoningDataModule(FineTuneDataModule):
         return extractor_for_task(task, self._domains.get(task))
 
     def _train_records(self) -> list[Record]:
-        return [r for f in self.train_files for r in load_records(f.path, f.task, self.train_output_policy)]
+        if not self.train_tasks:
+            raise DataError("no train_tasks: fit needs training data, e.g. train_tasks: [commonsense]")
+        files = resolve_tasks(self.data_dir, self.train_tasks, "train")
+        return [r for f in files for r in load_records(f.path, f.task, self.train_output_policy)]
 
     def _eval_records(self, stage: str) -> list[Record]:
         files = self.test_files if eval_stage(stage) == "test" else self.val_files

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -36,3 +36,18 @@ class PredictionWriter(BasePredictionWriter):
                 for row in batch:
                     f.write(json.dumps(row) + "\n")
         os.replace(tmp, target)
+
+
+class TokenCounter(Callback):
+    """Count the tokens a fit trains on: every non-padding token, and the response tokens
+    the loss covers. Methods compared on one budget must see the same counts."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.response_tokens = 0
+        self.batches = 0
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.tokens += int(batch["attention_mask"].sum())
+        self.response_tokens += int((batch["labels"] != -100).sum())
+        self.batches += 1

@@ -7,7 +7,8 @@ import pytest
 from locations import REASONING_DATA, REPO
 from zoo.cli import build_cli
 
-RECIPES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*/*.yaml") if p.parent.name != "methods")
+RECIPES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*/*.yaml")
+                 if p.parent.name not in ("methods", "compare", "data"))  # fragments and tool configs: below
 RECIPES = ["configs/quickstart.yaml", *[r for r in RECIPES if not r.startswith("configs/distributed")]]
 METHODS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs" / "methods").glob("*.yaml"))
 
@@ -52,3 +53,43 @@ def test_quickstart_fits_with_every_builtin_method(method, tiny_llama_dir, tmp_p
 
     assert method_name(cli.model.method) == method and cli.trainer.global_step == 3
     assert (tmp_path / "adapter" / "adapter.json").is_file()
+
+
+COMPARISONS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs" / "compare").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("comparison", COMPARISONS)
+def test_comparison_configs_parse_and_name_every_method(comparison):
+    """`python -m tools.compare --config <file>`: the suite parses, its recipe exists, all five methods run."""
+    from jsonargparse import ArgumentParser
+
+    from tools.compare import compare
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(compare)
+    config = parser.parse_path(str(REPO / comparison))
+    assert (REPO / config.recipe).is_file()
+    assert {c.method for c in parser.instantiate_classes(config).contenders} == {"full", "s2ft", "lora", "dora", "sparse"}
+    assert all(len(c.lrs) == 3 for c in config.contenders)
+
+
+@pytest.mark.parametrize("data_config", sorted((REPO / "configs" / "data").glob("*.yaml")))
+def test_test_set_configs_need_no_training_files(data_config, tmp_path):
+    """The data blocks for tools/evaluate.py read test sets only (a data_dir without train/ folders)."""
+    import shutil
+
+    import yaml
+
+    from datamodules import ReasoningDataModule
+    from tiny_models import tiny_tokenizer
+
+    if not REASONING_DATA.is_dir():
+        pytest.skip(f"reasoning data not found at {REASONING_DATA}")
+    spec = yaml.safe_load(data_config.read_text())
+    domain = spec["init_args"]["test_tasks"][0].split("/")[0]
+    shutil.copytree(REASONING_DATA / domain / "test", tmp_path / domain / "test")
+    args = {**spec["init_args"], "data_dir": str(tmp_path), "tokenizer": tiny_tokenizer(), "max_eval_records": 3,
+            "max_length": 4096}  # the tiny tokenizer spends a token per byte
+    data = ReasoningDataModule(**args)
+    examples = data.examples("test")
+    assert {e.task for e in examples} == {t.split("/")[1] for t in spec["init_args"]["test_tasks"]}

@@ -1,0 +1,143 @@
+"""tools/evaluate.py: intervals, paired tests and aggregation on fixed generations; the whole
+run on a tiny model (base once, adapters switched in place, the same items for every entry)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from datamodules import ArithmeticDataModule
+from datamodules.encode import Example
+from tiny_adapters import train_adapter
+from tiny_models import tiny_tokenizer
+from tools.evaluate import evaluate, markdown_report, plot_results, sample_items, score_entries
+from zoo.adapter import BaseModelInfo, save_adapter
+from zoo.evaluation import Score, macro_average, mcnemar, wilson_interval
+from zoo.loading import load_model
+
+
+@pytest.mark.parametrize(
+    "correct, total, low, high",
+    [(5, 10, 0.2366, 0.7634), (0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0), (81, 100, 0.7222, 0.8749)],
+)
+def test_wilson_interval_matches_published_values(correct, total, low, high):
+    got = wilson_interval(correct, total)
+    assert got == pytest.approx((low, high), abs=1e-4)
+
+
+def test_wilson_interval_of_nothing_is_undefined():
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+
+
+def test_mcnemar_exact_p_value():
+    first = [True] * 10 + [False] * 2 + [True] * 30 + [False] * 5  # 10 only-first, 2 only-second
+    second = [False] * 10 + [True] * 2 + [True] * 30 + [False] * 5
+    test = mcnemar(first, second)
+    assert (test.only_first, test.only_second) == (10, 2)
+    assert test.p_value == pytest.approx(2 * (1 + 12 + 66) / 2**12)  # 2 * P(X <= 2), X ~ Bin(12, 1/2)
+    assert test.verdict == "first"
+    assert mcnemar(second, first).verdict == "second"
+
+
+def test_mcnemar_small_differences_are_ties():
+    assert mcnemar([True, True, False], [False, False, True]).verdict == "tie"  # 2 vs 1: p = 1
+    assert mcnemar([True, False], [True, False]).p_value == 1.0
+    with pytest.raises(ValueError, match="differ in length"):
+        mcnemar([True], [True, False])
+
+
+def test_macro_average_is_the_unweighted_mean_with_an_interval():
+    avg = macro_average([Score(9, 10), Score(10, 100)])
+    assert avg["accuracy"] == pytest.approx(0.5)
+    half = 1.959963984540054 * math.sqrt((0.9 * 0.1 / 10 + 0.1 * 0.9 / 100) / 4)
+    assert (avg["low"], avg["high"]) == pytest.approx((0.5 - half, 0.5 + half))
+
+
+def _items(tasks):
+    return [Example([1, 2], [3], "p", "1", task) for task in tasks]
+
+
+def test_score_entries_aggregates_per_task_and_pairs():
+    items = _items(["a", "a", "a", "a", "b", "b"])
+    correct = {
+        "base": [False, False, True, False, True, False],
+        "tuned": [True, True, True, False, True, True],
+    }
+    out = score_entries(items, correct, ["a", "b"])
+    assert out["scores"]["tuned"]["tasks"]["a"]["correct"] == 3 and out["scores"]["tuned"]["tasks"]["a"]["total"] == 4
+    assert out["scores"]["base"]["tasks"]["b"]["accuracy"] == 0.5
+    assert out["scores"]["tuned"]["average"]["accuracy"] == pytest.approx((3 / 4 + 1) / 2)
+    assert out["scores"]["base"]["pooled"]["correct"] == 2
+    (pair,) = out["mcnemar"]
+    assert (pair["first"], pair["second"], pair["only_first"], pair["only_second"]) == ("base", "tuned", 0, 3)
+    assert pair["tasks"]["a"]["only_second"] == 2 and pair["tasks"]["b"]["only_second"] == 1
+    report = markdown_report({"title": "t", "entries": ["base", "tuned"], "tasks": ["a", "b"],
+                              "items": {"a": 4, "b": 2}, **out})  # fmt: skip
+    assert "| tuned | 75.0 [" in report and "| base | tuned | 0 | 3 |" in report
+
+
+def test_sample_items_is_seeded_per_task_and_keeps_file_order():
+    items = [Example([i], [], str(i), str(i), "a" if i % 3 else "b") for i in range(30)]
+    first = sample_items(items, 5, seed=1)
+    assert first == sample_items(items, 5, seed=1)
+    assert sample_items(items, 5, seed=2) != first
+    assert sum(e.task == "a" for e in first) == 5 and sum(e.task == "b" for e in first) == 5
+    assert [int(e.prompt) for e in first] == sorted(int(e.prompt) for e in first)
+    assert sample_items(items, None, seed=1) == items
+
+
+@pytest.fixture
+def two_adapters(tiny_llama_dir, tmp_path):
+    model = load_model(str(tiny_llama_dir))
+    base = BaseModelInfo.of(model, str(tiny_llama_dir))
+    folders = {}
+    for method in ("s2ft", "lora"):
+        folders[method] = save_adapter(train_adapter(method, model, base, steps=3), tmp_path / method)
+    return folders
+
+
+def _arithmetic(**kw):
+    return ArithmeticDataModule(num_train=0, num_val=0, num_test=12, prompt_style="chat", max_new_tokens=6, **kw)
+
+
+def test_evaluate_base_and_adapters_on_the_same_items(tiny_llama_dir, two_adapters, tmp_path):
+    out = tmp_path / "eval"
+    results = evaluate(
+        _arithmetic(), adapters=[f"{m}={p}" for m, p in two_adapters.items()], base_model=str(tiny_llama_dir),
+        max_records=8, batch_size=3, output=str(out),
+    )  # fmt: skip
+    assert results["entries"] == ["base", "s2ft", "lora"]
+    assert results["items"] == {"arithmetic": 8}
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 8
+    for entry in results["entries"]:  # every entry answered the same items, and the counts add up
+        mine = [r for r in rows if r["entry"] == entry]
+        assert [r["item"] for r in mine] == list(range(8))
+        assert sum(r["correct"] for r in mine) == results["scores"][entry]["pooled"]["correct"]
+    generations = {e: [r["generation"] for r in rows if r["entry"] == e] for e in results["entries"]}
+    assert generations["s2ft"] != generations["base"] or generations["lora"] != generations["base"]
+    assert len(results["mcnemar"]) == 3
+    assert json.loads((out / "results.json").read_text())["entries"] == results["entries"]
+    assert "### Evaluation" in (out / "results.md").read_text()
+    assert plot_results(results, out / "accuracy.png").stat().st_size > 1000
+
+    # The base entry after the adapters were switched in and out equals a base-only run.
+    alone = evaluate(_arithmetic(), base_model=str(tiny_llama_dir), max_records=8, batch_size=8)
+    assert alone["scores"]["base"] == results["scores"]["base"]
+
+
+def test_evaluate_batching_does_not_change_answers(tiny_llama_dir, two_adapters, tmp_path):
+    runs = [
+        evaluate(_arithmetic(), adapters=[str(two_adapters["s2ft"])], include_base=False, batch_size=b,
+                 output=str(tmp_path / f"b{b}"))  # fmt: skip
+        for b in (1, 5)
+    ]
+    texts = [(tmp_path / f"b{b}" / "generations.jsonl").read_text() for b in (1, 5)]
+    assert texts[0] == texts[1]
+    assert runs[0]["scores"] == runs[1]["scores"]
+
+
+def test_evaluate_refuses_an_adapter_named_base(tiny_llama_dir, two_adapters):
+    with pytest.raises(ValueError, match="base"):
+        evaluate(_arithmetic(), adapters=[f"base={two_adapters['lora']}"])

@@ -1,0 +1,182 @@
+"""Scoring a model on held-out items: greedy answers, accuracy with intervals, paired tests.
+
+Accuracy on ``n`` items is a binomial proportion, so every accuracy comes with its 95% Wilson
+score interval (sound at 0% and 100% and for small ``n``, unlike the normal approximation). Two
+models scored on the *same* items are compared with McNemar's exact test: only the items one
+gets right and the other wrong carry information, and under "no difference" each such item is a
+fair coin. A difference whose p-value is above 0.05 is a tie.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+Z95 = 1.959963984540054
+"""The standard normal quantile of 0.975: a two-sided 95% interval."""
+SIGNIFICANCE = 0.05
+
+
+def greedy_config(tokenizer: Any, max_new_tokens: int) -> GenerationConfig:
+    """Greedy decoding with the KV cache, stopping at the tokenizer's EOS: how ftzoo evaluates."""
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+@dataclass(frozen=True)
+class Score:
+    """Accuracy of one model on one task, with its 95% Wilson interval."""
+
+    correct: int
+    total: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.correct, self.total)
+
+    def as_dict(self) -> dict[str, Any]:
+        low, high = self.interval
+        return {"correct": self.correct, "total": self.total, "accuracy": self.accuracy, "low": low, "high": high}
+
+
+def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of ``correct / total`` (``(nan, nan)`` for no items)."""
+    if total == 0:
+        return float("nan"), float("nan")
+    p = correct / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def macro_average(scores: Sequence[Score], z: float = Z95) -> dict[str, float]:
+    """The unweighted mean accuracy over tasks (as the paper tables report it), with a 95%
+    normal interval from the tasks' independent binomial variances."""
+    if not scores:
+        return {"accuracy": float("nan"), "low": float("nan"), "high": float("nan")}
+    k = len(scores)
+    mean = sum(s.accuracy for s in scores) / k
+    variance = sum(s.accuracy * (1 - s.accuracy) / s.total for s in scores) / (k * k)
+    half = z * math.sqrt(variance)
+    return {"accuracy": mean, "low": max(0.0, mean - half), "high": min(1.0, mean + half)}
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """McNemar's exact test of two models on the same items.
+
+    Attributes:
+        only_first: items the first model gets right and the second wrong.
+        only_second: items the second gets right and the first wrong.
+        p_value: two-sided exact binomial p-value of the discordant items.
+    """
+
+    only_first: int
+    only_second: int
+    p_value: float
+
+    @property
+    def verdict(self) -> str:
+        """``"first"``, ``"second"`` or ``"tie"`` (no significant difference at 5%)."""
+        if self.p_value >= SIGNIFICANCE or self.only_first == self.only_second:
+            return "tie"
+        return "first" if self.only_first > self.only_second else "second"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "verdict": self.verdict}
+
+
+def mcnemar(first: Sequence[bool], second: Sequence[bool]) -> McNemar:
+    """McNemar's exact test on paired outcomes (item ``i`` of both lists is the same item).
+
+    Raises:
+        ValueError: the lists differ in length.
+    """
+    if len(first) != len(second):
+        raise ValueError(f"paired outcomes differ in length: {len(first)} and {len(second)}")
+    b = sum(1 for x, y in zip(first, second) if x and not y)
+    c = sum(1 for x, y in zip(first, second) if y and not x)
+    n = b + c
+    if n == 0:
+        return McNemar(b, c, 1.0)
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n  # exact: Python integers
+    return McNemar(b, c, min(1.0, 2 * tail))
+
+
+def batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Item indices in batches of similar length (longest first), so that padding is small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def generate_answers(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    batch_size: int = 32,
+    description: str | None = None,
+) -> list[str]:
+    """Greedy answers to tokenized prompts, in the prompts' order.
+
+    Prompts are batched by length and left-padded, so every row continues right after its
+    own prompt; a batch stops when every row has produced EOS.
+    """
+    from datamodules.collate import pad
+
+    device = next(model.parameters()).device
+    config = greedy_config(tokenizer, max_new_tokens)
+    answers: list[str] = [""] * len(prompts)
+    batches = batches_by_length([len(p) for p in prompts], batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(batches, desc=description, unit="batch", disable=description is None, leave=False):
+            ids, mask = pad([prompts[i] for i in batch], config.pad_token_id, left=True)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+            texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+            for i, text in zip(batch, texts):
+                answers[i] = text
+    finally:
+        model.train(was_training)
+    return answers
+
+
+@torch.inference_mode()
+def response_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> float:
+    """Mean cross-entropy per response token over ``batches`` (``labels`` is -100 elsewhere):
+    every token weighs the same, whatever batch it is in."""
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            labels = batch["labels"].to(device)
+            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+            shifted = labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100, reduction="sum"
+            )
+            total += loss.item()
+            tokens += int((shifted != -100).sum())
+    finally:
+        model.train(was_training)
+    return total / tokens if tokens else float("nan")
