@@ -229,16 +229,11 @@ def generate_greedy(
         ``(new tokens [B, N], logits [B, N, vocab] or None)``; rows that stop early are
         padded with the pad token.
     """
-    from transformers import GenerationConfig
+    from zoo.evaluation import greedy_config
 
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        return_dict_in_generate=True,
-        output_logits=logits,
-    )
+    config = greedy_config(tokenizer, max_new_tokens)
+    config.return_dict_in_generate = True
+    config.output_logits = logits
     with torch.inference_mode():
         out = model.generate(**batch, generation_config=config)
     new = out.sequences[:, batch["input_ids"].shape[1] :]

@@ -25,11 +25,11 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
-from transformers import GenerationConfig
 
 from zoo.adapter import Adapter, AdapterError, BaseModelInfo, load_adapter, save_adapter
 from zoo.checkpoints import LIGHTNING_CKPT_NAMES, read_checkpoint
 from zoo.guard import FitGuard
+from zoo.evaluation import greedy_config
 from zoo.loading import load_model, load_tokenizer
 from zoo.method import Method
 from zoo.plugins import method_from_config, method_hooks, method_name
@@ -263,12 +263,7 @@ class FineTuneModule(L.LightningModule):
 
     def _generate(self, batch: dict[str, Any]) -> list[str]:
         prompt = batch["prompt_input_ids"]
-        config = GenerationConfig(
-            max_new_tokens=self.trainer.datamodule.max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-        )
+        config = greedy_config(self.tokenizer, self.trainer.datamodule.max_new_tokens)
         out = self.model.generate(input_ids=prompt, attention_mask=batch["prompt_attention_mask"], generation_config=config)
         return self.tokenizer.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=True)
 
