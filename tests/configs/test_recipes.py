@@ -69,7 +69,7 @@ def test_comparison_configs_parse_and_name_every_method(comparison):
     parser.add_function_arguments(compare)
     config = parser.parse_path(str(REPO / comparison))
     assert (REPO / config.recipe).is_file()
-    assert {c.method for c in parser.instantiate_classes(config).contenders} == {"full", "s2ft", "lora", "dora", "sparse"}
+    assert {c.method for c in config.contenders} == {"full", "s2ft", "lora", "dora", "sparse"}
     assert all(len(c.lrs) == 3 for c in config.contenders)
 
 
