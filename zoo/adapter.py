@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zoo.outputs import folder_lock
+from zoo.outputs import folder_lock, replace_folder, temporary_folder
 from zoo.paths import looks_local
 
 FORMAT = "ftzoo-adapter"
@@ -162,7 +161,7 @@ def save_adapter(adapter: Adapter, folder: str | Path, hooks: Any = None, allow_
     folder.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(folder.parent):  # refuse early, but not while another save is swapping folders
         _refuse_non_adapter(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    tmp = temporary_folder(folder)
     try:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter.tensors.items()}
         save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": FORMAT})
@@ -173,7 +172,7 @@ def save_adapter(adapter: Adapter, folder: str | Path, hooks: Any = None, allow_
             hooks.ftzoo_save_adapter_files(adapter=adapter, folder=str(tmp))
         with folder_lock(folder.parent):
             _refuse_non_adapter(folder)  # again: another writer may have put something there
-            _replace_folder(tmp, folder)
+            replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -183,22 +182,6 @@ def save_adapter(adapter: Adapter, folder: str | Path, hooks: Any = None, allow_
 def _refuse_non_adapter(folder: Path) -> None:
     if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / META_FILE).exists())):
         raise AdapterError(f"{folder} exists and is not an adapter folder; refusing to overwrite it")
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an old ``target`` is removed only once ``new`` is there,
-    and put back if the move fails. Callers hold :func:`folder_lock` on the parent."""
-    if not target.exists():
-        new.rename(target)
-        return
-    old = target.with_name(f".{target.name}.old-{new.name.rsplit('-', 1)[-1]}")
-    target.rename(old)
-    try:
-        new.rename(target)
-    except BaseException:
-        old.rename(target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------

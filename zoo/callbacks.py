@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+
+from zoo.outputs import atomic_file
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -28,14 +28,10 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
         if not trainer.is_global_zero:
             return
-        target = Path(self.output_file)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        with open(tmp, "w") as f:
+        with atomic_file(self.output_file) as handle:
             for batch in predictions:
                 for row in batch:
-                    f.write(json.dumps(row) + "\n")
-        os.replace(tmp, target)
+                    handle.write(json.dumps(row) + "\n")
 
 
 class TokenCounter(Callback):

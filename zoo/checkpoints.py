@@ -18,7 +18,6 @@ import pickle
 import shlex
 import signal
 import sys
-import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -28,6 +27,8 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+
+from zoo.outputs import atomic_file
 
 
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
@@ -78,19 +79,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             return super().save_checkpoint(checkpoint, path, storage_options)  # its own refusal
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_file(path, mode="wb", fsync=True) as handle:
+            torch.save(checkpoint, handle)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         kwargs = {"map_location": map_location or (lambda storage, loc: storage)}

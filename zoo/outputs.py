@@ -1,19 +1,25 @@
-"""Output folders: refuse a bad destination before any work, and serialize replacements.
+"""Outputs: refuse a bad destination before any work, write atomically, serialize replacements.
 
 ``fit`` trains for minutes or hours before it writes its adapter, so the destination is
 checked up front (:func:`check_output_folder`): a folder of another kind is never replaced,
 one of the same kind only when asked, and an unwritable place is named before the first
 step. Writers that replace a folder take :func:`folder_lock` on its parent, so two saves to
 one place cannot interleave their renames.
+
+Every file and folder ftzoo writes (checkpoints, adapters, reports, exported models)
+appears whole or not at all: it is written under a temporary sibling name and renamed into
+place (:func:`atomic_file`, :func:`atomic_folder`, :func:`replace_folder`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 try:
     import fcntl
@@ -86,3 +92,96 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | Path, mode: str = "w", fsync: bool = False) -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``target``; rename it into place only on success.
+
+    Args:
+        target: the file to create or replace.
+        mode: ``"w"`` (text) or ``"wb"`` (bytes).
+        fsync: flush to the disk before the rename (checkpoints: a crash right after the
+            rename must not leave an empty file under the final name).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def check_output(target: str | Path, overwrite: bool, marker: str) -> None:
+    """Refuse to write a folder over something that is there, before any work is done (tools).
+
+    Args:
+        target: the folder a tool will write.
+        overwrite: replace an existing folder of the same kind.
+        marker: a file every folder of this kind holds (``config.json``, ``adapter.json``);
+            a non-empty folder without it is never replaced.
+
+    Raises:
+        FileExistsError: ``target`` exists and is not empty, and ``overwrite`` is off, or
+            it is not a folder of this kind.
+    """
+    target = Path(target)
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{target} exists; choose another output or pass --overwrite true")
+    if not (target / marker).is_file():
+        raise FileExistsError(f"{target} exists and holds no {marker}; refusing to replace it")
+
+
+def temporary_folder(target: Path) -> Path:
+    """A new empty sibling of ``target`` with ordinary permissions (mkdtemp makes it private)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``; an old ``target`` is removed only once ``new`` is there,
+    and put back if the move fails. Callers hold :func:`folder_lock` on the parent."""
+    if not target.exists():
+        new.rename(target)
+        return
+    old = target.with_name(f".{target.name}.old-{new.name.rsplit('-', 1)[-1]}")
+    target.rename(old)
+    try:
+        new.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | Path, overwrite: bool = False, marker: str = "config.json") -> Iterator[Path]:
+    """Yield a temporary sibling of ``target`` to fill; move it into place on success only.
+
+    Raises:
+        FileExistsError: see :func:`check_output`.
+    """
+    target = Path(target)
+    check_output(target, overwrite, marker)
+    tmp = temporary_folder(target)
+    try:
+        yield tmp
+        with folder_lock(target.parent):  # two writers of one folder must not interleave their renames
+            replace_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
