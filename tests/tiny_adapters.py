@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from plugins.merge import merged_adapter
+from zoo.merging import merged_adapter
 from zoo.adapter import Adapter, BaseModelInfo
 from zoo.plugins import available_methods, method_class, method_hooks, method_name
 

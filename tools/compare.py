@@ -24,15 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-if __package__ in (None, ""):  # run as `python tools/compare.py`: make `tools` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from datamodules.base import FineTuneDataModule
-from tools.common import atomic_file
 from tools.evaluate import evaluate, markdown_report, plot_results
 from zoo.callbacks import TokenCounter
 from zoo.cli import build_cli
 from zoo.evaluation import response_loss
+from zoo.outputs import atomic_file
 from zoo.plugins import available_methods
 
 

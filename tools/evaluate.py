@@ -1,7 +1,7 @@
 """Evaluate the base model and any number of adapters on the same held-out items, in one run.
 
 The base model is loaded once; each adapter is fused in place, evaluated and unfused again
-(:class:`tools.switch.AdapterSwitcher`), so ten adapters cost one model load. Every entry
+(:class:`zoo.inference.AdapterSwitcher`), so ten adapters cost one model load. Every entry
 answers the same items (``--max_records`` draws a seeded sample per task, the same for all),
 greedily with the KV cache, and is scored by the data module's rules (LLM-Adapters' answer
 extraction for the reasoning sets). Out: per-task and average accuracy with 95% intervals,
@@ -26,13 +26,10 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
-if __package__ in (None, ""):  # run as `python tools/evaluate.py`: make `tools` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from datamodules.base import FineTuneDataModule
 from datamodules.encode import Example
-from tools.common import atomic_file, load_base, parse_named, pick_device, read_adapter
-from tools.switch import BASE, AdapterSwitcher
+from zoo.inference import BASE, AdapterSwitcher, load_base, parse_named, pick_device, read_adapter
+from zoo.outputs import atomic_file
 from zoo.evaluation import Score, generate_answers, macro_average, mcnemar
 from zoo.loading import load_tokenizer
 

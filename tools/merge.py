@@ -1,11 +1,10 @@
 """Combine adapters trained on different tasks into one adapter, or one fused model folder.
 
-All adapters must belong to the same base model. When they all come from one method and
-that method can merge in its own format (``ftzoo_merge_adapters`` returns an adapter, e.g.
-S²FT summing its selected columns), the result is an adapter of that method. Otherwise
-each adapter is turned into dense task vectors (``ftzoo_adapter_deltas``), merged with
-:mod:`plugins.merge.formulas`, and saved as a ``merged`` adapter, which every tool reads
-like any other. The merge also reports how much the adapters' changes overlap::
+All adapters must belong to the same base model. The merge is :func:`zoo.merging.merge_adapters`:
+the method's own form when every adapter comes from one method that merges (S²FT's union
+of column blocks, LoRA's stacked ranks), else a ``merged`` adapter of the dense deltas;
+both give the update :mod:`zoo.merging.formulas` defines. The merge also reports how much
+the adapters' changes overlap::
 
     python tools/merge.py --adapters '[runs/math/adapter, runs/code/adapter]' \\
         --how ties --density 0.2 --output merged/math+code
@@ -16,21 +15,13 @@ like any other. The merge also reports how much the adapters' changes overlap::
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Any, Literal
 
-if __package__ in (None, ""):  # run as `python tools/merge.py`: make `tools` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch
-
-from plugins.merge import merged_adapter
-from plugins.merge.combine import How, MergeOptions, combine, format_overlap, overlap_report
-from tools.common import check_output, checked_deltas, hooks_for, load_base, parse_named, read_adapter
-from tools.export import fuse_into, save_model_folder
-from zoo.adapter import META_FILE, Adapter, BaseModelInfo, check_finite, save_adapter
+from zoo.adapter import META_FILE, Adapter, check_finite, save_adapter
+from zoo.inference import checked_deltas, fuse_into, hooks_for, load_base, parse_named, read_adapter, save_model_folder
 from zoo.loading import load_tokenizer
+from zoo.merging import How, MergeOptions, format_overlap, merge_adapters, overlap_report
+from zoo.outputs import check_output
 
 
 def merge(
@@ -56,7 +47,7 @@ def merge(
         output: the adapter folder (or, with ``fuse``, the model folder) to write; written
             atomically, so a failed merge leaves nothing behind.
         how: ``sum``, ``average``, ``task_arithmetic``, ``ties``, ``dare``, ``dare_ties`` or
-            ``breadcrumbs`` (see ``plugins/merge/formulas.py``).
+            ``breadcrumbs`` (see ``zoo/merging/formulas.py``).
         weights: one weight per adapter (default: all 1).
         density: ties/dare/dare_ties/breadcrumbs: fraction of each adapter's changed
             entries that is kept.
@@ -105,7 +96,8 @@ def merge(
         "sources": [{"name": label, "path": str(paths[label]), "method": a.method} for label, a in loaded.items()],
         "overlap": overlap,
     }
-    result = _merged(loaded, task_vectors, weights, options, model, info, recipe)
+    result = merge_adapters(loaded, weights, options, model, info, task_vectors)
+    result.info = {**result.info, "merge": recipe}
     del task_vectors
 
     if not allow_nonfinite:
@@ -122,57 +114,10 @@ def merge(
     return report
 
 
-def _merged(
-    adapters: dict[str, Adapter],
-    task_vectors: list[dict[str, torch.Tensor]],
-    weights: list[float],
-    options: MergeOptions,
-    model: torch.nn.Module,
-    info: BaseModelInfo,
-    recipe: dict[str, Any],
-) -> Adapter:
-    """The method's own merge when it gives the same update as the dense merge, else a
-    ``merged`` adapter of the dense merge."""
-    dense = _cast_like(combine(task_vectors, weights, options), model)
-    own = _merge_in_method_form(list(adapters.values()), weights, options)
-    if own is not None:
-        method = own.method
-        differs = _difference(checked_deltas(hooks_for(own), own, model, f"{method}'s own merge"), dense)
-        if differs is None:
-            own.info = {**own.info, "merge": recipe}
-            return own
-        print(f"note: {method}'s own {options.how} differs from the dense one ({differs}); saving the dense merge")
-    return merged_adapter(dense, info, info={"merge": recipe})
-
-
-def _merge_in_method_form(adapters: list[Adapter], weights: list[float], options: MergeOptions) -> Adapter | None:
-    """The method's own merge (``ftzoo_merge_adapters``) when every adapter is of one method."""
-    if len({a.method for a in adapters}) != 1:
-        return None
-    return hooks_for(adapters[0]).ftzoo_merge_adapters(adapters=adapters, weights=weights, options=options.as_dict())
-
-
-def _difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> str | None:
-    """Where two sets of updates differ beyond rounding (a parameter absent from one is zero)."""
-    for name in sorted(set(a) | set(b)):
-        x, y = a.get(name), b.get(name)
-        x = torch.zeros_like(y) if x is None else x
-        y = torch.zeros_like(x) if y is None else y
-        try:
-            torch.testing.assert_close(x, y.to(x.dtype))
-        except AssertionError:
-            return f"{name}: max difference {(x.float() - y.float()).abs().max().item():.3g}"
-    return None
-
-
 def _check_same_base(adapters: dict[str, Adapter]) -> None:
     (first_label, first), *rest = adapters.items()
     for label, adapter in rest:
         adapter.base.check_same(first.base, what=f"adapter {label} (compared with adapter {first_label})")
-
-
-def _cast_like(deltas: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: d.to(model.get_parameter(name).dtype) for name, d in deltas.items()}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Batched greedy generation where every request names its adapter, many adapters per batch.
 
 Nothing is fused: the base model runs once per batch and each adapter's small delta
-modules run on its own requests (:mod:`tools.mixed_batch`). From Python::
+modules run on its own requests (:mod:`zoo.inference.mixed`). From Python::
 
     server = MixedAdapterModel(model, BaseModelInfo.of(model, "smollm2-135m"))
     server.add_adapter("math", load_adapter("runs/math/adapter"))
@@ -20,20 +20,24 @@ of them, to ``/generate``).
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
-if __package__ in (None, ""):  # run as `python tools/serve.py`: make `tools` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
-from tools.common import atomic_file, encode_prompts, generate_greedy, load_base, parse_named, pick_device, read_adapter
-from tools.mixed_batch import MixedAdapterModel
+from zoo.inference import (
+    MixedAdapterModel,
+    encode_prompts,
+    generate_greedy,
+    load_base,
+    parse_named,
+    pick_device,
+    read_adapter,
+)
 from zoo.loading import load_tokenizer
+from zoo.outputs import atomic_file
 
 
 @dataclass

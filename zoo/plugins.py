@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -133,20 +134,98 @@ def method_from_config(name: str, config: dict[str, Any]) -> Method:
     return method_class(name)(**config)
 
 
+REQUIRED_HOOKS = ("ftzoo_select_parameters", "ftzoo_rewrite_model", "ftzoo_adapter_deltas")
+"""Hooks every method implements: without them it cannot train, or its adapter cannot be used."""
+
+
+HOOKIMPL_MARK = f"{hookspecs.PROJECT}_impl"
+"""The attribute pluggy's ``HookimplMarker`` sets on a marked function."""
+
+
+def check_marked(method: Method) -> None:
+    """Refuse a function named like a hook but not marked with ``@hookimpl`` (pluggy would
+    ignore it silently, and e.g. the selection would be ``None``).
+
+    Raises:
+        PluginError: naming the functions to decorate.
+    """
+    cls, who, marker = type(method), f"method {type(method).__qualname__}", HOOKIMPL_MARK
+    unmarked = sorted(
+        name for name in dir(cls)
+        if name.startswith("ftzoo_") and callable(getattr(cls, name)) and not hasattr(getattr(cls, name), marker)
+    )  # fmt: skip
+    if unmarked:
+        raise PluginError(
+            f"{who}: {', '.join(unmarked)} {'is' if len(unmarked) == 1 else 'are'} not marked with @hookimpl, so "
+            "ftzoo would never call them; decorate each with `@hookimpl` (from zoo import hookimpl)"
+        )
+
+
+def check_method(method: Method) -> None:
+    """Check a method as it is loaded, so that its author learns at once what to change.
+
+    Raises:
+        PluginError: a required hook is missing, or the config cannot rebuild the method
+            (an ``__init__`` argument not stored as an attribute of the same name).
+    """
+    cls, who, marker = type(method), f"method {type(method).__qualname__}", HOOKIMPL_MARK
+    missing = [name for name in REQUIRED_HOOKS if not hasattr(getattr(cls, name, None), marker)]
+    if missing:
+        raise PluginError(
+            f"{who} does not implement {', '.join(missing)}; every method implements "
+            f"{', '.join(REQUIRED_HOOKS)} (see zoo/hookspecs.py and docs/adapters.md)"
+        )
+    try:
+        config = method.config()
+        cls(**config)
+    except Exception as err:  # the author's constructor: any error means the config does not rebuild it
+        raise PluginError(
+            f"{who}: its config cannot rebuild it ({type(err).__name__}: {err}); store every __init__ argument "
+            "as an attribute of the same name (self.x = x), since checkpoints and adapters rebuild the method "
+            "from them"
+        ) from err
+
+
 def method_hooks(method: Method | None) -> pluggy.HookRelay:
     """A hook relay on which only ``method`` (and the core defaults) answer.
 
+    Build it once per method and keep it (the module does; tools use :func:`hooks_of`).
+
     Raises:
-        PluginError: the method implements a hook that is not declared (a misspelled
-            hook name), or takes an argument the hook does not pass.
+        PluginError: the method has an unmarked hook (:func:`check_marked`), implements a
+            hook that is not declared (a misspelled hook name), takes an argument the hook
+            does not pass, or fails :func:`check_method`.
     """
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     manager.register(CoreDefaults(manager.hook), name="ftzoo-core-defaults")
     if method is not None:
+        check_marked(method)
         try:
             manager.register(method, name=f"method:{type(method).__qualname__}")
             manager.check_pending()
         except pluggy.PluginValidationError as err:
             raise PluginError(f"method {type(method).__qualname__}: {err}") from err
+        check_method(method)
     return manager.hook
+
+
+@functools.lru_cache(maxsize=64)
+def _hooks_of(cls: type[Method], config_json: str) -> pluggy.HookRelay:
+    return method_hooks(cls(**json.loads(config_json)))
+
+
+def hooks_of(name: str, config: dict[str, Any]) -> pluggy.HookRelay:
+    """The hook relay of the method ``name`` with ``config`` (as stored in an adapter), built
+    once per method class and config: tools ask for it on every adapter they read, fuse or serve.
+
+    Raises:
+        PluginError: no method of that name is installed.
+        TypeError: the config does not fit the method's ``__init__``.
+    """
+    cls = method_class(name)
+    try:
+        key = json.dumps(config, sort_keys=True)
+    except TypeError:  # not JSON-able (an adapter built in memory): build it uncached
+        return method_hooks(cls(**config))
+    return _hooks_of(cls, key)

@@ -71,5 +71,5 @@ class FullFineTuning(Method):
         return undo
 
     @hookimpl
-    def ftzoo_merge_adapters(self, adapters: list[Adapter], weights: list[float], options: dict[str, Any]) -> None:
+    def ftzoo_merge_adapters(self) -> None:
         return None  # merged as dense deltas by the merge tool

@@ -22,6 +22,7 @@ from plugins.lora.layer import LowRankDelta, delta_weight
 from plugins.lora.model import base_name, extract, inject, load, split_by_layer
 from plugins.lora.peft_format import write_peft_files
 from zoo import Adapter, Method, hookimpl
+from zoo.merging.combine import MergeOptions
 from zoo.targets import check_trainable_modules, find_modules
 
 
@@ -138,7 +139,7 @@ class LoRA(Method):
 
     @hookimpl
     def ftzoo_merge_adapters(
-        self, adapters: list[Adapter], weights: list[float], options: dict[str, Any]
+        self, adapters: list[Adapter], weights: list[float], options: MergeOptions
     ) -> Adapter | None:
         """Linear merges (``how`` = sum, average, task_arithmetic) by stacking ranks, exactly::
 
@@ -166,7 +167,7 @@ class LoRA(Method):
             key: torch.cat(chunks, dim=1 if key.endswith("lora_B.weight") else 0).to(first.tensors[key].dtype)
             for key, chunks in parts.items()
         }
-        info = {"merged_from": [a.info for a in adapters], "weights": list(weights), "options": dict(options)}
+        info = {"merged_from": [a.info for a in adapters], "weights": list(weights), "options": options.as_dict()}
         return Adapter(first.method, dict(first.config), first.selection, first.base, tensors, info)
 
     def _scaling(self, adapter: Adapter) -> float:
@@ -200,15 +201,15 @@ def _trains_bias(adapter: Adapter) -> bool:
     return any("lora_" not in key for key in adapter.tensors)
 
 
-def linear_coefficients(weights: list[float], options: dict[str, Any]) -> list[float] | None:
-    """The coefficients ``cᵢ`` of a merge ``Σ cᵢ Δᵢ`` (``plugins.merge`` formulas), or ``None``
+def linear_coefficients(weights: list[float], options: MergeOptions) -> list[float] | None:
+    """The coefficients ``cᵢ`` of a merge ``Σ cᵢ Δᵢ`` (:mod:`zoo.merging` formulas), or ``None``
     when the formula is not linear. For dense LoRA deltas every entry is changed by every
     adapter, so ``average`` over "changed" entries is the plain weighted mean."""
-    how = options.get("how", "average")
+    how = options.how
     if how == "sum":
         return list(weights)
     if how == "task_arithmetic":
-        return [options.get("scale", 1.0) * w for w in weights]
+        return [options.scale * w for w in weights]
     if how == "average":
         return [w / sum(weights) for w in weights]
     return None

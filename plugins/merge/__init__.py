@@ -1,5 +1,5 @@
-"""Merging adapters: the ``merged`` method and the merge formulas (``tools/merge.py`` uses them)."""
+"""``merged``: the method of the adapters a dense merge makes (the formulas are in :mod:`zoo.merging`)."""
 
-from plugins.merge.plugin import MergedDeltas, merged_adapter
+from plugins.merge.plugin import MergedDeltas
 
-__all__ = ["MergedDeltas", "merged_adapter"]
+__all__ = ["MergedDeltas"]

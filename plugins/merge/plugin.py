@@ -14,13 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo import Adapter, AdapterError, BaseModelInfo, Method, hookimpl
+from zoo import Adapter, AdapterError, Method, hookimpl
+from zoo.merging import MERGED_METHOD
 
 
 class MergedDeltas(Method):
     """Dense updates from ``tools/merge.py`` (not trainable)."""
 
-    name = "merged"
+    name = MERGED_METHOD
     prefix = "merged_"
 
     @hookimpl
@@ -29,6 +30,10 @@ class MergedDeltas(Method):
             "the 'merged' method holds the result of tools/merge.py and does not train; "
             "fine-tune with another method, or evaluate the merged adapter with --model.adapter"
         )
+
+    @hookimpl
+    def ftzoo_rewrite_model(self) -> None:
+        self.ftzoo_select_parameters()  # the same refusal: nothing to rewrite for training
 
     @hookimpl
     def ftzoo_adapter_deltas(self, adapter: Adapter, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -49,15 +54,3 @@ class MergedDeltas(Method):
     def ftzoo_merge_adapters(self) -> None:
         return None  # already dense deltas: the merge tool combines them directly
 
-
-def merged_adapter(deltas: dict[str, torch.Tensor], base: BaseModelInfo, info: dict[str, Any] | None = None) -> Adapter:
-    """A ``merged`` adapter from dense updates (base parameter name → ``fused - base``)."""
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in deltas.items()}
-    return Adapter(
-        method=MergedDeltas.name,
-        config={},
-        selection=sorted(tensors),
-        base=base,
-        tensors=tensors,
-        info=dict(info or {}),
-    )

@@ -26,6 +26,7 @@ from plugins.s2ft.layers import S2FTLinear
 from plugins.s2ft.permute import unit_index
 from plugins.s2ft.selection import SELECTION_FORMAT, SELECTION_VERSION, projections_of
 from zoo import Adapter, AdapterError
+from zoo.merging.combine import MergeOptions
 
 DELTA_SUFFIX = ".s2ft_delta"
 
@@ -150,11 +151,13 @@ def dense_deltas(model: nn.Module, adapter: Adapter) -> dict[str, torch.Tensor]:
     return deltas
 
 
-def merge(adapters: list[Adapter], weights: list[float], how: str) -> Adapter | None:
-    """Weighted sum (``"sum"``) or weighted mean (``"average"``) of S²FT adapters, in S²FT form.
+def merge(adapters: list[Adapter], weights: list[float], options: MergeOptions) -> Adapter | None:
+    """The linear merges (``sum``, ``task_arithmetic``, ``average``) of S²FT adapters, in S²FT form.
 
     The merged selection is the union of the selections; where selections overlap the
-    deltas add up, so the result equals the weighted sum of the dense deltas.
+    deltas add up (``average`` divides by all weights, or per entry by the weights of the
+    adapters that changed it, as ``options.average_over`` says), so the result equals
+    :func:`zoo.merging.combine` of the dense deltas.
 
     Returns:
         The merged adapter, or ``None`` for any other ``how`` (the caller merges dense deltas).
@@ -162,15 +165,15 @@ def merge(adapters: list[Adapter], weights: list[float], how: str) -> Adapter | 
     Raises:
         AdapterError: the adapters disagree on a projection's shape or were trained on other bases.
     """
-    if how not in ("sum", "average"):
+    how = options.how
+    if how not in ("sum", "task_arithmetic", "average"):
         return None
     if len(adapters) != len(weights) or not adapters:
         raise ValueError(f"merge needs one weight per adapter, got {len(adapters)} adapters and {len(weights)} weights")
     for other in adapters[1:]:
         other.base.check_same(adapters[0].base, what="an S²FT adapter being merged")
-    if how == "average":
-        total = sum(weights)
-        weights = [w / total for w in weights]
+    if how == "task_arithmetic":
+        weights = [options.scale * w for w in weights]
     union: dict[str, dict[str, Any]] = {}
     for adapter in adapters:
         for entry in projections_of(adapter.selection):
@@ -178,25 +181,28 @@ def merge(adapters: list[Adapter], weights: list[float], how: str) -> Adapter | 
             if any(merged[k] != entry[k] for k in ("layer", "role", "dim", "unit_size", "num_units")):
                 raise AdapterError(f"S²FT adapters disagree on the shape of {entry['module']}; they cannot be merged")
             merged["units"] |= set(entry["units"])
-    tensors = _merged_tensors(adapters, weights, union)
+    tensors = _merged_tensors(adapters, weights, union, options.average_over if how == "average" else None)
     entries = sorted(
         ({**e, "units": sorted(e["units"])} for e in union.values()),
         key=lambda e: (e["layer"], list(ROLES).index(e["role"])),
     )
     selection = {"format": SELECTION_FORMAT, "version": SELECTION_VERSION, "projections": entries}
-    info = {"merged": {"how": how, "weights": list(weights), "count": len(adapters)}}
+    info = {"merged": {"options": options.as_dict(), "weights": list(weights), "count": len(adapters)}}
     return Adapter(adapters[0].method, dict(adapters[0].config), selection, adapters[0].base, tensors, info)
 
 
 def _merged_tensors(
-    adapters: list[Adapter], weights: list[float], union: dict[str, dict[str, Any]]
+    adapters: list[Adapter], weights: list[float], union: dict[str, dict[str, Any]], average_over: str | None
 ) -> dict[str, torch.Tensor]:
-    """Scatter each adapter's deltas into the union's slots and add them up."""
+    """Scatter each adapter's deltas into the union's slots and add them up; with
+    ``average_over``, divide by all weights (``"all"``) or, per entry, by the weights of the
+    adapters that changed it (``"changed"``)."""
     dtype = functools.reduce(
         torch.promote_types, (t.dtype for a in adapters for t in a.tensors.values()), torch.float32
     )
     out_dtype = next(iter(adapters[0].tensors.values())).dtype
     sums: dict[str, torch.Tensor] = {}
+    support: dict[str, torch.Tensor] = {}  # Σ of the weights of the adapters that changed each entry
     for adapter, weight in zip(adapters, weights):
         for update in structured_updates(adapter):
             entry = union[update.param.rsplit(".", 1)[0]]
@@ -206,6 +212,13 @@ def _merged_tensors(
             index = unit_index(own, entry["unit_size"])  # this adapter's slices inside the union
             shape = list(update.delta.shape)
             shape[update.dim] = len(slot) * entry["unit_size"]
-            total = sums.setdefault(update.param + DELTA_SUFFIX, torch.zeros(shape, dtype=dtype))
-            total.index_add_(update.dim, index, update.delta.to("cpu", dtype), alpha=weight)
+            key = update.param + DELTA_SUFFIX
+            delta = update.delta.to("cpu", dtype)
+            sums.setdefault(key, torch.zeros(shape, dtype=dtype)).index_add_(update.dim, index, delta, alpha=weight)
+            changed = (delta != 0).to(dtype)
+            support.setdefault(key, torch.zeros(shape, dtype=dtype)).index_add_(update.dim, index, changed, alpha=weight)
+    if average_over == "all":
+        sums = {name: t / sum(weights) for name, t in sums.items()}
+    elif average_over == "changed":
+        sums = {name: t / support[name].clamp_min(torch.finfo(dtype).tiny) for name, t in sums.items()}
     return {name: t.to(out_dtype) for name, t in sums.items()}

@@ -24,6 +24,7 @@ from plugins.s2ft.permute import permute_, plan_attention, plan_channels, positi
 from plugins.s2ft.selection import STRATEGIES, Target, choose, make_selection, projections_of, unit_count
 from plugins.s2ft.structures import Block, coupled_blocks
 from zoo import Adapter, Method, hookimpl
+from zoo.merging.combine import MergeOptions
 from zoo.targets import check_trainable_modules
 
 
@@ -153,9 +154,9 @@ class S2FT(Method):
 
     @hookimpl
     def ftzoo_merge_adapters(
-        self, adapters: list[Adapter], weights: list[float], options: dict[str, Any]
+        self, adapters: list[Adapter], weights: list[float], options: MergeOptions
     ) -> Adapter | None:
-        return s2ft_adapter.merge(adapters, weights, options.get("how", "sum"))
+        return s2ft_adapter.merge(adapters, weights, options)
 
 
 def rewrite(model: nn.Module, selection: Any) -> None:

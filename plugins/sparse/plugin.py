@@ -20,6 +20,7 @@ from plugins.sparse import model as masks
 from plugins.sparse.indices import encode
 from plugins.sparse.selection import STRATEGIES
 from zoo import Adapter, Method, hookimpl
+from zoo.merging.combine import MergeOptions
 from zoo.targets import find_modules
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -96,16 +97,16 @@ class SparseMask(Method):
 
     @hookimpl
     def ftzoo_merge_adapters(
-        self, adapters: list[Adapter], weights: list[float], options: dict[str, Any]
+        self, adapters: list[Adapter], weights: list[float], options: MergeOptions
     ) -> Adapter | None:
         """Linear merges (``how`` = sum, task_arithmetic, average) on the union of the masks,
-        exactly as :mod:`plugins.merge.formulas` computes them on dense deltas; other formulas
+        exactly as :mod:`zoo.merging.formulas` computes them on dense deltas; other formulas
         decline (``None``: the merge tool combines dense deltas)."""
-        how = options.get("how", "average")
+        how = options.how
         if how not in ("sum", "task_arithmetic", "average"):
             return None
-        scale = options.get("scale", 1.0) if how == "task_arithmetic" else 1.0
-        per_entry = options.get("average_over", "changed") if how == "average" else None
+        scale = options.scale if how == "task_arithmetic" else 1.0
+        per_entry = options.average_over if how == "average" else None
         first = adapters[0]
         tensors = masks.merge([a.tensors for a in adapters], [scale * w for w in weights], per_entry)
         targets = {
@@ -113,5 +114,5 @@ class SparseMask(Method):
             for name, (idx, _) in masks.adapter_targets(tensors).items()
         }
         selection = {**first.selection, "strategy": "merged", "targets": targets}
-        info = {"merged_from": [a.info for a in adapters], "weights": list(weights), "options": dict(options)}
+        info = {"merged_from": [a.info for a in adapters], "weights": list(weights), "options": options.as_dict()}
         return Adapter(first.method, dict(first.config), selection, first.base, tensors, info)

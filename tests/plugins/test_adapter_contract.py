@@ -31,6 +31,7 @@ import torch
 from method_harness import Trained, base_model, batches, logits, train
 
 from zoo import Adapter, load_adapter, save_adapter
+from zoo.merging import MergeOptions
 from zoo.plugins import available_methods, method_hooks
 
 EXAMPLE_PLUGIN = Path(__file__).resolve().parents[2] / "examples" / "ftzoo-norms" / "src"
@@ -91,7 +92,7 @@ def _make(case_id: str) -> Trained:
 
 def _made_by_merge(name: str) -> Trained:
     """A ``merged`` adapter: the dense deltas of a trained LoRA, applied on a base model."""
-    from plugins.merge import merged_adapter
+    from zoo.merging import merged_adapter
 
     lora = _make("lora")
     deltas = lora.hooks.ftzoo_adapter_deltas(adapter=lora.adapter, model=base_model())
@@ -224,7 +225,7 @@ def test_resume_from_selection_and_trainable_state(case):
 def test_merge_with_itself_is_itself_or_declines(case):
     case_id, trained = case
     hooks = _hooks_for(trained.adapter, trained)
-    options = {"how": "average", "average_over": "all"}
+    options = MergeOptions("average", average_over="all")
     merged = hooks.ftzoo_merge_adapters(
         adapters=[trained.adapter, trained.adapter], weights=[1.0, 1.0], options=options
     )

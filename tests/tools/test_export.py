@@ -11,8 +11,9 @@ import pytest
 import torch
 from tiny_adapters import METHODS
 
-from tools.common import hooks_for
-from tools.export import _clean_config, export
+from zoo.inference import hooks_for
+from tools.export import export
+from zoo.inference.export import _clean_config
 from zoo.adapter import TENSORS_FILE, AdapterError
 
 IDS = [[5, 70, 80, 90, 100, 33, 34, 35]]

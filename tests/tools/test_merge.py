@@ -9,9 +9,8 @@ import torch
 from safetensors.torch import load_file
 from tiny_adapters import METHODS, column_deltas
 
-from plugins.merge import merged_adapter
-from plugins.merge.combine import MergeOptions, combine
-from tools.common import checked_deltas, hooks_for
+from zoo.inference import checked_deltas, hooks_for
+from zoo.merging import MergeOptions, combine, merged_adapter
 from tools.merge import merge
 from zoo.adapter import TENSORS_FILE, Adapter, AdapterError, load_adapter, save_adapter
 from zoo.hookspecs import hookimpl
@@ -78,12 +77,20 @@ class SelfMerging(Method):
     name = "self-merging"
 
     @hookimpl
+    def ftzoo_select_parameters(self):
+        return []
+
+    @hookimpl
+    def ftzoo_rewrite_model(self):
+        pass
+
+    @hookimpl
     def ftzoo_adapter_deltas(self, adapter, model):
         return {k: v.clone() for k, v in adapter.tensors.items()}
 
     @hookimpl
     def ftzoo_merge_adapters(self, adapters, weights, options):
-        if options["how"] != "sum":
+        if options.how != "sum":
             return None
         names = adapters[0].tensors
         tensors = {k: sum(w * a.tensors[k] for a, w in zip(adapters, weights)) for k in names}

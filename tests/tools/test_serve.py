@@ -9,8 +9,8 @@ import torch
 from tiny_adapters import METHODS
 from tiny_models import tiny_tokenizer
 
-from tools.common import encode_prompts, generate_greedy, hooks_for
-from tools.mixed_batch import MixedAdapterModel
+from zoo.inference import encode_prompts, generate_greedy, hooks_for
+from zoo.inference import MixedAdapterModel
 from tools.serve import Request, generate_mixed, serve
 from zoo.adapter import AdapterError
 

@@ -7,9 +7,9 @@ import torch
 from tiny_adapters import train_adapter
 from tiny_models import tiny_model, tiny_tokenizer
 
-from plugins.merge import merged_adapter
-from tools.common import encode_prompts, generate_greedy, hooks_for
-from tools.mixed_batch import MixedAdapterModel
+from zoo.merging import merged_adapter
+from zoo.inference import encode_prompts, generate_greedy, hooks_for
+from zoo.inference import MixedAdapterModel
 from tools.serve import Request, generate_mixed
 from zoo.adapter import BaseModelInfo
 from zoo.serving import EmbeddingDelta, FunctionalDelta, SliceDelta, serving_modules, slice_delta

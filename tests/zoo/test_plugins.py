@@ -15,7 +15,23 @@ from zoo.plugins import (
 )
 
 
-class Doubler(Method):
+class Complete(Method):
+    """The hooks every method must implement, as stubs, for tests about something else."""
+
+    @hookimpl
+    def ftzoo_select_parameters(self):
+        return []
+
+    @hookimpl
+    def ftzoo_rewrite_model(self):
+        pass
+
+    @hookimpl
+    def ftzoo_adapter_deltas(self):
+        return {}
+
+
+class Doubler(Complete):
     name = "doubler"
     prefix = "doubler_"
 
@@ -77,7 +93,7 @@ def test_unknown_name_lists_known_methods():
 
 
 def test_only_the_chosen_method_answers():
-    class Other(Method):
+    class Other(Complete):
         name = "other"
 
         @hookimpl

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from plugins.lora import DoRA, LoRA
 from plugins.lora.config import LLM_ADAPTERS_TARGETS
-from plugins.merge.combine import MergeOptions, combine
+from zoo.merging.combine import MergeOptions, combine
 from zoo import save_adapter
 from zoo.plugins import method_hooks
 
@@ -167,7 +167,7 @@ def test_serving_deltas_are_low_rank_modules(lora, dora):
 def test_linear_merges_stack_ranks_exactly(how, lora):
     other = train(LoRA(r=2, alpha=8, use_rslora=True), steps=2)
     adapters, weights = [lora.adapter, other.adapter], [0.7, 0.4]
-    options = MergeOptions(how=how, scale=0.5, average_over="all").as_dict()
+    options = MergeOptions(how=how, scale=0.5, average_over="all")
     merged = lora.hooks.ftzoo_merge_adapters(adapters=adapters, weights=weights, options=options)
     assert merged.tensors["model.layers.0.self_attn.q_proj.lora_A.weight"].shape[0] == 6
     base = base_model()
@@ -179,8 +179,8 @@ def test_linear_merges_stack_ranks_exactly(how, lora):
 
 
 def test_nonlinear_merges_and_dora_decline(lora, dora):
-    assert lora.hooks.ftzoo_merge_adapters(adapters=[lora.adapter] * 2, weights=[1, 1], options={"how": "ties"}) is None
-    assert dora.hooks.ftzoo_merge_adapters(adapters=[dora.adapter] * 2, weights=[1, 1], options={"how": "sum"}) is None
+    assert lora.hooks.ftzoo_merge_adapters(adapters=[lora.adapter] * 2, weights=[1, 1], options=MergeOptions("ties")) is None
+    assert dora.hooks.ftzoo_merge_adapters(adapters=[dora.adapter] * 2, weights=[1, 1], options=MergeOptions("sum")) is None
 
 
 def test_half_precision_base_trains_float32_adapters():

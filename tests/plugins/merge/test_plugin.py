@@ -7,7 +7,8 @@ import torch
 from tiny_adapters import column_deltas
 from tiny_models import tiny_model
 
-from plugins.merge import MergedDeltas, merged_adapter
+from plugins.merge import MergedDeltas
+from zoo.merging import merged_adapter
 from zoo.adapter import AdapterError, BaseModelInfo, load_adapter, save_adapter
 from zoo.plugins import available_methods, method_hooks
 

@@ -11,6 +11,7 @@ from s2ft_cases import ALL_ROLES as ROLES
 
 from plugins.s2ft import S2FT, structured_updates
 from zoo import Adapter, AdapterError, BaseModelInfo, load_adapter, save_adapter
+from zoo.merging import MergeOptions, combine
 from zoo.plugins import method_hooks
 
 
@@ -73,8 +74,13 @@ def test_structured_updates_name_base_slices(s2):
 
 
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlapping", "disjoint"])
-@pytest.mark.parametrize("how", ["sum", "average"])
-def test_merge_in_s2ft_form_equals_weighted_dense_sum(s2, overlap, how, tmp_path):
+@pytest.mark.parametrize(
+    "options",
+    [MergeOptions("sum"), MergeOptions("task_arithmetic", scale=0.5), MergeOptions("average", average_over="all"),
+     MergeOptions("average", average_over="changed")],
+    ids=["sum", "task_arithmetic", "average-all", "average-changed"],
+)  # fmt: skip
+def test_merge_in_s2ft_form_equals_the_dense_merge(s2, overlap, options, tmp_path):
     first = {"down_channels": 0.3, "o_heads": 2, "allocation": "per_layer"}
     second = (
         {"down_channels": 0.3, "o_heads": 2, "allocation": "per_layer"}
@@ -84,18 +90,14 @@ def test_merge_in_s2ft_form_equals_weighted_dense_sum(s2, overlap, how, tmp_path
     r, hooks, a = trained(s2, seed=0, **first)
     _, _, b = trained(s2, seed=1, **second)
     weights = [0.7, 0.9]
-    merged = hooks.ftzoo_merge_adapters(adapters=[a, b], weights=weights, options={"how": how})
+    merged = hooks.ftzoo_merge_adapters(adapters=[a, b], weights=weights, options=options)
     assert merged.method == "s2ft"
-    scale = sum(weights) if how == "average" else 1.0
     dense = [hooks.ftzoo_adapter_deltas(adapter=x, model=r.base) for x in (a, b)]
-    expected = {}
-    for w, deltas in zip(weights, dense):
-        for name, d in deltas.items():
-            expected[name] = expected.get(name, 0) + w / scale * d
+    expected = combine(dense, weights, options)
     got = hooks.ftzoo_adapter_deltas(adapter=load_adapter(save_adapter(merged, tmp_path / "m")), model=r.base)
     assert set(got) == set(expected)
     for name, delta in expected.items():
-        torch.testing.assert_close(got[name], delta)
+        torch.testing.assert_close(got[name], delta.to(got[name].dtype))
     a_units = {(e["layer"], e["role"]): set(e["units"]) for e in a.selection["projections"]}
     b_units = {(e["layer"], e["role"]): set(e["units"]) for e in b.selection["projections"]}
     for e in merged.selection["projections"]:
@@ -105,7 +107,7 @@ def test_merge_in_s2ft_form_equals_weighted_dense_sum(s2, overlap, how, tmp_path
 
 def test_merge_declines_other_methods_of_merging(s2):
     _, hooks, a = trained(s2, steps=1)
-    assert hooks.ftzoo_merge_adapters(adapters=[a, a], weights=[1, 1], options={"how": "ties"}) is None
+    assert hooks.ftzoo_merge_adapters(adapters=[a, a], weights=[1, 1], options=MergeOptions("ties")) is None
 
 
 def test_wrong_base_is_refused_naming_layer_and_projection(s2):

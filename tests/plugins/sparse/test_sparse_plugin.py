@@ -8,7 +8,7 @@ import pytest
 import torch
 from method_harness import base_model, batches, train
 
-from plugins.merge.combine import MergeOptions, combine
+from zoo.merging.combine import MergeOptions, combine
 from plugins.sparse import SparseMask
 from plugins.sparse.layer import SparseMaskLinear
 from plugins.sparse.model import selected_indices
@@ -91,7 +91,7 @@ def test_serving_deltas_are_sparse_modules(trained):
 def test_linear_merges_match_the_dense_formulas(trained, options):
     other = train(SparseMask(density=0.05, strategy="random"), steps=2)
     adapters, weights = [trained.adapter, other.adapter], [0.6, 0.3]
-    merged = trained.hooks.ftzoo_merge_adapters(adapters=adapters, weights=weights, options=options)
+    merged = trained.hooks.ftzoo_merge_adapters(adapters=adapters, weights=weights, options=MergeOptions(**options))
     assert json.loads(json.dumps(merged.selection)) == merged.selection
     base = base_model()
     dense = [trained.hooks.ftzoo_adapter_deltas(adapter=a, model=base) for a in adapters]
@@ -103,5 +103,5 @@ def test_linear_merges_match_the_dense_formulas(trained, options):
 
 def test_ties_declines(trained):
     assert (
-        trained.hooks.ftzoo_merge_adapters(adapters=[trained.adapter], weights=[1.0], options={"how": "ties"}) is None
+        trained.hooks.ftzoo_merge_adapters(adapters=[trained.adapter], weights=[1.0], options=MergeOptions("ties")) is None
     )

@@ -1,4 +1,4 @@
-"""Merging whole adapters: the formulas of :mod:`plugins.merge.formulas`, parameter by parameter.
+"""Merging whole adapters: the formulas of :mod:`zoo.merging.formulas`, parameter by parameter.
 
 Each adapter is a dict of dense task vectors (base parameter name → ``fused - base``). A
 parameter that an adapter does not change counts as a zero task vector for it, so
@@ -15,14 +15,20 @@ from typing import Any, Literal
 
 import torch
 
-from plugins.merge import formulas
+from zoo.merging import formulas
 
 How = Literal["sum", "average", "task_arithmetic", "ties", "dare", "dare_ties", "breadcrumbs"]
 
 
 @dataclass(frozen=True)
 class MergeOptions:
-    """How to merge (see the table in :mod:`plugins.merge.formulas`)."""
+    """How to merge (see the table in :mod:`zoo.merging.formulas`).
+
+    The one set of options every merge takes: ``tools/merge.py`` builds it, and a method's
+    ``ftzoo_merge_adapters`` receives it and must give the update that :func:`combine`
+    computes from the adapters' dense deltas with the same options (the reference), or
+    decline. The defaults here are the defaults of every method.
+    """
 
     how: How = "average"
     density: float = 0.2

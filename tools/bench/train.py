@@ -1,15 +1,20 @@
 """Training-step memory and time of full fine-tuning, LoRA, S²FT and a frozen floor, side by side.
 
-Methods (each on a fresh copy of the same random model):
+Rows (each on a fresh copy of the same random model). Every method row is the method's
+plugin, prepared by :func:`zoo.prepare.prepare` as ``lightning fit`` prepares it, with the
+configs of :func:`tools.bench.shapes.method_configs`:
 
 * ``full``: every parameter trains.
-* ``lora``: the ``peft`` library, r=32 (alpha 64, dropout 0.05) on q, k, v, up, down as in
-  LLM-Adapters and the S²FT paper's baselines; adapters in the model's dtype (bf16 adapters
-  on a bf16 model).
+* ``lora``: ftzoo's LoRA, r=32 (alpha 64, dropout 0.05) on q, k, v, up, down as in
+  LLM-Adapters and the S²FT paper's baselines (float32 adapters, also on a bf16 model).
 * ``lora_d0``: the same without dropout, LoRA's cheapest setting (dropout keeps a masked
   copy of each adapted layer's input for backward).
-* ``s2ft``: this repository's plugin with the paper's recipe (O heads 5.2 %, down channels
+* ``dora``: ftzoo's DoRA with LoRA's settings.
+* ``sparse``: ftzoo's sparse masks, 1 % of every projection's entries, random.
+* ``s2ft``: ftzoo's S²FT with its defaults, the paper's recipe (O heads 5.2 %, down channels
   2 %, random, spread over all layers); the exact number of trained values is printed.
+* ``peft_lora``: a peer row: the ``peft`` library's own ``get_peft_model`` with LoRA's
+  settings and adapters in the model's dtype (bf16 adapters on a bf16 model).
 * ``frozen``: the floor: every weight frozen except the first block's input norm, so the
   backward pass still runs through every block but computes no weight gradient.
 
@@ -32,8 +37,8 @@ and also reports ``torch.cuda.max_memory_allocated``; times use CUDA events.
 
 Usage::
 
-    python tools/bench_train.py                       # CPU; writes docs/bench/train_cpu.json
-    python tools/bench_train.py --device cuda --output docs/bench/train_cuda.json
+    python -m tools.bench.train                       # CPU; writes docs/bench/train_cpu.json
+    python -m tools.bench.train --device cuda --output docs/bench/train_cuda.json
 """
 
 from __future__ import annotations
@@ -49,46 +54,33 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-if __package__ in (None, ""):  # run as `python tools/bench_train.py`: make `tools` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 from torch import nn
-from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from transformers import AttentionInterface
 
-from plugins.s2ft import S2FT
-from plugins.s2ft.config import PAPER_RECIPES
-from plugins.sparse import SparseMask
-from plugins.s2ft.selection import unit_count
-from tools.common import atomic_file, replace_docs_section
+from tools.bench.shapes import (
+    LLAMA2_7B,
+    LORA_TARGETS,
+    SMOLLM2_135M,
+    TRAIN_TARGETS,
+    llama_config,
+    method_configs,
+    random_llama,
+    replace_docs_section,
+)
+from zoo.outputs import atomic_file
+from zoo.plugins import method_class
+from zoo.prepare import prepare
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
-MethodName = Literal["full", "lora", "lora_d0", "dora", "sparse", "s2ft", "frozen"]
-METHODS: tuple[MethodName, ...] = ("full", "lora", "lora_d0", "dora", "sparse", "s2ft", "frozen")
-SPARSE_DENSITY = 0.01
+MethodName = Literal["full", "lora", "lora_d0", "dora", "sparse", "s2ft", "peft_lora", "frozen"]
+METHODS: tuple[MethodName, ...] = ("full", "lora", "lora_d0", "dora", "sparse", "s2ft", "peft_lora", "frozen")
 SPARSE_MAX_MEMORY_LAYERS = 2
 """The sparse row's selection holds the indices of 1% of every matrix on the CPU even for the
 meta-device count; at 32 Llama-2-7B layers that exceeds a 24 GiB machine, so it is counted at
 2 layers only."""
 
-LLAMA2_7B = {
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "vocab_size": 32000,
-}
-SMOLLM2_135M = {
-    "hidden_size": 576,
-    "intermediate_size": 1536,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "head_dim": 64,
-    "vocab_size": 49152,
-    "tie_word_embeddings": True,
-}
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 FUSED_ATTENTION = "ftzoo_fused_sdpa"
 
 
@@ -115,52 +107,41 @@ AttentionInterface.register(FUSED_ATTENTION, fused_attention)
 
 def build_model(shape: dict[str, Any], layers: int, dtype: torch.dtype, device: str, seed: int) -> nn.Module:
     """A random Llama of ``shape`` with ``layers`` blocks, every parameter frozen."""
-    config = LlamaConfig(num_hidden_layers=layers, max_position_embeddings=4096, **shape)
+    config = llama_config(shape, layers)
     config._attn_implementation = "sdpa" if device == "cuda" else FUSED_ATTENTION
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype)
-    return model.requires_grad_(False)
+    return random_llama(config, dtype, device, seed)
 
 
-def prepare(
-    method: MethodName, model: nn.Module, seed: int, lora_rank: int, lora_dropout: float
+def prepare_row(
+    row: MethodName, model: nn.Module, seed: int, lora_rank: int, lora_dropout: float
 ) -> tuple[nn.Module, list[nn.Parameter], str]:
-    """Make ``method``'s parameters trainable; return (model, trainable, description)."""
-    if method == "full":
-        model.requires_grad_(True)
-        return model, list(model.parameters()), "all parameters"
-    if method == "frozen":
+    """Make the row's parameters trainable; return (model, trainable, description)."""
+    if row == "frozen":
         norm = model.model.layers[0].input_layernorm.weight.requires_grad_(True)
         return model, [norm], "first input norm only"
-    if method in ("lora", "lora_d0", "dora"):
-        from peft import LoraConfig, get_peft_model
+    if row == "peft_lora":
+        return _peft_lora(model, lora_rank, lora_dropout)
+    name, config = method_configs(lora_rank, lora_dropout)[row]
+    method = method_class(name)(**config)
+    prepared = prepare(model, method, calibration_batches=None, seed=seed)
+    return prepared.model, [p for _, p in prepared.trainable], repr(method)
 
-        config = LoraConfig(
-            r=lora_rank,
-            lora_alpha=2 * lora_rank,
-            lora_dropout=0.0 if method == "lora_d0" else lora_dropout,
-            target_modules=LORA_TARGETS,
-            bias="none",
-            use_dora=method == "dora",
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, config, autocast_adapter_dtype=False)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        kind = "DoRA " if method == "dora" else ""
-        return model, trainable, f"{kind}r={lora_rank} on {','.join(LORA_TARGETS)}, dropout {config.lora_dropout}"
-    if method == "sparse":
-        sparse = SparseMask(density=SPARSE_DENSITY, strategy="random")
-        selection = sparse.ftzoo_select_parameters(model=model, calibration_batches=None, seed=seed)
-        sparse.ftzoo_rewrite_model(model=model, selection=selection)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        return model, trainable, f"{SPARSE_DENSITY:.0%} of every projection's entries, random"
-    s2ft = S2FT(**PAPER_RECIPES["llama2-commonsense"])
-    selection = s2ft.ftzoo_select_parameters(model=model, calibration_batches=None, seed=seed)
-    s2ft.ftzoo_rewrite_model(model=model, selection=selection)
-    trainable = [p for _, p in s2ft.ftzoo_trainable_parameters(model=model)]
-    units = ", ".join(f"{n} {role}" for role, n in unit_count(selection).items())
-    return model, trainable, f"paper recipe: {units}"
+
+def _peft_lora(model: nn.Module, lora_rank: int, lora_dropout: float) -> tuple[nn.Module, list[nn.Parameter], str]:
+    """The peer row: peft's ``get_peft_model``, adapters in the model's dtype."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora_rank,
+        lora_alpha=2 * lora_rank,
+        lora_dropout=lora_dropout,
+        target_modules=LORA_TARGETS,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, config, autocast_adapter_dtype=False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return model, trainable, f"peft LoraConfig(r={lora_rank}, dropout={lora_dropout}) on {','.join(LORA_TARGETS)}"
 
 
 def make_batch(vocab: int, batch: int, seq: int, device: str, seed: int) -> dict[str, torch.Tensor]:
@@ -320,7 +301,7 @@ def bench_train(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     results: dict[str, Any] = {
-        "command": "python tools/bench_train.py " + " ".join(sys.argv[1:]) if __name__ == "__main__" else None,
+        "command": "python -m tools.bench.train " + " ".join(sys.argv[1:]) if __name__ == "__main__" else None,
         "environment": _environment(device),
         "settings": {
             "memory_shape": "llama2-7b",
@@ -349,7 +330,7 @@ def bench_train(
                     if method == "sparse" and layers > SPARSE_MAX_MEMORY_LAYERS:
                         continue
                     model = build_model(LLAMA2_7B, layers, torch.bfloat16, mem_device, seed)
-                    model, trainable, what = prepare(method, model, seed, lora_rank, lora_dropout)
+                    model, trainable, what = prepare_row(method, model, seed, lora_rank, lora_dropout)
                     count = {"parameters": sum(p.numel() for p in trainable), "what": what}
                     results["trainable"].setdefault(f"memory_{layers}_layers", {})[method] = count
                     batch = make_batch(LLAMA2_7B["vocab_size"], batch_size, seq, mem_device, seed)
@@ -404,7 +385,7 @@ def _time_methods(
     batch = make_batch(SMOLLM2_135M["vocab_size"], batch_size, seq, device, seed)
     timers = {}
     for method in methods:
-        model, trainable, what = prepare(method, copy.deepcopy(base), seed, lora_rank, lora_dropout)
+        model, trainable, what = prepare_row(method, copy.deepcopy(base), seed, lora_rank, lora_dropout)
         trainable_info.setdefault("time", {})[method] = {"parameters": sum(p.numel() for p in trainable), "what": what}
         timers[method] = StepTimer(model, trainable, device)
     del base
@@ -437,23 +418,15 @@ def _relative(values: dict[str, float]) -> dict[str, float]:
     return {
         f"{method}/{other}": values[method] / values[other]
         for method in ("s2ft", "frozen")
-        for other in ("full", "lora", "lora_d0", "frozen")
+        for other in REFERENCES
         if method in values and other in values and other != method
     }
 
 
-TARGETS = [
-    ("memory", "s2ft/full", 1 / 3, "S²FT ≤ 1/3 of full FT's memory"),
-    ("memory", "s2ft/lora", 0.90, "S²FT ≥ 10 % below LoRA's memory"),
-    ("memory", "s2ft/frozen", 1.08, "S²FT within 8 % of the frozen floor's memory"),
-    ("time", "s2ft/full", 1 / 1.8, "S²FT ≥ 1.8× faster than full FT"),
-    ("time", "s2ft/lora", 0.90, "S²FT ≥ 10 % faster than LoRA"),
-    ("time", "s2ft/frozen", 1.05, "S²FT within 5 % of the frozen floor's time"),
-]
-"""(kind, ratio, upper limit, description): the issue's targets, as ratios of one run."""
+TARGETS = TRAIN_TARGETS
 
 
-REFERENCES = ("full", "lora", "lora_d0", "frozen")
+REFERENCES = ("full", "lora", "lora_d0", "peft_lora", "frozen")
 """The methods every row is compared with (the ``vs …`` columns)."""
 
 
@@ -539,13 +512,13 @@ SECTION = "## Training"
 
 def docs_section(results: dict[str, Any], path: Path) -> str:
     """The "Training" section of ``docs/benchmarks.md``: command, setting and tables."""
-    env, command = results["environment"], results.get("command") or "python tools/bench_train.py"
+    env, command = results["environment"], results.get("command") or "python -m tools.bench.train"
     where = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path
     setting = (
         f"Written by `{command}` (results in `{where}`; torch {env['torch']}, transformers "
         f"{env.get('transformers')}, peft {env.get('peft')}, device {env['device']}, {env['threads']} threads, "
         f"load average {env['load_average_at_start']:.2f} at the start and {env['load_average_at_end']:.2f} at the "
-        "end). How each number is measured: the module docstring of `tools/bench_train.py`."
+        "end). How each number is measured: the module docstring of `tools/bench/train.py`."
     )
     lines = [SECTION, "", setting, "", *format_tables(results).splitlines()]
     return "\n".join(lines) + "\n"

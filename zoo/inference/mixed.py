@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from tools.common import hooks_for
 from zoo.adapter import Adapter, AdapterError, BaseModelInfo
+from zoo.inference.adapters import FIT_ERRORS, checked_deltas, hooks_for
 from zoo.serving import SliceDelta
 
 MAX_PADDING = 2.0
@@ -165,11 +165,12 @@ class MixedAdapterModel:
             raise ValueError(f"an adapter named {name!r} is already loaded")
         adapter.base.check_same(self.base_info, what=f"adapter {name}")
         hooks = hooks_for(adapter, what=f"adapter {name}")
+        checked_deltas(hooks, adapter, self.model, what=f"adapter {name}")  # a wrong key or shape, named
         try:
             deltas = hooks.ftzoo_serving_deltas(adapter=adapter, model=self.model)
         except AdapterError:
             raise
-        except (RuntimeError, KeyError, AttributeError, ValueError) as err:
+        except FIT_ERRORS as err:
             raise AdapterError(f"adapter {name} does not fit the base model: {err}") from err
         modules = dict(self.model.named_modules())
         for module_name in deltas:

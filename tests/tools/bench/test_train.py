@@ -1,4 +1,4 @@
-"""tools/bench_train.py: exact memory counting and a tiny end-to-end run."""
+"""tools/bench/train.py: exact memory counting and a tiny end-to-end run, every method through its plugin."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from tools.bench_train import bench_train, count_memory
+from tools.bench.train import bench_train, count_memory
 
 
 def test_count_memory_is_exact_on_a_hand_built_model():
@@ -49,7 +49,9 @@ def test_bench_train_runs_and_writes_json(tmp_path):
     )
     assert json.loads(out.read_text())["ratios"] == results["ratios"]
     row = results["memory"][0]["bytes"]
-    assert set(row) == {"full", "lora", "lora_d0", "dora", "sparse", "s2ft", "frozen"}
+    assert set(row) == {"full", "lora", "lora_d0", "dora", "sparse", "s2ft", "peft_lora", "frozen"}
+    described = results["trainable"]["memory_1_layers"]
+    assert described["lora"]["what"].startswith("LoRA(") and described["s2ft"]["what"].startswith("S2FT(")
     assert row["s2ft"]["gradients"] * 1.0 == results["trainable"]["memory_1_layers"]["s2ft"]["parameters"] * 2  # bf16
     assert (
         row["s2ft"]["activations"]

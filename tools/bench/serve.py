@@ -4,21 +4,23 @@ Side by side in one run, on the CPU (SmolLM2-135M shape, random fp32 weights, or
 model) and, when there is one, on the GPU (Llama-2-7B shape, random bf16 weights, a few
 layers):
 
-(a) switch latency per adapter: S²FT fuse/unfuse of its column blocks
-    (:class:`tools.switch.AdapterSwitcher`) vs LoRA merge/unmerge (peft ``merge_adapter`` /
-    ``unmerge_adapter``);
+(a) switch latency per adapter (:class:`zoo.inference.AdapterSwitcher`): S²FT fuse/unfuse
+    of its column blocks vs ftzoo's LoRA merge/unmerge of ``B A``, and, as a peer row, peft's
+    own ``merge_adapter`` / ``unmerge_adapter``;
 (b) greedy decoding throughput (tokens/s, prefill included) of one batch whose requests
-    use 8 or 32 distinct adapters: S²FT unfused (:mod:`tools.mixed_batch`) vs LoRA with
-    peft's mixed-adapter batches (``adapter_names=``) vs the same batch on one fused model.
+    use 8 or 32 distinct adapters: S²FT and ftzoo's LoRA unfused
+    (:class:`zoo.inference.MixedAdapterModel`) vs peft's mixed-adapter batches
+    (``adapter_names=``, a peer row) vs the same batch on one fused model.
 
-S²FT adapters come from the installed ``s2ft`` plugin with its default (paper) budgets:
-selected, rewritten on a copy of the base, perturbed, extracted. Without the plugin they are
+Adapters come from the installed plugins (:func:`tools.bench.shapes.method_configs`; S²FT
+with its default, paper budgets): prepared on a copy of the base by
+:func:`zoo.prepare.prepare`, perturbed, extracted. Without the S²FT plugin its adapters are
 synthetic ``merged`` adapters with the same shape (dense deltas nonzero in 5% of the heads'
 columns of ``o_proj`` and 2% of the channels' columns of ``down_proj``), and the report says
-so. LoRA: rank 32 on q, k, v, up, down, random factors, via peft. Results go to JSON;
-``--docs`` rewrites the "Serving" section of ``docs/benchmarks.md`` from them::
+so. LoRA: rank 32 on q, k, v, up, down, random factors. Results go to JSON; ``--docs``
+rewrites the "Serving" section of ``docs/benchmarks.md`` from them::
 
-    python tools/bench_serve.py --output bench_results/serve.json --docs docs/benchmarks.md
+    python -m tools.bench.serve --output bench_results/serve.json --docs docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -28,30 +30,37 @@ import datetime
 import json
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python tools/bench_serve.py`: make `tools` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 from torch import nn
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import GenerationConfig, LlamaConfig
 
-from plugins.merge import merged_adapter
-from tools.common import atomic_file, replace_docs_section, hooks_for, synchronize
-from tools.mixed_batch import MixedAdapterModel
-from tools.switch import AdapterSwitcher
+from tools.bench.shapes import (
+    LLAMA2_7B,
+    LORA_TARGETS,
+    SERVE_TARGETS,
+    SMOLLM2_135M,
+    TOKEN_IDS,
+    llama_config,
+    method_configs,
+    random_llama,
+    replace_docs_section,
+)
 from zoo.adapter import Adapter, BaseModelInfo
+from zoo.inference import AdapterSwitcher, MixedAdapterModel, hooks_for, synchronize
 from zoo.loading import load_model
-from zoo.plugins import available_methods, method_class, method_hooks, method_name
+from zoo.merging import merged_adapter
+from zoo.plugins import available_methods, method_class, method_name
+from zoo.prepare import prepare
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 SECTION = "## Serving"
+ROWS = ("s2ft", "lora", "peft_lora")
+"""Adapters timed against each other: two ftzoo methods and peft's LoRA as a peer."""
 
 
 @dataclass
@@ -67,35 +76,11 @@ class Setting:
 
 
 def smollm2_135m_shape() -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
+    return llama_config(SMOLLM2_135M, 30, max_position_embeddings=2048, **TOKEN_IDS["smollm2"])
 
 
 def llama2_7b_shape(layers: int) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=32000,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=layers,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        max_position_embeddings=4096,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    return llama_config(LLAMA2_7B, layers, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
 def settings(real_model: bool, gpu_layers: int, gpu: bool) -> list[Setting]:
@@ -118,10 +103,8 @@ def build_base(setting: Setting, seed: int) -> nn.Module:
     if setting.config is None:
         model = load_model("smollm2-135m", "float32")
     else:
-        torch.manual_seed(seed)
         setting.config._attn_implementation = "sdpa"
-        with setting.device:
-            model = LlamaForCausalLM(setting.config).to(setting.dtype)
+        model = random_llama(setting.config, setting.dtype, setting.device, seed)
     return model.to(setting.device).eval().requires_grad_(False)
 
 
@@ -136,24 +119,28 @@ def s2ft_adapters(model: nn.Module, info: BaseModelInfo, count: int, seed: int) 
     return adapters, "synthetic (plugin not installed)"
 
 
-def perturbed_adapter(method: str, model: nn.Module, info: BaseModelInfo, seed: int, scale: float = 0.02) -> Adapter:
+def perturbed_adapter(
+    method: str, model: nn.Module, info: BaseModelInfo, seed: int, scale: float = 0.02, **config: Any
+) -> Adapter:
     """An adapter as ``fit`` would extract it, with random trained values instead of training:
-    select (seeded), rewrite a copy of the base, perturb the trainable parameters, extract."""
-    instance = method_class(method)()
-    hooks = method_hooks(instance)
-    work = copy.deepcopy(model)
-    selection = hooks.ftzoo_select_parameters(model=work, calibration_batches=lambda: iter(()), seed=seed)
-    hooks.ftzoo_rewrite_model(model=work, selection=selection)
+    prepare a copy of the base (:func:`zoo.prepare.prepare`), perturb the trainable
+    parameters, extract."""
+    instance = method_class(method)(**config)
+    prepared = prepare(copy.deepcopy(model), instance, calibration_batches=lambda: iter(()), seed=seed)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     with torch.no_grad():
-        for _, param in hooks.ftzoo_trainable_parameters(model=work):
+        for _, param in prepared.trainable:
             noise = torch.randn(param.shape, generator=generator, device=param.device, dtype=torch.float32)
             param.add_(scale * noise.to(param.dtype))
-    tensors = hooks.ftzoo_extract_adapter(model=work, selection=selection)
-    del work
-    return Adapter(
-        method_name(instance), instance.config(), selection, info, {k: v.detach().clone() for k, v in tensors.items()}
-    )
+    tensors = prepared.hooks.ftzoo_extract_adapter(model=prepared.model, selection=prepared.selection)
+    tensors = {k: v.detach().clone() for k, v in tensors.items()}
+    return Adapter(method_name(instance), instance.config(), prepared.selection, info, tensors)
+
+
+def lora_adapters(model: nn.Module, info: BaseModelInfo, count: int, rank: int, seed: int) -> dict[str, Adapter]:
+    """``count`` adapters of ftzoo's LoRA (rank ``rank`` on :data:`LORA_TARGETS`)."""
+    name, config = method_configs(rank, lora_dropout=0.0)["lora"]
+    return {f"lora-{i}": perturbed_adapter(name, model, info, seed + i, **config) for i in range(count)}
 
 
 def synthetic_s2ft(
@@ -180,8 +167,8 @@ def synthetic_s2ft(
     return merged_adapter(deltas, info)
 
 
-def lora_model(base: nn.Module, count: int, rank: int, seed: int) -> nn.Module:
-    """``base`` wrapped by peft with ``count`` random LoRA adapters ``lora-i``."""
+def peft_model(base: nn.Module, count: int, rank: int, seed: int) -> nn.Module:
+    """The peer row: ``base`` wrapped by peft with ``count`` random LoRA adapters ``lora-i``."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
@@ -213,28 +200,33 @@ def interleaved_seconds(runs: dict[str, Callable[[], Any]], repeats: int, device
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def switch_ms(switcher: AdapterSwitcher, lora: nn.Module, count: int, repeats: int, device: torch.device) -> dict:
-    """Median ms of one switch, S²FT (unfuse the previous adapter's columns, fuse the next
-    one's) and LoRA (peft ``unmerge_adapter``, ``set_adapter``, ``merge_adapter``), interleaved."""
-    s2ft_names, lora_names = list(switcher.adapters)[:count], [f"lora-{i}" for i in range(count)]
-    times: dict[str, list[float]] = {"s2ft": [], "lora": []}
+def switch_ms(
+    switchers: dict[str, AdapterSwitcher], peft: nn.Module, count: int, repeats: int, device: torch.device
+) -> dict[str, float]:
+    """Median ms of one switch per row, interleaved: each ftzoo switcher unfuses the previous
+    adapter and fuses the next (S²FT its columns, LoRA ``B A``); peft runs
+    ``unmerge_adapter``, ``set_adapter``, ``merge_adapter``."""
+    names = {row: list(switcher.adapters)[:count] for row, switcher in switchers.items()}
+    times: dict[str, list[float]] = {row: [] for row in [*switchers, "peft_lora"]}
     merged = False
     with torch.no_grad():
         for _ in range(repeats + 1):  # the first pass warms up
-            for s2ft_name, lora_name in zip(s2ft_names, lora_names):
-                times["s2ft"].append(switcher.activate(s2ft_name))
+            for i in range(count):
+                for row, switcher in switchers.items():
+                    times[row].append(switcher.activate(names[row][i]))
                 synchronize(device)
                 start = time.perf_counter()
                 if merged:
-                    lora.unmerge_adapter()
-                lora.set_adapter(lora_name)
-                lora.merge_adapter()
+                    peft.unmerge_adapter()
+                peft.set_adapter(f"lora-{i}")
+                peft.merge_adapter()
                 merged = True
                 synchronize(device)
-                times["lora"].append(time.perf_counter() - start)
-        switcher.activate(None)
-        lora.unmerge_adapter()
-    return {name: 1e3 * statistics.median(t[count:]) for name, t in times.items()}
+                times["peft_lora"].append(time.perf_counter() - start)
+        for switcher in switchers.values():
+            switcher.activate(None)
+        peft.unmerge_adapter()
+    return {row: 1e3 * statistics.median(t[count:]) for row, t in times.items()}
 
 
 def generation_config(new_tokens: int, pad: int, eos: int) -> GenerationConfig:
@@ -285,41 +277,44 @@ def bench_setting(
     base = build_base(setting, seed)
     info = BaseModelInfo.of(base, f"bench-{setting.name}")
     most = max(adapter_counts)
-    adapters, s2ft_source = s2ft_adapters(base, info, most, seed)
-    lora = lora_model(copy.deepcopy(base), most, lora_rank, seed)
+    adapters = {}
+    adapters["s2ft"], s2ft_source = s2ft_adapters(base, info, most, seed)
+    adapters["lora"] = lora_adapters(base, info, most, lora_rank, seed)
+    bases = {"s2ft": base, "lora": copy.deepcopy(base)}  # one fused adapter per base at a time
+    peft = peft_model(copy.deepcopy(base), most, lora_rank, seed)
     fused = copy.deepcopy(base)  # the same batch on one fused model
-    first = next(iter(adapters.values()))
+    first = next(iter(adapters["s2ft"].values()))
     hooks_for(first).ftzoo_fuse_adapter(model=fused, adapter=first, scale=1.0)
-    print(f"built {most} S²FT adapters ({s2ft_source}) and {most} LoRA adapters (r={lora_rank})", flush=True)
+    print(f"built {most} S²FT ({s2ft_source}), {most} ftzoo LoRA and {most} peft LoRA adapters (r={lora_rank})")
 
-    switcher = AdapterSwitcher(base, info)
-    for name, adapter in adapters.items():
-        switcher.add(name, adapter)
-    switch = switch_ms(switcher, lora, switch_adapters, repeats, setting.device)
-    print(f"switch ms: S²FT {switch['s2ft']:.3f}, LoRA {switch['lora']:.3f}", flush=True)
+    switchers = {row: AdapterSwitcher(bases[row], info) for row in bases}
+    for row, switcher in switchers.items():
+        for name, adapter in adapters[row].items():
+            switcher.add(name, adapter)
+    switch = switch_ms(switchers, peft, switch_adapters, repeats, setting.device)
+    print("switch ms: " + ", ".join(f"{row} {ms:.3f}" for row, ms in switch.items()), flush=True)
 
     prompts = random_prompts(base.config.vocab_size, batch_size, prompt_tokens, setting.device, seed)
     gen = generation_config(new_tokens, base.config.pad_token_id or 0, base.config.eos_token_id)
-    server = MixedAdapterModel(base, info)
-    for name, adapter in adapters.items():
-        server.add_adapter(name, adapter)
+    servers = {row: MixedAdapterModel(bases[row], info) for row in bases}
+    for row, server in servers.items():
+        for name, adapter in adapters[row].items():
+            server.add_adapter(name, adapter)
     runs = {"fused": generate_run(fused, prompts, gen)}
     for count in adapter_counts:
-        s2ft_names = [f"s2ft-{i % count}" for i in range(batch_size)]
-        runs[f"s2ft-{count}"] = served_run(server, s2ft_names, generate_run(base, prompts, gen))
-        lora_names = [f"lora-{i % count}" for i in range(batch_size)]
-        runs[f"lora-{count}"] = generate_run(lora, prompts, gen, adapter_names=lora_names)
+        for row, server in servers.items():
+            names = [f"{row}-{i % count}" for i in range(batch_size)]
+            runs[f"{row}-{count}"] = served_run(server, names, generate_run(bases[row], prompts, gen))
+        peft_names = [f"lora-{i % count}" for i in range(batch_size)]
+        runs[f"peft_lora-{count}"] = generate_run(peft, prompts, gen, adapter_names=peft_names)
     tps = {name: batch_size * new_tokens / s for name, s in interleaved_seconds(runs, repeats, setting.device).items()}
     print("tokens/s: " + ", ".join(f"{k} {v:.1f}" for k, v in tps.items()), flush=True)
-    rows = [
-        {
-            "adapters": count,
-            "tokens_per_s": {"s2ft": tps[f"s2ft-{count}"], "lora": tps[f"lora-{count}"], "fused": tps["fused"]},
-            "s2ft_vs_lora": tps[f"s2ft-{count}"] / tps[f"lora-{count}"],
-            "s2ft_vs_fused": tps[f"s2ft-{count}"] / tps["fused"],
-        }
-        for count in adapter_counts
-    ]
+    rows = []
+    for count in adapter_counts:
+        row = {"adapters": count, "tokens_per_s": {r: tps[f"{r}-{count}"] for r in ROWS} | {"fused": tps["fused"]}}
+        for other in ("lora", "peft_lora", "fused"):
+            row[f"s2ft_vs_{other}"] = tps[f"s2ft-{count}"] / row["tokens_per_s"][other]
+        rows.append(row)
     device = torch.cuda.get_device_name(setting.device) if setting.device.type == "cuda" else _cpu_name()
     return {
         "setting": setting.name,
@@ -328,6 +323,7 @@ def bench_setting(
         "s2ft_adapters": s2ft_source,
         "switch_ms": switch,
         "switch_speedup": switch["lora"] / switch["s2ft"],
+        "switch_speedup_peft": switch["peft_lora"] / switch["s2ft"],
         "throughput": rows,
     }
 
@@ -346,29 +342,21 @@ def _cpu_name() -> str:
 
 
 def ratio_table(results: dict[str, Any]) -> str:
-    """The results as a Markdown table (S²FT against its targets)."""
+    """The results as a Markdown table (S²FT against its targets; ``peft`` = peft's LoRA, a peer row)."""
     lines = [
-        "| setting | switch S²FT (ms) | switch LoRA (ms) | LoRA/S²FT | adapters in batch | S²FT tok/s | LoRA tok/s "
-        "| fused tok/s | S²FT/LoRA | S²FT/fused |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| setting | switch S²FT (ms) | switch LoRA (ms) | switch peft (ms) | LoRA/S²FT | adapters in batch "
+        "| S²FT tok/s | LoRA tok/s | peft tok/s | fused tok/s | S²FT/LoRA | S²FT/peft | S²FT/fused |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in results["settings"]:
-        switch = [
-            s["setting"],
-            f"{s['switch_ms']['s2ft']:.2f}",
-            f"{s['switch_ms']['lora']:.2f}",
-            f"{s['switch_speedup']:.1f}×",
-        ]
+        ms = s["switch_ms"]
+        switch = [s["setting"], f"{ms['s2ft']:.2f}", f"{ms['lora']:.2f}", f"{ms['peft_lora']:.2f}"]
+        switch.append(f"{s['switch_speedup']:.1f}×")
         for i, row in enumerate(s["throughput"]):
             tps = row["tokens_per_s"]
-            cells = (switch if i == 0 else [""] * 4) + [
-                str(row["adapters"]),
-                f"{tps['s2ft']:.1f}",
-                f"{tps['lora']:.1f}",
-                f"{tps['fused']:.1f}",
-                f"{row['s2ft_vs_lora']:.2f}×",
-                f"{row['s2ft_vs_fused']:.2f}×",
-            ]
+            cells = (switch if i == 0 else [""] * len(switch)) + [str(row["adapters"])]
+            cells += [f"{tps[k]:.1f}" for k in (*ROWS, "fused")]
+            cells += [f"{row[f's2ft_vs_{k}']:.2f}×" for k in ("lora", "peft_lora", "fused")]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -381,15 +369,15 @@ def docs_section(results: dict[str, Any]) -> str:
     )
     return (
         f"{SECTION}\n\n"
-        f"Written by `python tools/bench_serve.py --docs docs/benchmarks.md` from `{c['output']}` "
-        f"({results['date']}, torch {results['torch']}). Targets: switch LoRA/S²FT ≥ 5×; "
-        "mixed-batch throughput S²FT/LoRA ≥ 1.2× and S²FT/fused ≥ 0.8×.\n\n"
+        f"Written by `python -m tools.bench.serve --docs docs/benchmarks.md` from `{c['output']}` "
+        f"({results['date']}, torch {results['torch']}). Targets: {SERVE_TARGETS}.\n\n"
         f"{models}\n"
         f"- Batch of {c['batch_size']} requests, {c['prompt_tokens']} prompt tokens, {c['new_tokens']} new tokens "
         f"(greedy, KV cache, prefill included), requests spread round-robin over the distinct adapters; "
         f"median of {c['repeats']} runs after a warm-up, all variants timed in turn (round-robin) so that other "
-        f"load on the machine falls on each alike. LoRA: rank {c['lora_rank']} on {', '.join(LORA_TARGETS)} "
-        "via peft (`adapter_names=` mixed batches, `merge_adapter`/`unmerge_adapter`). Switch: median over "
+        f"load on the machine falls on each alike. LoRA: ftzoo's plugin, rank {c['lora_rank']} on "
+        f"{', '.join(LORA_TARGETS)}, served and switched like S²FT; peft: the same LoRA in peft's own "
+        "`adapter_names=` mixed batches and `merge_adapter`/`unmerge_adapter` (a peer row). Switch: median over "
         f"{c['switch_adapters']} adapters × {c['repeats']} passes. Fused: the base with one S²FT adapter fused.\n\n"
         f"{ratio_table(results)}\n"
         + (

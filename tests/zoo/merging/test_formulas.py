@@ -8,8 +8,8 @@ import pytest
 import torch
 from peft.utils import merge_utils
 
-from plugins.merge import formulas
-from plugins.merge.combine import MergeOptions, combine, overlap_report, parameter_generator
+from zoo.merging import formulas
+from zoo.merging.combine import MergeOptions, combine, overlap_report, parameter_generator
 
 
 def task_vectors(n: int = 3, shape: tuple[int, ...] = (4, 5), seed: int = 0) -> list[torch.Tensor]:

@@ -1,0 +1,33 @@
+"""The adapter runtime for inference: one base model in memory, adapters applied to it.
+
+* :mod:`zoo.inference.adapters`: read adapters, load their base, check and fuse them;
+* :mod:`zoo.inference.switch`: switch among adapters in place (fuse / unfuse);
+* :mod:`zoo.inference.mixed`: many adapters in one batch, unfused;
+* :mod:`zoo.inference.generate`: prompt encoding and greedy generation (one config);
+* :mod:`zoo.inference.export`: a plain Hugging Face folder of a fused model.
+
+The tools in ``tools/`` are thin command lines over these.
+"""
+
+from zoo.inference.adapters import checked_deltas, fuse_into, hooks_for, load_base, parse_named, read_adapter
+from zoo.inference.export import save_model_folder
+from zoo.inference.generate import encode_prompts, generate_greedy, pick_device, synchronize
+from zoo.inference.mixed import MixedAdapterModel
+from zoo.inference.switch import BASE, AdapterSwitcher
+
+__all__ = [
+    "BASE",
+    "AdapterSwitcher",
+    "MixedAdapterModel",
+    "checked_deltas",
+    "encode_prompts",
+    "fuse_into",
+    "generate_greedy",
+    "hooks_for",
+    "load_base",
+    "parse_named",
+    "pick_device",
+    "read_adapter",
+    "save_model_folder",
+    "synchronize",
+]

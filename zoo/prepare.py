@@ -1,0 +1,133 @@
+"""The one way a method is prepared to train: freeze → select → rewrite → trainable.
+
+The LightningModule (:mod:`zoo.module`), the benchmarks (``tools/bench``) and the contract
+suite (:mod:`zoo.testing`) all go through these functions, so a method trains in a
+benchmark exactly as it does in ``lightning fit``. Each step checks what the method gave
+back at once, with a message that says what the method's author must change, instead of
+failing at the end of fit (a selection that cannot be stored) or with a vague refusal
+(parameters left frozen).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pluggy import HookRelay
+from torch import nn
+
+from zoo.method import Method
+from zoo.plugins import PluginError, method_hooks, method_name
+
+Batches = Callable[[], Iterator[dict[str, torch.Tensor]]]
+
+
+@dataclass
+class Prepared:
+    """A model rewritten by a method, ready for an optimizer."""
+
+    method: Method
+    hooks: HookRelay
+    model: nn.Module
+    selection: Any
+    trainable: list[tuple[str, nn.Parameter]]
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Every base parameter frozen: a method unfreezes or adds only what it trains."""
+    return model.requires_grad_(False)
+
+
+def select(hooks: HookRelay, method: Method, model: nn.Module, calibration_batches: Batches | None, seed: int) -> Any:
+    """``ftzoo_select_parameters``, checked: the selection must be storable (JSON).
+
+    Raises:
+        PluginError: the selection cannot be written to a checkpoint or adapter.
+    """
+    selection = hooks.ftzoo_select_parameters(model=model, calibration_batches=calibration_batches, seed=seed)
+    check_selection(selection, method)
+    return selection
+
+
+def check_selection(selection: Any, method: Method) -> None:
+    """Refuse a selection that a checkpoint or adapter cannot store and give back unchanged.
+
+    Raises:
+        PluginError: naming the first value that is not JSON (a set, a tensor, a tuple).
+    """
+    problem = _not_json(selection, "selection")
+    if problem is not None:
+        raise PluginError(
+            f"method {method_name(method)!r}: ftzoo_select_parameters returned a selection that cannot be stored: "
+            f"{problem}. Return only dicts with string keys, lists, strings, numbers, booleans and None "
+            "(e.g. sorted(a_set), tensor.tolist()); it is written to checkpoints and adapters as JSON."
+        )
+
+
+def _not_json(value: Any, where: str) -> str | None:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return None
+    if isinstance(value, list):
+        return next((p for i, v in enumerate(value) if (p := _not_json(v, f"{where}[{i}]"))), None)
+    if isinstance(value, dict):
+        for key, v in value.items():
+            if not isinstance(key, str):
+                return f"{where} has a key {key!r} of type {type(key).__name__} (keys must be strings)"
+            if (p := _not_json(v, f"{where}[{key!r}]")) is not None:
+                return p
+        return None
+    return f"{where} is a {type(value).__name__}"
+
+
+def rewrite(hooks: HookRelay, method: Method, model: nn.Module, selection: Any) -> list[tuple[str, nn.Parameter]]:
+    """``ftzoo_rewrite_model`` then ``ftzoo_trainable_parameters``, checked.
+
+    Returns:
+        The ``(name, parameter)`` pairs the optimizer updates.
+
+    Raises:
+        PluginError: the method chose something but left nothing trainable.
+    """
+    hooks.ftzoo_rewrite_model(model=model, selection=selection)
+    trainable = hooks.ftzoo_trainable_parameters(model=model)
+    if not trainable:
+        raise PluginError(
+            f"method {method_name(method)!r} selected {_describe(selection)}, but after ftzoo_rewrite_model no "
+            "parameter has requires_grad=True: the rewrite must call requires_grad_(True) on the parameters it "
+            "trains (or the method must implement ftzoo_trainable_parameters)"
+        )
+    return trainable
+
+
+def _describe(selection: Any) -> str:
+    if selection is None:
+        return "nothing (its selection is None)"
+    text = json.dumps(selection, default=str)
+    return f"{text[:80]}..." if len(text) > 80 else text
+
+
+def prepare(
+    model: nn.Module,
+    method: Method,
+    calibration_batches: Batches | None = None,
+    seed: int = 0,
+    selection: Any = None,
+) -> Prepared:
+    """Freeze ``model`` and let ``method`` select (unless ``selection`` is given) and rewrite.
+
+    Args:
+        model: a plain base model (changed in place).
+        method: the method.
+        calibration_batches: training batches for methods that score parameters.
+        seed: the run's seed, for methods that choose at random.
+        selection: a stored selection (a checkpoint's, an adapter's) to rebuild instead.
+    """
+    hooks = method_hooks(method)
+    freeze(model)
+    if selection is None:
+        selection = select(hooks, method, model, calibration_batches, seed)
+    trainable = rewrite(hooks, method, model, selection)
+    return Prepared(method, hooks, model, selection, trainable)
