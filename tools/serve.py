@@ -29,6 +29,7 @@ import torch
 
 from zoo.inference import (
     MixedAdapterModel,
+    Template,
     encode_prompts,
     generate_greedy,
     load_base,
@@ -38,6 +39,10 @@ from zoo.inference import (
 )
 from zoo.loading import load_tokenizer
 from zoo.outputs import atomic_file
+
+
+PromptStyle = Literal["adapter", "plain", "chat", "alpaca"]
+"""How requests become prompts: each in its adapter's training template, or all in one."""
 
 
 @dataclass
@@ -69,7 +74,7 @@ def generate_mixed(
     requests: list[Request],
     batch_size: int = 16,
     max_new_tokens: int = 64,
-    chat: bool = False,
+    template: PromptStyle | bool = False,
     logits: bool = False,
 ) -> list[Answer]:
     """Answer requests in batches of ``batch_size``, in order, each with its own adapter.
@@ -80,7 +85,9 @@ def generate_mixed(
         requests: the requests.
         batch_size: requests per batch (mixed adapters).
         max_new_tokens: default length of an answer.
-        chat: wrap prompts in the tokenizer's chat template.
+        template: the prompt template of every request (``True``: ``chat``, ``False``:
+            ``plain``), or ``adapter``: each request in the template its adapter was
+            trained with (recorded in the adapter; ``plain`` for the base model).
         logits: also return each answer's logits.
 
     Raises:
@@ -94,7 +101,8 @@ def generate_mixed(
     for start in range(0, len(requests), batch_size):
         chunk = requests[start : start + batch_size]
         lengths = [r.max_new_tokens or max_new_tokens for r in chunk]
-        batch = encode_prompts(tokenizer, [r.prompt for r in chunk], chat, device)
+        templates = [_template(server, r.adapter, template) for r in chunk]
+        batch = encode_prompts(tokenizer, [r.prompt for r in chunk], templates, device)
         with server.assign([r.adapter for r in chunk]):
             tokens, scores = generate_greedy(server.model, tokenizer, batch, max(lengths), logits)
         for i, (request, length) in enumerate(zip(chunk, lengths)):
@@ -109,6 +117,14 @@ def generate_mixed(
                 )
             )
     return answers
+
+
+def _template(server: MixedAdapterModel, adapter: str | None, template: PromptStyle | bool) -> Template:
+    if isinstance(template, bool):
+        return "chat" if template else "plain"
+    if template == "adapter":
+        return server.templates[adapter] if adapter is not None else "plain"
+    return template
 
 
 def _until_eos(tokens: list[int], eos: int | list[int] | None) -> list[int]:
@@ -162,6 +178,7 @@ def serve(
     batch_size: int = 16,
     max_new_tokens: int = 64,
     chat: bool = False,
+    prompt_style: PromptStyle = "adapter",
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     device: str = "auto",
     port: int | None = None,
@@ -176,7 +193,10 @@ def serve(
         base_model: the base model; default: the one the adapters record.
         batch_size: requests per batch.
         max_new_tokens: answer length for requests that give none.
-        chat: wrap prompts in the tokenizer's chat template.
+        chat: wrap every prompt in the tokenizer's chat template (``--prompt_style chat``).
+        prompt_style: ``adapter``: each request in the template its adapter was trained
+            with (``plain`` for base-model requests and adapters that record none);
+            ``plain``, ``chat`` or ``alpaca``: every request in that template.
         dtype: dtype of the base weights.
         device: ``auto``, ``cpu``, ``cuda``, ...
         port: serve ``POST /generate`` on ``127.0.0.1:port`` instead of reading a file.
@@ -195,10 +215,11 @@ def serve(
     server = MixedAdapterModel(model, info)
     for name, adapter in loaded.items():
         server.add_adapter(name, adapter)
+    template = "chat" if chat else prompt_style
     if port is not None:
-        serve_http(server, tokenizer, port, batch_size, max_new_tokens, chat)
+        serve_http(server, tokenizer, port, batch_size, max_new_tokens, template)
         return []
-    answers = generate_mixed(server, tokenizer, todo, batch_size, max_new_tokens, chat)
+    answers = generate_mixed(server, tokenizer, todo, batch_size, max_new_tokens, template)
     rows = [_row(a) for a in answers]
     with atomic_file(output) as handle:
         for row in rows:
@@ -208,10 +229,10 @@ def serve(
 
 
 def serve_http(
-    server: MixedAdapterModel, tokenizer: Any, port: int, batch_size: int, max_new_tokens: int, chat: bool
+    server: MixedAdapterModel, tokenizer: Any, port: int, batch_size: int, max_new_tokens: int, template: Any
 ) -> None:
     """Serve ``POST /generate`` on ``127.0.0.1:port`` until interrupted (see :func:`http_server`)."""
-    httpd = http_server(server, tokenizer, port, batch_size, max_new_tokens, chat)
+    httpd = http_server(server, tokenizer, port, batch_size, max_new_tokens, template)
     print(f"Serving {sorted(server.adapters)} on http://127.0.0.1:{httpd.server_port}/generate")
     try:
         httpd.serve_forever()
@@ -222,7 +243,7 @@ def serve_http(
 
 
 def http_server(
-    server: MixedAdapterModel, tokenizer: Any, port: int, batch_size: int, max_new_tokens: int, chat: bool
+    server: MixedAdapterModel, tokenizer: Any, port: int, batch_size: int, max_new_tokens: int, template: Any
 ) -> HTTPServer:
     """A minimal single-threaded HTTP endpoint on ``127.0.0.1:port`` (0: any free port).
 
@@ -241,7 +262,7 @@ def http_server(
                 todo = [_request(raw, f"request {i}", set(server.adapters)) for i, raw in enumerate(raws)]
             except ValueError as err:  # JSONDecodeError is a ValueError
                 return self._reply(400, {"error": str(err)})
-            answers = generate_mixed(server, tokenizer, todo, batch_size, max_new_tokens, chat)
+            answers = generate_mixed(server, tokenizer, todo, batch_size, max_new_tokens, template)
             self._reply(200, [_row(a) for a in answers])
 
         def _reply(self, status: int, payload: Any) -> None:

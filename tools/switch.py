@@ -18,6 +18,7 @@ from zoo.adapter import AdapterError
 from zoo.inference import (
     BASE,
     AdapterSwitcher,
+    adapter_template,
     encode_prompts,
     generate_greedy,
     load_base,
@@ -36,6 +37,7 @@ def switch(
     rounds: int = 2,
     max_new_tokens: int = 16,
     chat: bool = False,
+    prompt_style: Literal["adapter", "plain", "chat", "alpaca"] = "adapter",
     base_model: str | None = None,
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     device: str = "auto",
@@ -50,7 +52,10 @@ def switch(
             every adapter in turn, ``rounds`` times.
         rounds: passes over the adapters when no ``sequence`` is given.
         max_new_tokens: length of each greedy answer.
-        chat: wrap the prompt in the tokenizer's chat template.
+        chat: wrap the prompt in the tokenizer's chat template (``--prompt_style chat``).
+        prompt_style: ``adapter``: after each switch, the prompt in the template that adapter
+            was trained with (``plain`` for the base and adapters that record none);
+            ``plain``, ``chat`` or ``alpaca``: always that template.
         base_model: the base model; default: the one the adapters record.
         dtype: dtype of the base weights.
         device: ``auto``, ``cpu``, ``cuda``, ...
@@ -72,10 +77,12 @@ def switch(
     if unknown:
         raise AdapterError(f"sequence names unknown adapters {unknown} (known: {sorted(loaded)})")
 
-    batch = encode_prompts(tokenizer, [prompt], chat, model.device)
+    style = "chat" if chat else prompt_style
     switches = []
     for name in order:
         seconds = switcher.activate(name)
+        template = style if style != "adapter" else adapter_template(loaded.get(name))
+        batch = encode_prompts(tokenizer, [prompt], template, model.device)
         tokens, _ = generate_greedy(model, tokenizer, batch, max_new_tokens)
         answer = tokenizer.decode(tokens[0], skip_special_tokens=True)
         switches.append({"to": name, "seconds": seconds, "answer": answer})

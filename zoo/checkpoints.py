@@ -8,11 +8,14 @@
 * :class:`InterruptCheckpoint` is Lightning's ``OnExceptionCheckpoint`` that also says
   where the checkpoint is and prints the exact command that resumes from it. Recipes
   declare it beside a ``ModelCheckpoint`` that saves every N steps.
+* :func:`identity` and :func:`selection_differs`: what a checkpoint records beside the
+  trainable tensors (method, config, selection, base model) and the check on resume.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import shlex
@@ -187,3 +190,85 @@ def resume_command(args: list[str] | None, ckpt_path: str) -> str:
         elif not arg.startswith("--ckpt_path="):
             kept.append(arg)
     return shlex.join(["lightning", *kept, "--ckpt_path", ckpt_path])
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint was written by another method, config or base model."""
+
+
+def identity(method: str | None, config: dict[str, Any] | None, selection: Any, base: Any) -> dict[str, Any]:
+    """What a checkpoint records beside the trainable tensors, to rebuild and check a run."""
+    return {"method": method, "config": config, "selection": selection, "base": base.__dict__ if base else None}
+
+
+def selection_differs(checkpoint: dict[str, Any], current: dict[str, Any], base: Any) -> bool:
+    """Check that ``checkpoint`` was written by this run's method, config and base model.
+
+    Returns:
+        Whether its selection differs from this run's (the model must be rebuilt with it).
+
+    Raises:
+        CheckpointMismatchError: not an ftzoo checkpoint, or another method, config or base.
+    """
+    saved = checkpoint.get("ftzoo")
+    if saved is None:
+        raise CheckpointMismatchError("not an ftzoo checkpoint (it has no 'ftzoo' entry)")
+    for key in ("method", "config"):
+        if _canonical(saved[key]) != _canonical(current[key]):
+            raise CheckpointMismatchError(
+                f"the checkpoint was trained with {key} {saved[key]!r}, this run has {current[key]!r}"
+            )
+    type(base)(**saved["base"]).check_same(base, what="the checkpoint")
+    return _canonical(saved["selection"]) != _canonical(current["selection"])
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def keep_trainable_state(checkpoint: dict[str, Any], keys: set[str]) -> None:
+    """Keep only the trainable entries of the state dict the strategy gathered.
+
+    Under FSDP the local parameters are 1-D shards, the gathered entries whole (and empty off
+    rank 0). DeepSpeed drops this dict and saves the module itself (see
+    ``exclude_frozen_parameters`` in its config).
+    """
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
+
+
+def check_trainable_state(checkpoint: dict[str, Any], keys: set[str]) -> None:
+    """Refuse a checkpoint that lacks a trainable tensor (FSDP and DeepSpeed load the tensors
+    themselves and pass no state dict: nothing to check then).
+
+    Raises:
+        CheckpointMismatchError: naming the first missing tensors.
+    """
+    if "state_dict" not in checkpoint:
+        return
+    missing = keys - set(checkpoint["state_dict"])
+    if missing:
+        raise CheckpointMismatchError(f"the checkpoint lacks trainable tensors: {sorted(missing)[:5]}")
+
+
+def stored_selection(path: str | Path | None) -> Any:
+    """The selection stored in the checkpoint at ``path``, to rebuild a resumed run's model
+    before Lightning loads it; ``None`` without a path or for names Lightning resolves itself
+    (``last``: then ``on_load_checkpoint`` rebuilds)."""
+    if path is None or str(path) in LIGHTNING_CKPT_NAMES:
+        return None
+    checkpoint = read_checkpoint(path, map_location="cpu", weights_only=True, mmap=True)
+    return checkpoint.get("ftzoo", {}).get("selection")
+
+
+def check_rebuildable(strategy: Any) -> None:
+    """Refuse to rebuild a model for a checkpoint's selection once the strategy has wrapped it.
+
+    Raises:
+        CheckpointMismatchError: FSDP or DeepSpeed has already sharded the model.
+    """
+    if strategy.restore_checkpoint_after_setup:
+        raise CheckpointMismatchError(
+            f"the checkpoint's selection differs from this run's, and {type(strategy).__name__} "
+            "has already sharded the model, so it cannot be rebuilt; resume with the same method config, "
+            "seed and data, or under DDP"
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from itertools import islice
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from pluggy import HookRelay
 from torch import nn
 
+from zoo.adapter import Adapter, BaseModelInfo
 from zoo.method import Method
 from zoo.plugins import PluginError, method_hooks, method_name
 
@@ -131,3 +133,27 @@ def prepare(
         selection = select(hooks, method, model, calibration_batches, seed)
     trainable = rewrite(hooks, method, model, selection)
     return Prepared(method, hooks, model, selection, trainable)
+
+
+def extract_adapter(
+    hooks: HookRelay, method: Method, model: nn.Module, selection: Any, base: BaseModelInfo, info: dict[str, Any]
+) -> Adapter:
+    """The trained update as an :class:`Adapter` in base coordinates (``ftzoo_extract_adapter``),
+    its tensors copied to the CPU (gathered FSDP parameters live only inside the gathering context)."""
+    tensors = hooks.ftzoo_extract_adapter(model=model, selection=selection)
+    tensors = {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
+    return Adapter(method_name(method), method.config(), selection, base, tensors, info)
+
+
+def calibration_batches(datamodule: Any, count: int, model: nn.Module) -> Batches:
+    """What a method scoring parameters calls: the first ``count`` training batches, on the model's
+    device (the CPU under FSDP, before it shards the model). No data is loaded until it is called."""
+
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
+        if datamodule is None:
+            raise RuntimeError("this method scores parameters on training batches, but no data module is attached")
+        device = next(model.parameters()).device
+        for batch in islice(iter(datamodule.train_dataloader()), count):
+            yield {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    return batches

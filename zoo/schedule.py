@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 Decay = Literal["constant", "linear", "cosine"]
 
@@ -31,3 +31,15 @@ def warmup_decay(warmup_steps: int, total_steps: int, decay: Decay, min_ratio: f
         return min_ratio + (1.0 - min_ratio) * shape
 
     return multiplier
+
+
+def parameter_groups(named: list[tuple[str, Any]], shapes: dict[str, Any]) -> list[dict[str, Any]]:
+    """Optimizer groups: weight decay on matrices only, none on 1-D tensors (norms, biases).
+
+    Args:
+        named: ``(name, parameter)`` pairs the optimizer updates.
+        shapes: each name's shape as the method built it (FSDP holds flat 1-D shards).
+    """
+    decay = [p for name, p in named if len(shapes[name]) >= 2]
+    no_decay = [p for name, p in named if len(shapes[name]) < 2]
+    return [g for g in ({"params": decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]

@@ -77,6 +77,7 @@ def test_fit_by_registered_name_through_the_cli(norms_installed, tiny_llama_dir,
     build_cli(fit_args(tiny_llama_dir, tmp_path, 3, "norms", *extra))
     adapter = load_adapter(tmp_path / "run" / "version_0" / "adapter")
     assert adapter.method == "norms" and adapter.config["include_final_norm"] is False
+    assert adapter.info["prompt_style"] == "chat"  # the training template travels with the adapter
     assert (
         sorted(adapter.tensors)
         == sorted(adapter.selection)

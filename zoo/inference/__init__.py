@@ -11,7 +11,15 @@ The tools in ``tools/`` are thin command lines over these.
 
 from zoo.inference.adapters import checked_deltas, fuse_into, hooks_for, load_base, parse_named, read_adapter
 from zoo.inference.export import save_model_folder
-from zoo.inference.generate import encode_prompts, generate_greedy, pick_device, synchronize
+from zoo.inference.generate import (
+    Template,
+    adapter_template,
+    encode_prompts,
+    generate_greedy,
+    pick_device,
+    prompt_info,
+    synchronize,
+)
 from zoo.inference.mixed import MixedAdapterModel
 from zoo.inference.switch import BASE, AdapterSwitcher
 
@@ -19,6 +27,8 @@ __all__ = [
     "BASE",
     "AdapterSwitcher",
     "MixedAdapterModel",
+    "Template",
+    "adapter_template",
     "checked_deltas",
     "encode_prompts",
     "fuse_into",
@@ -27,6 +37,7 @@ __all__ = [
     "load_base",
     "parse_named",
     "pick_device",
+    "prompt_info",
     "read_adapter",
     "save_model_folder",
     "synchronize",

@@ -12,12 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from pluggy import HookRelay
 from torch import nn
 
 from zoo.adapter import Adapter, AdapterError, BaseModelInfo, load_adapter
 from zoo.loading import ModelLoadError, load_model
-from zoo.plugins import PluginError, hooks_of
+from zoo.method import Method
+from zoo.plugins import PluginError, hooks_of, method_from_config, method_hooks, method_name
 
 FIT_ERRORS = (RuntimeError, KeyError, AttributeError, ValueError, IndexError)
 """What a method raises when an adapter does not fit a base (turned into :class:`AdapterError`)."""
@@ -135,3 +137,25 @@ def fuse_into(model: nn.Module, adapter: Adapter, what: str) -> None:
     if after != before:
         changed = sorted(set(after) ^ set(before)) or [n for n in after if after[n] != before[n]]
         raise AdapterError(f"fusing {what} did not leave a plain base model (changed: {changed[:5]})")
+
+
+def load_for_evaluation(
+    model: nn.Module, path: str | Path, method: Method | None, base: BaseModelInfo
+) -> tuple[Method, HookRelay, Adapter]:
+    """Load the adapter at ``path`` into ``model`` (``ftzoo_load_adapter``), for ``lightning
+    validate/test/predict --model.adapter``: its method is read from the folder, so
+    ``--model.method`` is not needed (given, it must be the adapter's).
+
+    Raises:
+        AdapterError: the adapter belongs to another base model or was made by another method.
+    """
+    adapter = load_adapter(path)
+    adapter.base.check_same(base, what=f"adapter {path}")
+    if method is None:
+        method = method_from_config(adapter.method, adapter.config)
+    elif method_name(method) != adapter.method:
+        raise AdapterError(f"adapter {path} was made by {adapter.method!r}, not by {method_name(method)!r}")
+    hooks = method_hooks(method)
+    hooks.ftzoo_load_adapter(model=model, adapter=adapter)
+    rank_zero_info(f"Loaded {adapter.method} adapter {path}")
+    return method, hooks, adapter

@@ -1,19 +1,50 @@
-"""Prompts in, greedy answers out: the one way tools and evaluation generate.
+"""Prompts in, greedy answers out: the one way tools generate.
 
 The generation settings live in :func:`zoo.evaluation.greedy_config`; this module adds
 the batch encoding (left padding, so every row continues at the end) and the prompt
-template an adapter was trained with (:mod:`datamodules.prompts` names are recorded in
-the adapter's ``info["prompt"]``).
+template: ``fit`` records the data module's ``prompt_style`` in the adapter
+(``info["prompt_style"]``, :func:`prompt_info`), so a tool can wrap a request in the
+template its adapter was trained with (:func:`adapter_template`): the LLM-Adapters
+(Alpaca) template or the tokenizer's chat template (:mod:`datamodules.prompts`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from zoo.adapter import Adapter
 from zoo.evaluation import greedy_config
+
+Template = Literal["plain", "chat", "alpaca"]
+"""How a request's text becomes the prompt: as it is, in the tokenizer's chat template, or in
+the LLM-Adapters (Alpaca) template."""
+
+
+def prompt_info(datamodule: Any) -> dict[str, Any]:
+    """What an adapter records of its training prompts: the data module's ``prompt_style``."""
+    style = getattr(datamodule, "prompt_style", None)
+    return {"prompt_style": style} if isinstance(style, str) else {}
+
+
+def adapter_template(adapter: Adapter | None) -> Template:
+    """The template ``adapter`` was trained with (``plain`` for the base model or an adapter
+    that records none, such as one written before ftzoo recorded it)."""
+    style = adapter.info.get("prompt_style") if adapter is not None else None
+    return style if style in ("chat", "alpaca") else "plain"
+
+
+def render(tokenizer: Any, prompt: str, template: Template) -> tuple[str, bool]:
+    """``(text, add_special_tokens)`` of one prompt in ``template``."""
+    if template == "plain":
+        return prompt, True
+    from datamodules.prompts import get_template  # the templates the data modules train with
+
+    chosen = get_template(template, tokenizer)
+    return chosen.render(prompt, ""), chosen.add_special_tokens
 
 
 def pick_device(device: str) -> torch.device:
@@ -30,28 +61,27 @@ def synchronize(device: torch.device | str) -> None:
 
 
 def encode_prompts(
-    tokenizer: Any, prompts: list[str], chat: bool, device: torch.device | str
+    tokenizer: Any, prompts: list[str], template: Template | Sequence[Template] | bool, device: torch.device | str
 ) -> dict[str, torch.Tensor]:
     """Tokenize prompts as one left-padded batch (so generation continues every row at the end).
 
     Args:
         tokenizer: the base model's tokenizer.
-        prompts: the texts (already in a template, or plain).
-        chat: wrap each prompt as a user message with the tokenizer's chat template.
+        prompts: the request texts.
+        template: one template for every prompt, or one per prompt (requests of different
+            adapters); ``True`` is ``"chat"`` and ``False`` ``"plain"``.
         device: where the tensors go.
     """
-    if chat:
-        prompts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts
-        ]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat)
-    finally:
-        tokenizer.padding_side = side
-    return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+    if isinstance(template, bool):
+        template = "chat" if template else "plain"
+    templates = [template] * len(prompts) if isinstance(template, str) else list(template)
+    rows = [render(tokenizer, p, t) for p, t in zip(prompts, templates)]
+    ids = [tokenizer(text, add_special_tokens=special)["input_ids"] for text, special in rows]
+    width = max(map(len, ids), default=0)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], dtype=torch.long)  # [B, T], left-padded
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], dtype=torch.long)
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
 
 
 def generate_greedy(

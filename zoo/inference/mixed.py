@@ -32,6 +32,7 @@ from torch.utils.hooks import RemovableHandle
 
 from zoo.adapter import Adapter, AdapterError, BaseModelInfo
 from zoo.inference.adapters import FIT_ERRORS, checked_deltas, hooks_for
+from zoo.inference.generate import Template, adapter_template
 from zoo.serving import SliceDelta
 
 MAX_PADDING = 2.0
@@ -151,6 +152,7 @@ class MixedAdapterModel:
         self.model = model
         self.base_info = base_info
         self.adapters: dict[str, dict[str, nn.Module]] = {}
+        self.templates: dict[str, Template] = {}  # the prompt template each adapter was trained with
         self._hooks: dict[str, RemovableHandle] = {}
         self._plans: dict[str, ModulePlan] = {}
         self._in_delta = False
@@ -178,6 +180,7 @@ class MixedAdapterModel:
                 raise AdapterError(f"adapter {name} changes module {module_name!r}, which the base model lacks")
         device = next(self.model.parameters()).device
         self.adapters[name] = {n: d.to(device).eval() for n, d in deltas.items()}
+        self.templates[name] = adapter_template(adapter)
         for module_name in deltas:
             if module_name not in self._hooks:
                 self._hooks[module_name] = modules[module_name].register_forward_hook(self._hook(module_name))
@@ -185,6 +188,7 @@ class MixedAdapterModel:
     def remove_adapter(self, name: str) -> None:
         """Forget an adapter; unhook modules no adapter changes any more."""
         del self.adapters[name]
+        del self.templates[name]
         used = {m for deltas in self.adapters.values() for m in deltas}
         for module_name in [m for m in self._hooks if m not in used]:
             self._hooks.pop(module_name).remove()
