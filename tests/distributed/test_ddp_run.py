@@ -20,6 +20,8 @@ import pytest
 import torch
 from dist_runs import REPO, adapter_meta, adapter_tensors, fit_args, launch
 
+pytestmark = pytest.mark.distributed  # starts several processes
+
 RECORDS = 13
 
 

@@ -34,6 +34,8 @@ from datamodules import InstructionDataModule
 from zoo.loading import load_model
 from zoo.plugins import method_from_config, method_hooks
 
+pytestmark = pytest.mark.distributed  # starts several processes
+
 B = 4  # records per micro-batch and rank
 TOLERANCE = {"rtol": 1e-4, "atol": 2e-5}
 

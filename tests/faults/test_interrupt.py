@@ -23,6 +23,8 @@ from locations import REPO
 from zoo.checkpoints import InterruptCheckpoint
 from zoo.cli import build_cli
 
+pytestmark = pytest.mark.slow  # trains through Lightning or runs a benchmark end to end
+
 
 def test_sigint_keeps_a_checkpoint_and_the_printed_command_resumes_to_the_same_adapter(
     tiny_llama_dir, tmp_path, capsys, monkeypatch

@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 
 from zoo.cli import build_cli
 
+pytestmark = pytest.mark.slow  # trains through Lightning or runs a benchmark end to end
+
 
 def fit_args(model_dir: Path, root: Path, max_steps: int, *extra: str) -> list[str]:
     return [

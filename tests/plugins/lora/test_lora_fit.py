@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 import torch
 from method_harness import batches, fit_args, logits
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from zoo.cli import build_cli
+
+pytestmark = pytest.mark.slow  # trains through Lightning or runs a benchmark end to end
 
 
 def test_fit_writes_a_peft_loadable_adapter(tiny_llama_dir, tmp_path):

@@ -14,6 +14,8 @@ from zoo.loading import load_model
 from zoo.module import FineTuneModule
 from zoo.plugins import method_hooks
 
+pytestmark = pytest.mark.slow  # trains through Lightning or runs a benchmark end to end
+
 
 class TinyData(L.LightningDataModule):
     """A few fixed random sequences, repeated: easy to memorise, so the loss must fall."""

@@ -3,11 +3,15 @@ resumed run that rebuilds the same mask from the checkpoint's selection."""
 
 from __future__ import annotations
 
+import pytest
+
 import torch
 from method_harness import fit_args
 
 from zoo import load_adapter
 from zoo.cli import build_cli
+
+pytestmark = pytest.mark.slow  # trains through Lightning or runs a benchmark end to end
 
 SPARSE = ["--model.method.init_args.density", "0.02", "--model.method.init_args.strategy", "gradient"]
 EVERY_2 = ["--trainer.callbacks", "ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "2",

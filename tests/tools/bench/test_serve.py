@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 import torch
 from tiny_models import COMMON
 from transformers import LlamaConfig
 
 from tools.bench.serve import SECTION, Setting, bench_setting, docs_section, ratio_table, update_docs
+
+pytestmark = pytest.mark.slow  # trains through Lightning or runs a benchmark end to end
 
 
 def test_one_tiny_setting_end_to_end():

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import torch
 
 from tools.bench.train import bench_train, count_memory
+
+pytestmark = pytest.mark.slow  # trains through Lightning or runs a benchmark end to end
 
 
 def test_count_memory_is_exact_on_a_hand_built_model():
