@@ -2,6 +2,12 @@
 
 Method plugins are loaded before the parser is built, so a method can be given by class
 path, by short class name, or by its registered name (``--model.method s2ft``).
+
+Registered names are resolved before parsing: on the argument list the CLI is given
+(:func:`resolve_method_names`; ``sys.argv`` itself is never rewritten) and, in config files,
+by a YAML loader registered with jsonargparse's public ``set_loader``. jsonargparse offers
+no hook to map a value to a class path while it resolves ``class_path`` (it accepts only
+import paths and short names of imported subclasses), so both happen before it sees them.
 """
 
 from __future__ import annotations
@@ -15,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import set_loader
-from jsonargparse._loaders_dumpers import yaml_load
+from jsonargparse import get_loader, set_loader
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -70,7 +75,7 @@ def _class_path(cls: type) -> str:
 def load_config_with_method_names(text: str) -> Any:
     """YAML loader for config files: ``method: s2ft`` or ``class_path: s2ft`` under
     ``model`` become the registered method's class path."""
-    value = yaml_load(text)
+    value = _YAML_LOAD(text)
     model = value.get("model") if isinstance(value, dict) else None
     method = model.get("method") if isinstance(model, dict) else None
     methods = available_methods()
@@ -115,6 +120,7 @@ def _config_paths(args: list[str]) -> list[str]:
     return paths
 
 
+_YAML_LOAD = get_loader("yaml")  # jsonargparse's own YAML loader, which this one extends
 set_loader("ftzoo", load_config_with_method_names, exceptions=(yaml.YAMLError,))
 
 
@@ -157,8 +163,9 @@ class FtzooCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Tell the module which checkpoint it resumes from, so that it rebuilds the stored
-        selection instead of selecting anew (and scoring calibration batches) first; tell
-        the interrupt checkpoint how this run was started."""
+        selection instead of selecting anew (and scoring calibration batches) first: Lightning
+        knows ``trainer.ckpt_path`` only after ``configure_model`` has built the model. Tell the
+        interrupt checkpoint how this run was started."""
         self.model.resume_from = self.config[self.subcommand].get("ckpt_path")
         for callback in self.trainer.callbacks:
             if isinstance(callback, InterruptCheckpoint):
@@ -184,12 +191,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
     """Build (and by default run) the CLI; ``args`` as on the command line, for use from Python."""
     command_line = list(sys.argv[1:] if args is None else args)
     check_config_files(command_line)
-    if args is None:  # LightningCLI reads sys.argv itself; resolve method names in place
-        sys.argv[1:] = resolve_method_names(sys.argv[1:])
-    else:
-        args = resolve_method_names(args)
-        # Called from Python (tools, tests): sys.argv belongs to the caller, not to this CLI.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # The resolved list is given to LightningCLI as ``args``, which it then parses instead of
+    # sys.argv; its warning that ``args`` is meant for use from Python does not apply.
+    args = resolve_method_names(command_line)
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return FtzooCLI(
         FineTuneModule,
         LightningDataModule,

@@ -91,10 +91,13 @@ def rewrite(hooks: HookRelay, method: Method, model: nn.Module, selection: Any) 
         The ``(name, parameter)`` pairs the optimizer updates.
 
     Raises:
-        PluginError: the method chose something but left nothing trainable.
+        PluginError: the method chose something but left nothing trainable, or named a
+            parameter it added without its ``prefix``.
     """
+    base = {id(p) for p in model.parameters()}  # a wrapper may rename a base parameter, never copy it
     hooks.ftzoo_rewrite_model(model=model, selection=selection)
     trainable = hooks.ftzoo_trainable_parameters(model=model)
+    check_prefix(method, [name for name, p in trainable if id(p) not in base])
     if not trainable:
         raise PluginError(
             f"method {method_name(method)!r} selected {_describe(selection)}, but after ftzoo_rewrite_model no "
@@ -102,6 +105,25 @@ def rewrite(hooks: HookRelay, method: Method, model: nn.Module, selection: Any) 
             "trains (or the method must implement ftzoo_trainable_parameters)"
         )
     return trainable
+
+
+def check_prefix(method: Method, added: list[str]) -> None:
+    """The core finds a method's own parameters by name: each one it adds must contain its
+    :attr:`~zoo.Method.prefix` (a method that only unfreezes base parameters adds none).
+
+    Raises:
+        PluginError: naming the parameters and the prefix.
+    """
+    if not added:
+        return
+    prefix = type(method).prefix
+    wrong = [name for name in added if not prefix or prefix not in name]
+    if wrong:
+        raise PluginError(
+            f"method {method_name(method)!r} added trainable parameters {wrong[:3]} whose names do not contain its "
+            f"prefix {prefix!r}: set `prefix` on the class to a substring of the names of the parameters it adds "
+            "(as lora_ and s2ft_ do) and name them so"
+        )
 
 
 def _describe(selection: Any) -> str:
