@@ -6,11 +6,39 @@ calls these hooks and the chosen method answers.
 
 Who answers
 -----------
-Each run builds its own plugin manager (:func:`zoo.plugins.method_hooks`) that holds
-exactly two plugins: the chosen method instance and :class:`zoo.defaults.CoreDefaults`,
-whose implementations are ``trylast``. Hooks that return a value are ``firstresult``, so
-the method's answer wins and the core default answers only where the method has no
-implementation (or returns ``None`` to decline). Call every hook with keyword arguments.
+Each method gets its own plugin manager (:func:`zoo.plugins.method_hooks`, built once per
+run; tools reuse one per method and config through :func:`zoo.plugins.hooks_of`) that
+holds exactly two plugins: the chosen method instance and
+:class:`zoo.defaults.CoreDefaults`, whose implementations are ``trylast``. Hooks that
+return a value are ``firstresult``, so the method's answer wins and the core default
+answers only where the method has no implementation (or returns ``None`` to decline).
+Hooks that return nothing call the method's implementation, if any. Call every hook with
+keyword arguments; an implementation may take fewer arguments than its spec.
+
+Every hook below says *when* it is called, whether the *first result* wins, and *who*
+implements it: **required** (every method; checked when the method is loaded,
+:func:`zoo.plugins.check_method`), **core default** (the core answers unless the method
+does), or **optional** (nobody answers unless a method does).
+
+==============================  ===========  ============  ==============================
+hook                            when         first result  who implements
+==============================  ===========  ============  ==============================
+``ftzoo_select_parameters``     fit, once    yes           required
+``ftzoo_rewrite_model``         every build  no            required
+``ftzoo_trainable_parameters``  every build  yes           core default (``requires_grad``)
+``ftzoo_before_backward``       micro-batch  no            optional
+``ftzoo_after_backward``        micro-batch  no            optional
+``ftzoo_before_optimizer_step`` step         no            optional
+``ftzoo_after_optimizer_step``  step         no            optional
+``ftzoo_extract_adapter``       checkpoints  yes           core default (trainable tensors)
+``ftzoo_save_adapter_files``    adapter save no            optional
+``ftzoo_adapter_deltas``        tools        yes           required
+``ftzoo_load_adapter``          evaluation   yes           core default (fuse)
+``ftzoo_fuse_adapter``          tools        yes           core default (add deltas)
+``ftzoo_unfuse_adapter``        tools        yes           core default (restore)
+``ftzoo_serving_deltas``        serve        yes           core default (delta slices)
+``ftzoo_merge_adapters``        merge        yes           optional (``None``: dense merge)
+==============================  ===========  ============  ==============================
 
 Order in which ``lightning fit`` calls the hooks
 ------------------------------------------------
@@ -21,12 +49,14 @@ Order in which ``lightning fit`` calls the hooks
 5. per optimizer step: ``ftzoo_before_backward`` → backward → ``ftzoo_after_backward``
    (per micro-batch), then ``ftzoo_before_optimizer_step`` → step →
    ``ftzoo_after_optimizer_step``.
-6. ``ftzoo_extract_adapter``    -- at every checkpoint (trainable state only) and at the
-   end of fit, when the adapter is written to the run folder.
+   Checkpoints hold the tensors ``ftzoo_trainable_parameters`` names, plus the selection.
+6. ``ftzoo_extract_adapter``    -- at the end of fit, when the adapter is written to the run
+   folder (then ``ftzoo_save_adapter_files``).
 
-Tools (``tools/merge.py``, ``switch.py``, ``serve.py``, ``export.py``) and validation with a
-trained adapter call ``ftzoo_load_adapter``, ``ftzoo_adapter_deltas``, ``ftzoo_fuse_adapter``,
-``ftzoo_unfuse_adapter``, ``ftzoo_serving_deltas`` and ``ftzoo_merge_adapters``.
+The adapter runtime (:mod:`zoo.inference`, :mod:`zoo.merging`; the tools are command lines
+over it) and validation with a trained adapter call ``ftzoo_load_adapter``,
+``ftzoo_adapter_deltas``, ``ftzoo_fuse_adapter``, ``ftzoo_unfuse_adapter``,
+``ftzoo_serving_deltas`` and ``ftzoo_merge_adapters``.
 
 Terms
 -----
@@ -50,6 +80,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from zoo.adapter import Adapter
+    from zoo.merging.combine import MergeOptions
 
 PROJECT = "ftzoo"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -69,9 +100,10 @@ def ftzoo_select_parameters(
 ) -> Any:
     """Choose what to train, before the model is rewritten.
 
-    Called once per run on rank 0 (the result is broadcast to the other ranks), after the
-    base model is loaded and frozen, and never when resuming or loading an adapter: then
-    the stored selection is used.
+    *When*: once per ``fit`` on rank 0 (the result is broadcast to the other ranks), after
+    the base model is loaded and frozen; never when resuming or loading an adapter (then
+    the stored selection is used). *First result wins. Required.* The selection is checked
+    at once (:func:`zoo.prepare.check_selection`): it must be JSON.
 
     Args:
         model: the frozen base model, on the training device.
@@ -96,14 +128,19 @@ def ftzoo_select_parameters(
 def ftzoo_rewrite_model(model: nn.Module, selection: Any) -> None:
     """Rewrite the frozen model in place so that the selected part can train.
 
+    *When*: every time a model is built for training (fit, resume, a rebuilt selection),
+    right after the selection. *No result. Required.*
+
     Called on every rank with the same ``selection`` (the result of
     :func:`ftzoo_select_parameters` or the one stored in a checkpoint or adapter). A method
     may replace modules, permute weights, add parameters and set ``requires_grad``, but
     must keep the model's outputs unchanged before training and must not copy the frozen
     base weights. It must check every module it will change before changing any
     (:func:`zoo.targets.check_trainable_modules`), so that a refusal (a quantized or integer
-    weight, a selection that does not fit) leaves the model exactly as it was. New parameters' names must contain the method's prefix
-    (:attr:`zoo.Method.prefix`) so that the core can find them by name.
+    weight, a selection that does not fit) leaves the model exactly as it was. Parameters it
+    *adds* must have names containing the method's prefix (:attr:`zoo.Method.prefix`): the
+    core checks this right after the rewrite (:func:`zoo.prepare.check_prefix`). After the
+    rewrite something must be trainable (``requires_grad=True``), or the core says so.
 
     Args:
         model: the base model, every parameter frozen.
@@ -119,6 +156,9 @@ def ftzoo_rewrite_model(model: nn.Module, selection: Any) -> None:
 @hookspec(firstresult=True)
 def ftzoo_trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Name the parameters the optimizer updates.
+
+    *When*: after every rewrite, and at every checkpoint save and load. *First result
+    wins. Core default*: every parameter with ``requires_grad=True``.
 
     Called after the rewrite. The core default returns every parameter with
     ``requires_grad=True``. The optimizer sees only these; checkpoints hold only these
@@ -136,23 +176,47 @@ def ftzoo_trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter
 
 @hookspec
 def ftzoo_before_backward(model: nn.Module, loss: torch.Tensor) -> None:
-    """Called before ``loss.backward()`` of every micro-batch."""
+    """Look at the loss of a micro-batch before its backward pass.
+
+    *When*: before ``loss.backward()`` of every micro-batch (with
+    ``accumulate_grad_batches=k``, k times per optimizer step; Lightning's
+    ``on_before_backward``). *No result. Optional*: no built-in method implements it; it
+    is for methods that hook the backward pass (e.g. register tensor hooks on the graph).
+
+    Args:
+        model: the rewritten model.
+        loss: the micro-batch's loss (scaled for accumulation as Lightning does).
+    """
 
 
 @hookspec
 def ftzoo_after_backward(model: nn.Module) -> None:
-    """Called after the backward pass of every micro-batch (gradients may be partial
-    while accumulating). Use it to mask or inspect gradients."""
+    """Mask or inspect gradients after a micro-batch's backward pass.
+
+    *When*: after the backward pass of every micro-batch, before the next micro-batch
+    (gradients are partial sums while accumulating; Lightning's ``on_after_backward``).
+    *No result. Optional*: no built-in method implements it.
+    """
 
 
 @hookspec
 def ftzoo_before_optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Called once per optimizer step, after gradient clipping and before ``step()``."""
+    """See the accumulated gradients just before the update.
+
+    *When*: once per optimizer step, after the last micro-batch's backward and gradient
+    clipping, before ``optimizer.step()`` (Lightning's ``on_before_optimizer_step``).
+    *No result. Optional*: no built-in method implements it.
+    """
 
 
 @hookspec
 def ftzoo_after_optimizer_step(model: nn.Module) -> None:
-    """Called after every optimizer step, e.g. to re-apply a constraint to the weights."""
+    """Re-apply a constraint to the weights after an update (a projection, a mask).
+
+    *When*: right after every ``optimizer.step()``, before the next step's first
+    micro-batch. *No result. Optional*: no built-in method implements it.
+    ``tests/zoo/test_hook_order.py`` proves the order of these four under accumulation.
+    """
 
 
 # ---------------------------------------------------------------------------------------
@@ -163,6 +227,10 @@ def ftzoo_after_optimizer_step(model: nn.Module) -> None:
 @hookspec(firstresult=True)
 def ftzoo_extract_adapter(model: nn.Module, selection: Any) -> dict[str, torch.Tensor]:
     """Extract the trained update as tensors, decoupled from the base model.
+
+    *When*: at the end of ``fit`` (on rank 0, with whole parameters under FSDP). *First
+    result wins. Core default*: the trainable parameters by name, right for methods whose
+    added parameters are already in base coordinates (LoRA).
 
     The tensors must describe the update in the *base model's* coordinates (undo any
     permutation) so that :func:`ftzoo_load_adapter` can apply them to a plain copy of the
@@ -182,6 +250,9 @@ def ftzoo_extract_adapter(model: nn.Module, selection: Any) -> dict[str, torch.T
 def ftzoo_load_adapter(model: nn.Module, adapter: Adapter) -> bool | None:
     """Make a plain base model compute what the trained model computed.
 
+    *When*: ``validate``/``test``/``predict`` with ``--model.adapter``. *First result
+    wins. Core default*: fuse (below).
+
     Used by ``validate``/``test``/``predict`` with ``--model.adapter`` and by the tools.
     The core default fuses the adapter into the weights (:func:`ftzoo_fuse_adapter`,
     scale 1). A method may instead rewrite the model so that training can continue.
@@ -195,6 +266,9 @@ def ftzoo_load_adapter(model: nn.Module, adapter: Adapter) -> bool | None:
 def ftzoo_save_adapter_files(adapter: Adapter, folder: str) -> None:
     """Write extra files into an adapter folder that is being saved.
 
+    *When*: every ``save_adapter`` (end of fit, merge). *No result. Optional* (LoRA
+    implements it).
+
     Called with the temporary folder, before it is moved into place, so that what a
     method adds is atomic with the rest (e.g. LoRA writes PEFT's own
     ``adapter_config.json`` and ``adapter_model.safetensors`` beside ftzoo's files).
@@ -205,8 +279,9 @@ def ftzoo_save_adapter_files(adapter: Adapter, folder: str) -> None:
 def ftzoo_adapter_deltas(adapter: Adapter, model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter as dense weight differences of the base model's parameters.
 
-    Every method must implement this: it is what ``tools/merge.py`` combines and what the
-    default fuse adds. ``model`` is a plain base model (for shapes, dtype, device).
+    *When*: by the tools and every core default below (merge combines these, fuse adds
+    them, serving slices them, export and serve check their names and shapes). *First
+    result wins. Required*: a method without it is refused when it is loaded. ``model`` is a plain base model (for shapes, dtype, device).
 
     Returns:
         Base parameter name (as in ``model.named_parameters()``) → tensor of that
@@ -222,6 +297,9 @@ def ftzoo_adapter_deltas(adapter: Adapter, model: nn.Module) -> dict[str, torch.
 @hookspec(firstresult=True)
 def ftzoo_fuse_adapter(model: nn.Module, adapter: Adapter, scale: float) -> Any:
     """Add the adapter's update into the weights of a plain base model, in place.
+
+    *When*: loading for evaluation, switch, export, merge ``--fuse``. *First result wins.
+    Core default* (below).
 
     The core default adds :func:`ftzoo_adapter_deltas` to every named parameter and keeps
     the original values of what it touched, so that unfusing restores the base exactly.
@@ -242,6 +320,9 @@ def ftzoo_fuse_adapter(model: nn.Module, adapter: Adapter, scale: float) -> Any:
 def ftzoo_unfuse_adapter(model: nn.Module, adapter: Adapter, undo: Any) -> bool | None:
     """Restore the weights that :func:`ftzoo_fuse_adapter` changed, exactly.
 
+    *When*: switching away from an adapter. *First result wins. Core default*: copy back
+    what the default fuse kept.
+
     Args:
         model: the model the adapter was fused into.
         adapter: the fused adapter.
@@ -260,6 +341,9 @@ def ftzoo_unfuse_adapter(model: nn.Module, adapter: Adapter, undo: Any) -> bool 
 @hookspec(firstresult=True)
 def ftzoo_serving_deltas(adapter: Adapter, model: nn.Module) -> dict[str, nn.Module]:
     """The adapter as small modules that run beside the frozen base, for mixed batches.
+
+    *When*: when serve loads an adapter (:class:`zoo.inference.MixedAdapterModel`).
+    *First result wins. Core default* (below); LoRA implements it.
 
     ``tools/serve.py`` runs every base linear layer once for the whole batch and adds, to
     the rows of each request, the output of that request's adapter module. The core
@@ -285,19 +369,22 @@ def ftzoo_serving_deltas(adapter: Adapter, model: nn.Module) -> dict[str, nn.Mod
 
 
 @hookspec(firstresult=True)
-def ftzoo_merge_adapters(
-    adapters: list[Adapter], weights: list[float], options: dict[str, Any]
-) -> Adapter | None:
+def ftzoo_merge_adapters(adapters: list[Adapter], weights: list[float], options: MergeOptions) -> Adapter | None:
     """Combine adapters of this method into one adapter of the same method.
 
-    Called by ``tools/merge.py`` with adapters that share the base model and the method.
-    A method that cannot merge in its own format returns ``None``; the merge tool then
-    combines :func:`ftzoo_adapter_deltas` into a dense adapter.
+    *When*: :func:`zoo.merging.merge_adapters` (``tools/merge.py``), with adapters that
+    share the base model and all come from this method. *First result wins. Optional*:
+    without it (or when it returns ``None``) the adapters' dense deltas are combined into
+    a ``merged`` adapter. What it returns must give the update that
+    :func:`zoo.merging.combine` computes from the dense deltas with the same ``options``
+    (the reference; the contract suite checks every formula), so decline any formula it
+    cannot match exactly.
 
     Args:
         adapters: the adapters, all of this method.
         weights: one weight per adapter.
-        options: merge options (e.g. ``{"how": "ties", "density": 0.2}``).
+        options: the formula and its settings (:class:`zoo.merging.MergeOptions`; its
+            defaults are every method's defaults).
     """
 
 
