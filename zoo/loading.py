@@ -121,9 +121,10 @@ def load_model(
     source, kwargs = resolve_model_source(name_or_path)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = _from_pretrained(
-        AutoModelForCausalLM, source, name_or_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **kwargs
-    )
+    with _quiet_loading():
+        model = _from_pretrained(
+            AutoModelForCausalLM, source, name_or_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **kwargs
+        )
     if getattr(model.config, "quantization_config", None) is not None and "gguf_file" in kwargs:
         # GGUF weights are dequantized on load; the config must not claim otherwise when saved
         del model.config.quantization_config
@@ -144,6 +145,32 @@ def _from_pretrained(auto_cls: Any, source: str, name_or_path: str, **kwargs: An
             "written by save_pretrained (or a .gguf file), the alias 'smollm2-135m', or "
             "a model already in the Hugging Face cache."
         ) from err
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No progress bars while the base model loads (a second, on every load): transformers'
+    own bars ("Loading weights") through its switch, and the GGUF de-quantization bar, which
+    that switch does not cover (the module imports ``tqdm.auto`` itself), by giving that
+    module a disabled ``tqdm`` for the duration."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # no gguf support installed: transformers says so itself if a .gguf is given
+        gguf_utils = None
+    original = gguf_utils.tqdm if gguf_utils is not None else None
+    if gguf_utils is not None:
+        gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        if gguf_utils is not None:
+            gguf_utils.tqdm = original
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from zoo.adapter import Adapter, BaseModelInfo, save_adapter
-from zoo import checkpoints
+from zoo import checkpoints, console
 from zoo.checkpoints import CheckpointMismatchError  # noqa: F401 (imported from here by callers)
 from zoo.distributed import check_strategy, unwrapped, whole_parameters
 from zoo.guard import FitGuard
@@ -36,6 +36,8 @@ from zoo.schedule import Decay, parameter_groups, warmup_decay
 from zoo.task_accuracy import EvaluationSteps, TaskAccuracy
 
 __all__ = ["CheckpointMismatchError", "FineTuneModule"]
+
+console.quiet()  # Lightning's tips and its own deprecation warning (zoo.console)
 
 
 class FineTuneModule(EvaluationSteps, L.LightningModule):

