@@ -24,14 +24,21 @@ Z95 = 1.959963984540054
 SIGNIFICANCE = 0.05
 
 
-def greedy_config(tokenizer: Any, max_new_tokens: int) -> GenerationConfig:
-    """Greedy decoding with the KV cache, stopping at the tokenizer's EOS: how ftzoo evaluates."""
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+def greedy_config(tokenizer: Any, max_new_tokens: int, **overrides: Any) -> GenerationConfig:
+    """Greedy decoding with the KV cache, stopping at the tokenizer's EOS: how ftzoo evaluates
+    and serves (the one generation config of the module, the tools and the benchmarks).
+
+    Args:
+        tokenizer: gives the pad and EOS tokens (``None`` when ``overrides`` give them).
+        max_new_tokens: the longest answer.
+        overrides: other ``GenerationConfig`` fields (the serving benchmark fixes
+            ``min_new_tokens`` so that every row decodes the same length).
+    """
+    ids = {}
+    if tokenizer is not None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        ids = {"pad_token_id": pad, "eos_token_id": tokenizer.eos_token_id}
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, **{**ids, **overrides})
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from tools.bench.shapes import (
     replace_docs_section,
 )
 from zoo.adapter import Adapter, BaseModelInfo
+from zoo.evaluation import greedy_config
 from zoo.inference import AdapterSwitcher, MixedAdapterModel, hooks_for, synchronize
 from zoo.loading import load_model
 from zoo.merging import merged_adapter
@@ -230,10 +231,8 @@ def switch_ms(
 
 
 def generation_config(new_tokens: int, pad: int, eos: int) -> GenerationConfig:
-    # min_new_tokens: every row decodes exactly new_tokens, whatever the random weights say
-    return GenerationConfig(
-        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=eos
-    )
+    """ftzoo's greedy config; min_new_tokens: every row decodes exactly new_tokens, whatever the random weights say."""
+    return greedy_config(None, new_tokens, min_new_tokens=new_tokens, pad_token_id=pad, eos_token_id=eos)
 
 
 def random_prompts(vocab: int, rows: int, length: int, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
