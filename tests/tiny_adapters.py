@@ -13,8 +13,8 @@ import copy
 import torch
 from torch import nn
 
-from zoo.merging import merged_adapter
 from zoo.adapter import Adapter, BaseModelInfo
+from zoo.merging import merged_adapter
 from zoo.plugins import available_methods, method_class, method_hooks, method_name
 
 METHODS = sorted(available_methods())

@@ -28,10 +28,10 @@ from typing import Any, Literal
 
 from datamodules.base import FineTuneDataModule
 from datamodules.encode import Example
-from zoo.inference import BASE, AdapterSwitcher, load_base, parse_named, pick_device, read_adapter
-from zoo.outputs import atomic_file
 from zoo.evaluation import Score, generate_answers, macro_average, mcnemar
+from zoo.inference import BASE, AdapterSwitcher, load_base, parse_named, pick_device, read_adapter
 from zoo.loading import load_tokenizer
+from zoo.outputs import atomic_file
 
 
 def sample_items(examples: list[Example], max_records: int | None, seed: int) -> list[Example]:

@@ -26,10 +26,16 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
 from zoo.adapter import AdapterError
-from zoo.checkpoints import LIGHTNING_CKPT_NAMES, CheckpointError, InterruptCheckpoint, read_checkpoint
+from zoo.checkpoints import (
+    LIGHTNING_CKPT_NAMES,
+    CheckpointError,
+    CheckpointMismatchError,
+    InterruptCheckpoint,
+    read_checkpoint,
+)
 from zoo.guard import NonFiniteLossError
 from zoo.loading import ModelLoadError
-from zoo.module import CheckpointMismatchError, FineTuneModule
+from zoo.module import FineTuneModule
 from zoo.outputs import OutputPathError
 from zoo.plugins import PluginError, available_methods, is_method_reference, unknown_method_message
 from zoo.targets import UnsupportedWeightError

@@ -21,21 +21,21 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from zoo.adapter import Adapter, BaseModelInfo, save_adapter
 from zoo import checkpoints, console
-from zoo.checkpoints import CheckpointMismatchError  # noqa: F401 (imported from here by callers)
+from zoo.adapter import Adapter, BaseModelInfo, save_adapter
+from zoo.checkpoints import CheckpointMismatchError
 from zoo.distributed import check_strategy, unwrapped, whole_parameters
 from zoo.guard import FitGuard
+from zoo.inference.adapters import load_for_evaluation
+from zoo.inference.generate import prompt_info
 from zoo.loading import load_model, load_tokenizer
 from zoo.method import Method
 from zoo.plugins import method_hooks, method_name
-from zoo.inference.adapters import load_for_evaluation
-from zoo.inference.generate import prompt_info
 from zoo.prepare import calibration_batches, extract_adapter, freeze, rewrite, select
 from zoo.schedule import Decay, parameter_groups, warmup_decay
 from zoo.task_accuracy import EvaluationSteps, TaskAccuracy
 
-__all__ = ["CheckpointMismatchError", "FineTuneModule"]
+__all__ = ["CheckpointMismatchError", "FineTuneModule"]  # the error, for callers that catch it here
 
 console.quiet()  # Lightning's tips and its own deprecation warning (zoo.console)
 

@@ -7,7 +7,6 @@ update is their difference from the base, computed against the base it is applie
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import torch
 from torch import nn

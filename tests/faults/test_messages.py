@@ -24,9 +24,9 @@ from method_harness import base_model
 
 from locations import REPO
 from zoo import cli as zoo_cli
-from zoo.inference import hooks_for
 from zoo.adapter import AdapterError
 from zoo.cli import ConfigError, build_cli
+from zoo.inference import hooks_for
 from zoo.loading import ModelLoadError, load_model, load_tokenizer
 from zoo.plugins import PluginError
 

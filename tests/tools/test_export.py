@@ -11,10 +11,10 @@ import pytest
 import torch
 from tiny_adapters import METHODS
 
-from zoo.inference import hooks_for
 from tools.export import export
-from zoo.inference.export import _clean_config
 from zoo.adapter import TENSORS_FILE, AdapterError
+from zoo.inference import hooks_for
+from zoo.inference.export import _clean_config
 
 IDS = [[5, 70, 80, 90, 100, 33, 34, 35]]
 

@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 from tiny_adapters import METHODS, column_deltas
 
-from zoo.inference import checked_deltas, hooks_for
-from zoo.merging import MergeOptions, combine, merged_adapter
 from tools.merge import merge
 from zoo.adapter import TENSORS_FILE, Adapter, AdapterError, load_adapter, save_adapter
 from zoo.hookspecs import hookimpl
+from zoo.inference import checked_deltas, hooks_for
+from zoo.merging import MergeOptions, combine, merged_adapter
 from zoo.method import Method
 
 

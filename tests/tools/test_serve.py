@@ -9,10 +9,9 @@ import torch
 from tiny_adapters import METHODS
 from tiny_models import tiny_tokenizer
 
-from zoo.inference import encode_prompts, generate_greedy, hooks_for
-from zoo.inference import MixedAdapterModel
 from tools.serve import Request, generate_mixed, serve
 from zoo.adapter import AdapterError
+from zoo.inference import MixedAdapterModel, encode_prompts, generate_greedy, hooks_for
 
 PROMPTS = ["hello", "the sea is", "a", "12 + 7 =", "once upon a time", "xyz", "Q:", "ok then"]
 NEW_TOKENS = 5

@@ -7,11 +7,10 @@ import torch
 from tiny_adapters import train_adapter
 from tiny_models import tiny_model, tiny_tokenizer
 
-from zoo.merging import merged_adapter
-from zoo.inference import encode_prompts, generate_greedy, hooks_for
-from zoo.inference import MixedAdapterModel
 from tools.serve import Request, generate_mixed
 from zoo.adapter import BaseModelInfo
+from zoo.inference import MixedAdapterModel, encode_prompts, generate_greedy, hooks_for
+from zoo.merging import merged_adapter
 from zoo.serving import EmbeddingDelta, FunctionalDelta, SliceDelta, serving_modules, slice_delta
 
 

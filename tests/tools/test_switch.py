@@ -10,10 +10,9 @@ import torch
 from tiny_adapters import METHODS
 from tiny_models import tiny_tokenizer
 
-from zoo.inference import encode_prompts, generate_greedy, hooks_for
 from tools.switch import switch
-from zoo.inference import AdapterSwitcher
 from zoo.adapter import AdapterError
+from zoo.inference import AdapterSwitcher, encode_prompts, generate_greedy, hooks_for
 
 
 def fused(tiny, adapter):

@@ -11,9 +11,9 @@ import torch
 from datamodules import ArithmeticDataModule
 from zoo import Method, hookimpl
 from zoo.module import FineTuneModule
+from zoo.prepare import prepare
 from zoo.testing import base_model, batches
 from zoo.testing.harness import train_steps
-from zoo.prepare import prepare
 
 pytestmark = pytest.mark.slow  # trains through Lightning
 

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from zoo.adapter import load_adapter, save_adapter
-from zoo.inference import MixedAdapterModel, fuse_into, hooks_for, save_model_folder
+from zoo.inference import MixedAdapterModel, fuse_into, save_model_folder
 from zoo.merging import MergeOptions, combine
 from zoo.method import Method
 from zoo.plugins import available_methods, method_hooks, register_method
