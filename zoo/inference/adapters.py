@@ -143,18 +143,25 @@ def load_for_evaluation(
     model: nn.Module, path: str | Path, method: Method | None, base: BaseModelInfo
 ) -> tuple[Method, HookRelay, Adapter]:
     """Load the adapter at ``path`` into ``model`` (``ftzoo_load_adapter``), for ``lightning
-    validate/test/predict --model.adapter``: its method is read from the folder, so
-    ``--model.method`` is not needed (given, it must be the adapter's).
+    validate/test/predict --model.adapter``. The method and its config are read from the
+    adapter, so ``--model.method`` is not needed; one given (e.g. by a training recipe) that
+    differs is set aside, and the run says so.
 
     Raises:
-        AdapterError: the adapter belongs to another base model or was made by another method.
+        AdapterError: the adapter belongs to another base model, or its method is not installed.
     """
     adapter = load_adapter(path)
     adapter.base.check_same(base, what=f"adapter {path}")
-    if method is None:
+    configured = (method_name(method), method.config()) if method is not None else None
+    if configured is not None and configured != (adapter.method, adapter.config):
+        rank_zero_info(
+            f"model.method {configured[0]!r} is set aside: adapter {path} was made by {adapter.method!r}, "
+            "whose method and config are used"
+        )
+    try:
         method = method_from_config(adapter.method, adapter.config)
-    elif method_name(method) != adapter.method:
-        raise AdapterError(f"adapter {path} was made by {adapter.method!r}, not by {method_name(method)!r}")
+    except (PluginError, TypeError) as err:
+        raise AdapterError(f"adapter {path}: cannot rebuild its method {adapter.method!r}: {err}") from err
     hooks = method_hooks(method)
     hooks.ftzoo_load_adapter(model=model, adapter=adapter)
     rank_zero_info(f"Loaded {adapter.method} adapter {path}")
