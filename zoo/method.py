@@ -8,18 +8,25 @@ implementations are instance methods marked with :data:`zoo.hookimpl`::
 
     class NormsOnly(Method):
         name = "norms"      # the entry point name in ``ftzoo.methods``
-        prefix = "norms_"   # what the names of the method's own parameters contain
+        prefix = ""         # optional: what the names of parameters the method adds contain
 
         def __init__(self, include_final_norm: bool = True):
             self.include_final_norm = include_final_norm
 
         @hookimpl
-        def ftzoo_rewrite_model(self, model, selection):
-            ...
+        def ftzoo_select_parameters(self, model): ...
 
-Every ``__init__`` argument must be stored under an attribute of the same name, so that
-:meth:`Method.config` can record it in checkpoints and adapters and
-:func:`zoo.plugins.method_from_config` can rebuild the method later.
+        @hookimpl
+        def ftzoo_rewrite_model(self, model, selection): ...
+
+        @hookimpl
+        def ftzoo_adapter_deltas(self, adapter, model): ...
+
+The three hooks shown are required (:data:`zoo.plugins.REQUIRED_HOOKS`). Every ``__init__``
+argument must be stored under an attribute of the same name, so that :meth:`Method.config`
+can record it in checkpoints and adapters and :func:`zoo.plugins.method_from_config` can
+rebuild the method later. Both are checked when the method is loaded
+(:func:`zoo.plugins.check_method`).
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ class Method:
     name: ClassVar[str] = ""
     """Registered name: the entry point name in the ``ftzoo.methods`` group."""
     prefix: ClassVar[str] = ""
-    """Substring of the names of the parameters the method adds (``"lora_"``, ``"s2ft_"``)."""
+    """Substring of the names of the parameters the method adds (``"lora_"``, ``"s2ft_"``);
+    ``""`` for a method that only unfreezes base parameters. The core checks it after every
+    rewrite (:func:`zoo.prepare.check_prefix`)."""
 
     def config(self) -> dict[str, Any]:
         """The ``__init__`` arguments as a JSON-able dict (read back from attributes)."""

@@ -44,13 +44,10 @@ Usage::
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +55,7 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 
+from tools.bench.measure import StepTimer, count_memory, cuda_peak
 from tools.bench.shapes import (
     LLAMA2_7B,
     LORA_TARGETS,
@@ -148,112 +146,6 @@ def make_batch(vocab: int, batch: int, seq: int, device: str, seed: int) -> dict
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
     return {"input_ids": ids, "labels": ids}
-
-
-def storage_key(t: torch.Tensor) -> int:
-    """Identity of a tensor's storage (``_cdata`` also tells ``meta`` storages apart)."""
-    return t.untyped_storage()._cdata
-
-
-def nbytes(tensors: Any) -> int:
-    """Bytes of the distinct storages of ``tensors``."""
-    seen = {storage_key(t): t.untyped_storage().nbytes() for t in tensors if isinstance(t, torch.Tensor)}
-    return sum(seen.values())
-
-
-def count_memory(model: nn.Module, trainable: list[nn.Parameter], batch: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Bytes of weights, gradients, AdamW state and saved activations of one training step."""
-    state = list(model.parameters()) + list(model.buffers())
-    skip = {storage_key(t) for t in state}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        key = storage_key(t)
-        if key not in skip:
-            saved[key] = t.untyped_storage().nbytes()
-        return t
-
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(**batch).loss
-    loss.backward()
-    grads = nbytes(p.grad for p in trainable)
-    optimizer.step()
-    optim = nbytes(v for s in optimizer.state.values() for v in s.values())
-    memory = {"weights": nbytes(state), "gradients": grads, "optimizer": optim, "activations": sum(saved.values())}
-    memory["total"] = sum(memory.values())
-    return memory
-
-
-def cuda_peak(model: nn.Module, trainable: list[nn.Parameter], batch: dict[str, torch.Tensor]) -> int | None:
-    """``torch.cuda.max_memory_allocated`` over two real steps (the second has optimizer state);
-    ``None`` if the step does not fit on the GPU."""
-    for p in trainable:
-        p.grad = None
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    try:
-        for _ in range(2):
-            model(**batch).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-    except torch.OutOfMemoryError:
-        return None
-    finally:
-        del optimizer
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated()
-
-
-class StepTimer:
-    """One method's model, optimizer and per-phase durations (forward, backward, AdamW step)."""
-
-    PHASES = ("forward", "backward", "optimizer")
-
-    def __init__(self, model: nn.Module, trainable: list[nn.Parameter], device: str) -> None:
-        self.model, self.device = model, device
-        self.optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.01)
-        self.clock = _cuda_clock if device == "cuda" else _cpu_clock
-        self.durations: dict[str, list[float]] = {name: [] for name in (*self.PHASES, "step")}
-
-    def step(self, batch: dict[str, torch.Tensor], record: bool) -> None:
-        marks = [self.clock()]
-        loss = self.model(**batch).loss
-        marks.append(self.clock())
-        loss.backward()
-        marks.append(self.clock())
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        marks.append(self.clock())
-        if record:
-            seconds = _elapsed(marks, self.device)
-            for name, value in zip(self.PHASES, seconds):
-                self.durations[name].append(value)
-            self.durations["step"].append(sum(seconds))
-
-    def medians(self) -> dict[str, float]:
-        return {name: statistics.median(values) for name, values in self.durations.items()} | {
-            "step_min": min(self.durations["step"]),
-            "steps": self.durations["step"],
-        }
-
-
-def _cpu_clock() -> float:
-    return time.perf_counter()
-
-
-def _cuda_clock() -> torch.cuda.Event:
-    event = torch.cuda.Event(enable_timing=True)
-    event.record()
-    return event
-
-
-def _elapsed(marks: list, device: str) -> list[float]:
-    if device == "cuda":
-        torch.cuda.synchronize()
-        return [a.elapsed_time(b) / 1000 for a, b in itertools.pairwise(marks)]
-    return [b - a for a, b in itertools.pairwise(marks)]
 
 
 def bench_train(

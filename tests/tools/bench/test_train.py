@@ -8,7 +8,8 @@ import json
 
 import torch
 
-from tools.bench.train import bench_train, count_memory
+from tools.bench.measure import count_memory
+from tools.bench.train import bench_train
 
 pytestmark = pytest.mark.slow  # trains through Lightning or runs a benchmark end to end
 
