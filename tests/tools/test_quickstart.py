@@ -1,0 +1,35 @@
+"""tools/quickstart.py end to end on a tiny model: base test, fit, tuned test from one recipe, and the
+same steps with another method through ``overrides`` (how the README's LoRA and full FT rows are made)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tools.quickstart import quickstart
+
+
+def tiny_budget(model_dir) -> list[str]:
+    return [
+        "--model.model", str(model_dir), "--trainer.max_steps", "2", "--model.warmup_steps", "1",
+        "--data.init_args.num_train", "16", "--data.init_args.num_test", "6", "--data.init_args.batch_size", "4",
+        "--data.init_args.eval_batch_size", "6", "--data.init_args.max_new_tokens", "4",
+        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method_args", "method"), [([], "S2FT"), (["--config", "configs/methods/lora.yaml"], "LoRA")]
+)
+def test_quickstart_measures_base_and_fine_tuned(tiny_llama_dir, tmp_path, monkeypatch, method_args, method):
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the recipe paths are relative
+    run = tmp_path / "run"
+    results = quickstart(run_dir=str(run), overrides=[*method_args, *tiny_budget(tiny_llama_dir)])
+
+    assert results["method"] == method
+    assert results["steps"] == 2
+    assert 0 < results["trainable_parameters"] <= results["base_parameters"]
+    for accuracy in (results["base"]["acc"], results["fine_tuned"]["acc"]):
+        assert 0.0 <= accuracy <= 1.0
+    assert (run / "adapter").is_dir()
+    assert json.loads((run / "results.json").read_text()) == results
