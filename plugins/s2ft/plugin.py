@@ -10,6 +10,8 @@ saved in the base model's coordinates (:mod:`~plugins.s2ft.adapter`).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -48,6 +50,9 @@ class S2FT(Method):
         allocation: ``global`` spreads each budget over all chosen layers by score (the
             official code's scheme); ``per_layer`` gives every layer the same budget.
         layers: indices of the blocks that may train (default: all).
+        top_layers: instead of ``layers``, the top fraction of the blocks that may train
+            (``0.5``: the upper half, at least one block). The backward pass stops at the
+            lowest trained block, so training the upper half roughly halves its cost.
         seed_offset: added to the run's seed for the random strategy (another draw with
             the same training seed).
     """
@@ -66,6 +71,7 @@ class S2FT(Method):
         largest: bool = True,
         allocation: Allocation = "global",
         layers: list[int] | None = None,
+        top_layers: float | None = None,
         seed_offset: int = 0,
     ) -> None:
         self.o_heads = o_heads
@@ -77,7 +83,12 @@ class S2FT(Method):
         self.largest = largest
         self.allocation = allocation
         self.layers = layers
+        self.top_layers = top_layers
         self.seed_offset = seed_offset
+        if top_layers is not None and not 0 < top_layers <= 1:
+            raise ValueError(f"S2FT top_layers is a fraction of the blocks in (0, 1], got {top_layers}")
+        if top_layers is not None and layers is not None:
+            raise ValueError("S2FT takes either layers (block indices) or top_layers (a fraction), not both")
         for arg in CONFIG_ARG.values():
             check_budget(arg, getattr(self, arg))
         if strategy not in STRATEGIES:
@@ -101,6 +112,8 @@ class S2FT(Method):
             if unknown:
                 raise ValueError(f"S2FT layers {unknown} do not exist (the model has {len(blocks)} blocks)")
             blocks = [b for b in blocks if b.index in set(self.layers)]
+        if self.top_layers is not None:
+            blocks = blocks[len(blocks) - max(1, math.ceil(self.top_layers * len(blocks))) :]
         budgets = self.budgets()
         if not budgets:
             raise ValueError("S2FT has nothing to train: every budget (o_heads, v_heads, ...) is 0")

@@ -170,3 +170,20 @@ def test_selection_is_in_original_coordinates(s2):
     for entry in r.selection["projections"]:
         layer = s2.s2ft_layers(r.model)[entry["module"]]
         assert sorted(layer.slot_units) == entry["units"]
+
+
+def test_top_layers_is_the_upper_fraction_of_the_blocks():
+    model = base()  # two blocks
+
+    def select(**config):
+        return S2FT(o_heads=0.25, down_channels=0.1, **config).ftzoo_select_parameters(
+            model=model, calibration_batches=None, seed=0
+        )
+
+    assert select(top_layers=0.5) == select(layers=[1])
+    assert select(top_layers=0.01) == select(layers=[1])  # at least one block
+    assert select(top_layers=1.0) == select()
+    with pytest.raises(ValueError, match="top_layers"):
+        S2FT(top_layers=0)
+    with pytest.raises(ValueError, match="not both"):
+        S2FT(top_layers=0.5, layers=[1])
