@@ -11,7 +11,6 @@ saved in the base model's coordinates (:mod:`~plugins.s2ft.adapter`).
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,7 +51,8 @@ class S2FT(Method):
         layers: indices of the blocks that may train (default: all).
         top_layers: instead of ``layers``, the top fraction of the blocks that may train
             (``0.5``: the upper half, at least one block). The backward pass stops at the
-            lowest trained block, so training the upper half roughly halves its cost.
+            lowest trained block, so the lower blocks need no backward pass (the quickstart's
+            fit: 8.3 minutes for the upper half, 10.4 for all blocks).
         seed_offset: added to the run's seed for the random strategy (another draw with
             the same training seed).
     """
