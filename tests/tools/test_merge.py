@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from stub_methods import Complete
 from tiny_adapters import METHODS, column_deltas
 
 from tools.merge import merge
@@ -14,7 +15,6 @@ from zoo.adapter import TENSORS_FILE, Adapter, AdapterError, load_adapter, save_
 from zoo.hookspecs import hookimpl
 from zoo.inference import checked_deltas, hooks_for
 from zoo.merging import MergeOptions, combine, merged_adapter
-from zoo.method import Method
 
 
 def task_vectors(tiny, paths):
@@ -71,18 +71,10 @@ def test_merge_can_write_a_fused_model_folder(tiny, tmp_path):
     assert (tmp_path / "model" / "tokenizer.json").exists() or (tmp_path / "model" / "tokenizer_config.json").exists()
 
 
-class SelfMerging(Method):
+class SelfMerging(Complete):
     """A method that merges in its own form (as S²FT does for sum/average)."""
 
     name = "self-merging"
-
-    @hookimpl
-    def ftzoo_select_parameters(self):
-        return []
-
-    @hookimpl
-    def ftzoo_rewrite_model(self):
-        pass
 
     @hookimpl
     def ftzoo_adapter_deltas(self, adapter, model):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from datamodules import ArithmeticDataModule
-from zoo import Method, hookimpl
+from stub_methods import Norms
+from zoo import hookimpl
 from zoo.module import FineTuneModule
 from zoo.prepare import prepare
 from zoo.testing import base_model, batches
@@ -18,26 +19,13 @@ from zoo.testing.harness import train_steps
 pytestmark = pytest.mark.slow  # trains through Lightning
 
 
-class Recorder(Method):
+class Recorder(Norms):
     """Trains the norms and records every backward and optimizer hook call (a test plugin)."""
 
     name = "recorder"
 
     def __init__(self) -> None:
         self.calls: list[str] = []
-
-    @hookimpl
-    def ftzoo_select_parameters(self, model):
-        return [n for n, _ in model.named_parameters() if n.endswith("norm.weight")]
-
-    @hookimpl
-    def ftzoo_rewrite_model(self, model, selection):
-        for name in selection:
-            model.get_parameter(name).requires_grad_(True)
-
-    @hookimpl
-    def ftzoo_adapter_deltas(self, adapter, model):
-        return {n: t.to(model.get_parameter(n)) - model.get_parameter(n) for n, t in adapter.tensors.items()}
 
     @hookimpl
     def ftzoo_before_backward(self, model, loss):

@@ -6,32 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo import Adapter, BaseModelInfo, Method, hookimpl
+from stub_methods import Norms
+from zoo import Adapter, BaseModelInfo, hookimpl
 from zoo.adapter import AdapterError
 from zoo.inference import MixedAdapterModel, fuse_into
 from zoo.module import FineTuneModule
 from zoo.plugins import PluginError, method_hooks
 from zoo.prepare import prepare
 from zoo.testing import base_model
-
-
-class Norms(Method):
-    """A correct method: trains the norm weights."""
-
-    name = "author-norms"
-
-    @hookimpl
-    def ftzoo_select_parameters(self, model):
-        return [n for n, _ in model.named_parameters() if n.endswith("norm.weight")]
-
-    @hookimpl
-    def ftzoo_rewrite_model(self, model, selection):
-        for name in selection:
-            model.get_parameter(name).requires_grad_(True)
-
-    @hookimpl
-    def ftzoo_adapter_deltas(self, adapter, model):
-        return {n: t.to(model.get_parameter(n)) - model.get_parameter(n) for n, t in adapter.tensors.items()}
 
 
 def test_a_correct_method_prepares():

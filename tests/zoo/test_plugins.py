@@ -4,6 +4,7 @@ import importlib.metadata
 
 import pytest
 
+from stub_methods import Complete
 from zoo import Method, hookimpl
 from zoo.plugins import (
     ENTRY_POINT_GROUP,
@@ -13,22 +14,6 @@ from zoo.plugins import (
     method_from_config,
     method_hooks,
 )
-
-
-class Complete(Method):
-    """The hooks every method must implement, as stubs, for tests about something else."""
-
-    @hookimpl
-    def ftzoo_select_parameters(self):
-        return []
-
-    @hookimpl
-    def ftzoo_rewrite_model(self):
-        pass
-
-    @hookimpl
-    def ftzoo_adapter_deltas(self):
-        return {}
 
 
 class Doubler(Complete):
