@@ -28,13 +28,15 @@ from typing import Any, Literal
 import torch
 
 from zoo.inference import (
+    ContinuousBatcher,
+    GenerationRequest,
     MixedAdapterModel,
     Template,
-    encode_prompts,
-    generate_greedy,
+    complete,
     load_base,
     parse_named,
     pick_device,
+    prompt_ids,
     read_adapter,
 )
 from zoo.loading import load_tokenizer
@@ -77,13 +79,15 @@ def generate_mixed(
     template: PromptStyle | bool = False,
     logits: bool = False,
 ) -> list[Answer]:
-    """Answer requests in batches of ``batch_size``, in order, each with its own adapter.
+    """Answer requests greedily, in order, each with its own adapter: up to ``batch_size`` of
+    them decode together in one batch, and a finished request's place goes to the next
+    (:class:`zoo.inference.ContinuousBatcher`, the batching the HTTP server uses).
 
     Args:
         server: the base model with the adapters loaded.
         tokenizer: the base model's tokenizer.
         requests: the requests.
-        batch_size: requests per batch (mixed adapters).
+        batch_size: requests decoded together at most (mixed adapters).
         max_new_tokens: default length of an answer.
         template: the prompt template of every request (``True``: ``chat``, ``False``:
             ``plain``), or ``adapter``: each request in the template its adapter was
@@ -92,31 +96,22 @@ def generate_mixed(
 
     Raises:
         KeyError: a request names an adapter that is not loaded.
+        ValueError: a prompt is empty in its template.
     """
     unknown = sorted({r.adapter for r in requests if r.adapter is not None and r.adapter not in server.adapters})
     if unknown:
         raise KeyError(f"requests name adapters that are not loaded: {unknown} (loaded: {sorted(server.adapters)})")
-    device = next(server.model.parameters()).device
-    answers = []
-    for start in range(0, len(requests), batch_size):
-        chunk = requests[start : start + batch_size]
-        lengths = [r.max_new_tokens or max_new_tokens for r in chunk]
-        templates = [_template(server, r.adapter, template) for r in chunk]
-        batch = encode_prompts(tokenizer, [r.prompt for r in chunk], templates, device)
-        with server.assign([r.adapter for r in chunk]):
-            tokens, scores = generate_greedy(server.model, tokenizer, batch, max(lengths), logits)
-        for i, (request, length) in enumerate(zip(chunk, lengths)):
-            row = _until_eos(tokens[i, :length].tolist(), tokenizer.eos_token_id)
-            answers.append(
-                Answer(
-                    prompt=request.prompt,
-                    adapter=request.adapter,
-                    text=tokenizer.decode(row, skip_special_tokens=True),
-                    tokens=row,
-                    logits=scores[i, : len(row)].cpu() if scores is not None else None,
-                )
-            )
-    return answers
+    templates = [_template(server, r.adapter, template) for r in requests]
+    ids = prompt_ids(tokenizer, [r.prompt for r in requests], templates)
+    for number, (request, row) in enumerate(zip(requests, ids)):
+        if not row:
+            raise ValueError(f"request {number}: the prompt is empty (no tokens in its template)")
+    todo = [GenerationRequest(row, r.adapter, r.max_new_tokens or max_new_tokens) for r, row in zip(requests, ids)]
+    batcher = ContinuousBatcher(server, tokenizer, batch_size, keep_logits=logits)
+    return [
+        Answer(request.prompt, request.adapter, done.text, done.tokens, done.logits)
+        for request, done in zip(requests, complete(batcher, todo))
+    ]
 
 
 def _template(server: MixedAdapterModel, adapter: str | None, template: PromptStyle | bool) -> Template:
@@ -125,14 +120,6 @@ def _template(server: MixedAdapterModel, adapter: str | None, template: PromptSt
     if template == "adapter":
         return server.templates[adapter] if adapter is not None else "plain"
     return template
-
-
-def _until_eos(tokens: list[int], eos: int | list[int] | None) -> list[int]:
-    stops = set(eos if isinstance(eos, list) else [eos])
-    for i, token in enumerate(tokens):
-        if token in stops:
-            return tokens[: i + 1]
-    return tokens
 
 
 def read_requests(path: str | Path, known: set[str]) -> list[Request]:

@@ -3,6 +3,9 @@
 * :mod:`zoo.inference.adapters`: read adapters, load their base, check and fuse them;
 * :mod:`zoo.inference.switch`: switch among adapters in place (fuse / unfuse);
 * :mod:`zoo.inference.mixed`: many adapters in one batch, unfused;
+* :mod:`zoo.inference.batching`: continuous batching on top of it: requests join and leave
+  the running batch between decoding steps (:mod:`~zoo.inference.kv_cache`,
+  :mod:`~zoo.inference.sampling`, :mod:`~zoo.inference.text`);
 * :mod:`zoo.inference.generate`: prompt encoding and greedy generation (one config);
 * :mod:`zoo.inference.export`: a plain Hugging Face folder of a fused model.
 
@@ -10,6 +13,7 @@ The tools in ``tools/`` are thin command lines over these.
 """
 
 from zoo.inference.adapters import checked_deltas, fuse_into, hooks_for, load_base, parse_named, read_adapter
+from zoo.inference.batching import Completion, ContinuousBatcher, GenerationRequest, Update, complete
 from zoo.inference.export import save_model_folder
 from zoo.inference.generate import (
     Template,
@@ -17,19 +21,27 @@ from zoo.inference.generate import (
     encode_prompts,
     generate_greedy,
     pick_device,
+    prompt_ids,
     prompt_info,
     synchronize,
 )
 from zoo.inference.mixed import MixedAdapterModel
+from zoo.inference.sampling import Sampling
 from zoo.inference.switch import BASE, AdapterSwitcher
 
 __all__ = [
     "BASE",
     "AdapterSwitcher",
+    "Completion",
+    "ContinuousBatcher",
+    "GenerationRequest",
     "MixedAdapterModel",
+    "Sampling",
     "Template",
+    "Update",
     "adapter_template",
     "checked_deltas",
+    "complete",
     "encode_prompts",
     "fuse_into",
     "generate_greedy",
@@ -37,6 +49,7 @@ __all__ = [
     "load_base",
     "parse_named",
     "pick_device",
+    "prompt_ids",
     "prompt_info",
     "read_adapter",
     "save_model_folder",

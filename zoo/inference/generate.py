@@ -60,6 +60,19 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
+def prompt_ids(tokenizer: Any, prompts: list[str], template: Template | Sequence[Template] | bool) -> list[list[int]]:
+    """Each prompt in its template, tokenized (no padding): what a batch is built from.
+
+    ``template`` is one template for every prompt or one per prompt; ``True`` is
+    ``"chat"`` and ``False`` ``"plain"``.
+    """
+    if isinstance(template, bool):
+        template = "chat" if template else "plain"
+    templates = [template] * len(prompts) if isinstance(template, str) else list(template)
+    rows = [render(tokenizer, p, t) for p, t in zip(prompts, templates)]
+    return [tokenizer(text, add_special_tokens=special)["input_ids"] for text, special in rows]
+
+
 def encode_prompts(
     tokenizer: Any, prompts: list[str], template: Template | Sequence[Template] | bool, device: torch.device | str
 ) -> dict[str, torch.Tensor]:
@@ -72,11 +85,7 @@ def encode_prompts(
             adapters); ``True`` is ``"chat"`` and ``False`` ``"plain"``.
         device: where the tensors go.
     """
-    if isinstance(template, bool):
-        template = "chat" if template else "plain"
-    templates = [template] * len(prompts) if isinstance(template, str) else list(template)
-    rows = [render(tokenizer, p, t) for p, t in zip(prompts, templates)]
-    ids = [tokenizer(text, add_special_tokens=special)["input_ids"] for text, special in rows]
+    ids = prompt_ids(tokenizer, prompts, template)
     width = max(map(len, ids), default=0)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], dtype=torch.long)  # [B, T], left-padded

@@ -1,0 +1,194 @@
+"""Continuous batching: requests that join and leave a running batch get what each gets alone."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tiny_adapters import METHODS, train_adapter
+from tiny_models import tiny_model, tiny_tokenizer
+
+from zoo.adapter import BaseModelInfo
+from zoo.inference import (
+    ContinuousBatcher,
+    GenerationRequest,
+    MixedAdapterModel,
+    Sampling,
+    complete,
+    encode_prompts,
+    generate_greedy,
+    hooks_for,
+    prompt_ids,
+)
+from zoo.inference.kv_cache import join, keep_rows, trim_padding
+from zoo.inference.text import TextStream
+
+PROMPTS = ["hello", "the sea is", "a", "12 + 7 =", "once upon a time there", "xyz", "Q:", "ok then", "b", "cd"]
+
+
+@pytest.fixture(scope="module")
+def base():
+    model = tiny_model("llama-gqa").requires_grad_(False)
+    return model, BaseModelInfo.of(model, "tiny")
+
+
+@pytest.fixture(scope="module")
+def adapters(base):
+    model, info = base
+    return {f"{m}-{s}": train_adapter(m, model, info, seed=s) for m in METHODS for s in range(2)}
+
+
+def served(base, adapters):
+    model, info = base
+    server = MixedAdapterModel(copy.deepcopy(model), info)
+    for name, adapter in adapters.items():
+        server.add_adapter(name, adapter)
+    return server
+
+
+def alone(base, adapter, prompt, new_tokens):
+    """Greedy tokens and logits of one prompt on a fresh base with the adapter fused."""
+    model = copy.deepcopy(base[0])
+    if adapter is not None:
+        hooks_for(adapter).ftzoo_fuse_adapter(model=model, adapter=adapter, scale=1.0)
+    tokenizer = tiny_tokenizer()
+    tokens, logits = generate_greedy(model, tokenizer, encode_prompts(tokenizer, [prompt], False, "cpu"), new_tokens, True)
+    return tokens[0].tolist(), logits[0]
+
+
+def test_requests_joining_and_leaving_mid_decode_get_their_own_answers(base, adapters):
+    """10 requests of every method (and the base) through 3 places: short answers leave early,
+    waiting requests join a batch that is mid-way, and each answer equals its adapter fused alone."""
+    tokenizer = tiny_tokenizer()
+    names = [*adapters, None]
+    lengths = [1, 6, 2, 5, 3, 6, 1, 4, 6, 2]
+    requests = [
+        GenerationRequest(prompt_ids(tokenizer, [p], False)[0], names[i % len(names)], lengths[i])
+        for i, p in enumerate(PROMPTS)
+    ]
+    batcher = ContinuousBatcher(served(base, adapters), tokenizer, max_batch_size=3, keep_logits=True)
+    for i, request in enumerate(requests):
+        batcher.submit(i, request)
+    done, shapes = {}, []
+    while batcher.busy:
+        for update in batcher.step():
+            if update.completion is not None:
+                done[update.uid] = update.completion
+        shapes.append(sorted(len(row.generated) for row in batcher.rows))
+    assert max(len(s) for s in shapes) == 3  # the places were full ...
+    assert any(len(set(s)) > 1 for s in shapes)  # ... with requests at different points of their answers
+    for i, (prompt, request) in enumerate(zip(PROMPTS, requests)):
+        tokens, logits = alone(base, adapters.get(request.adapter), prompt, request.max_new_tokens)
+        answer = done[i]
+        assert answer.tokens == tokens[: len(answer.tokens)], (i, request.adapter)
+        assert len(answer.tokens) == request.max_new_tokens or answer.tokens[-1] == tokenizer.eos_token_id
+        assert answer.finish_reason == ("length" if len(answer.tokens) == request.max_new_tokens else "stop")
+        torch.testing.assert_close(answer.logits, logits[: len(answer.tokens)], atol=2e-5, rtol=1e-4)
+        assert answer.text == tokenizer.decode(answer.tokens, skip_special_tokens=True)
+        assert answer.prompt_tokens == len(request.ids)
+
+
+def test_a_cancelled_request_leaves_and_the_others_are_unchanged(base, adapters):
+    tokenizer = tiny_tokenizer()
+    names = list(adapters)[:3]
+    requests = [GenerationRequest(prompt_ids(tokenizer, [p], False)[0], n, 6) for p, n in zip(PROMPTS, names)]
+    expected = complete(ContinuousBatcher(served(base, adapters), tokenizer, 4), requests)
+    batcher = ContinuousBatcher(served(base, adapters), tokenizer, 4)
+    for i, request in enumerate(requests):
+        batcher.submit(i, request)
+    batcher.submit("waiting", requests[0])
+    assert batcher.cancel("waiting") and not batcher.cancel("nobody")
+    done = {}
+    for step in range(10):
+        if step == 2:
+            assert batcher.cancel(1)
+        done.update({u.uid: u.completion for u in batcher.step() if u.completion is not None})
+        if step == 3:
+            assert [row.uid for row in batcher.rows] == [0, 2]
+    assert not batcher.busy and set(done) == {0, 2}
+    assert [done[0].tokens, done[2].tokens] == [expected[0].tokens, expected[2].tokens]
+
+
+def test_a_seeded_request_samples_the_same_whatever_shares_its_batch(base, adapters):
+    tokenizer = tiny_tokenizer()
+    server = served(base, adapters)
+    ids = prompt_ids(tokenizer, ["hello"], False)[0]
+    seeded = GenerationRequest(ids, "full-0", 8, Sampling(temperature=1.5, seed=7))
+    others = [GenerationRequest(prompt_ids(tokenizer, [p], False)[0], None, 5, Sampling(1.0)) for p in PROMPTS[:4]]
+    first = complete(ContinuousBatcher(server, tokenizer, 8), [seeded])[0]
+    second = complete(ContinuousBatcher(server, tokenizer, 8), [*others, seeded])[-1]
+    assert first.tokens == second.tokens
+    other_seed = GenerationRequest(ids, "full-0", 8, Sampling(temperature=1.5, seed=8))
+    samples = {tuple(complete(ContinuousBatcher(server, tokenizer, 8), [r])[0].tokens) for r in [seeded, other_seed]}
+    assert len(samples) == 2  # the seed matters
+    greedy = complete(ContinuousBatcher(server, tokenizer, 8), [GenerationRequest(ids, "full-0", 8)])[0]
+    nucleus_of_one = GenerationRequest(ids, "full-0", 8, Sampling(temperature=1.0, top_p=1e-6, seed=3))
+    assert complete(ContinuousBatcher(server, tokenizer, 8), [nucleus_of_one])[0].tokens == greedy.tokens
+
+
+def test_stop_strings_end_the_answer_before_them():
+    tokenizer = tiny_tokenizer()
+    base = tiny_model("llama-gqa")
+    server = MixedAdapterModel(base, BaseModelInfo.of(base, "tiny"))
+    ids = prompt_ids(tokenizer, ["hello"], False)[0]
+    free = complete(ContinuousBatcher(server, tokenizer), [GenerationRequest(ids, None, 12)])[0]
+    assert len(free.text) >= 6, "the tiny model should answer a few characters"
+    stop = free.text[3:5]
+    stopped = complete(ContinuousBatcher(server, tokenizer), [GenerationRequest(ids, None, 12, stop=(stop,))])[0]
+    assert stopped.finish_reason == "stop" and stopped.text == free.text[: free.text.index(stop)]
+    assert free.tokens[: len(stopped.tokens)] == stopped.tokens and len(stopped.tokens) < len(free.tokens)
+
+
+def test_the_context_ends_an_answer_and_a_prompt_must_leave_room():
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("llama-gqa", max_position_embeddings=12)
+    batcher = ContinuousBatcher(MixedAdapterModel(model, BaseModelInfo.of(model, "tiny")), tokenizer)
+    answer = complete(batcher, [GenerationRequest(list(range(4, 12)), None, 50)])[0]
+    assert answer.finish_reason == "length" and len(answer.tokens) == 12 - 8
+    with pytest.raises(ValueError, match="12"):
+        batcher.submit("long", GenerationRequest(list(range(4, 16)), None, 1))
+    with pytest.raises(ValueError, match="empty"):
+        batcher.submit("empty", GenerationRequest([], None, 1))
+    with pytest.raises(KeyError, match="nope"):
+        batcher.submit("unknown", GenerationRequest([5], "nope", 1))
+
+
+class ByteTokenizer:
+    """Decodes byte tokens as UTF-8 (what a byte-level BPE does with a split character)."""
+
+    def decode(self, tokens, skip_special_tokens=True):
+        return bytes(tokens).decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("stop", [(), ("END",), ("é!", "xyz")])
+def test_streamed_pieces_join_to_the_final_text_and_never_show_a_stop_string(stop):
+    stream = TextStream(ByteTokenizer(), stop)
+    pieces = [stream.push(b) for b in "café ok é! later END more".encode()]
+    pieces.append(stream.flush())
+    shown = "".join(pieces)
+    assert shown == stream.text and "\ufffd" not in shown
+    if stop:
+        assert stream.stopped and not any(s in shown for s in stop)
+        assert shown == "café ok " if "é!" in stop else shown == "café ok é! later "
+    else:
+        assert shown == "café ok é! later END more"
+
+
+def test_cache_rows_join_leave_and_padding_is_trimmed():
+    from transformers.cache_utils import DynamicCache
+
+    def cache_of(keys):
+        cache = DynamicCache()
+        cache.update(keys, keys + 100, 0)
+        return cache
+
+    a = cache_of(torch.arange(2 * 3, dtype=torch.float).reshape(2, 1, 3, 1))  # 2 rows, 3 columns
+    b = cache_of(torch.arange(5, dtype=torch.float).reshape(1, 1, 5, 1) + 50)  # 1 row, 5 columns
+    mask_a, mask_b = torch.tensor([[0, 1, 1], [1, 1, 1]]), torch.ones(1, 5, dtype=torch.long)
+    cache, mask = join(a, mask_a, b, mask_b)
+    assert mask.tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
+    assert cache.layers[0].keys[:, 0, :, 0].tolist() == [[0, 0, 0, 1, 2], [0, 0, 3, 4, 5], [50, 51, 52, 53, 54]]
+    mask = trim_padding(cache, keep_rows(cache, mask, torch.tensor([0, 1])))
+    assert mask.tolist() == [[0, 1, 1], [1, 1, 1]]
+    assert cache.layers[0].values[:, 0, :, 0].tolist() == [[100, 101, 102], [103, 104, 105]]

@@ -1,0 +1,286 @@
+"""Continuous batching: requests join and leave one mixed-adapter batch between decoding steps.
+
+A server cannot wait for a batch to fill, nor make a short answer wait for the longest one
+in its batch. :class:`ContinuousBatcher` keeps one running batch of requests, each with its
+own adapter (:class:`zoo.inference.MixedAdapterModel`: the base runs once per forward pass,
+each adapter's delta modules only on its rows), and its KV cache. Each :meth:`step`:
+
+1. drops requests that were cancelled;
+2. decodes one token for every running request (one forward pass of the whole batch);
+3. lets finished requests leave: their rows are cut out of the cache;
+4. admits waiting requests into the free places: their prompts are prefilled together
+   (one forward pass, left-padded) and their rows joined to the cache
+   (:mod:`zoo.inference.kv_cache`), so from the next step on they decode with the rest.
+
+The cache holds every token of a row except its last one (the next input), so a prefilled
+row and a decoded row are in the same state and decode together. Positions are counted per
+row (left padding is masked out), so a row's tokens are what it would get alone, as
+:func:`zoo.inference.generate_greedy` decodes it; sampling is per row too
+(:mod:`zoo.inference.sampling`). A request ends at the tokenizer's EOS token, one of its
+stop strings (:mod:`zoo.inference.text`), ``max_new_tokens``, or the model's context.
+
+The batcher is not thread-safe: one thread calls :meth:`submit`, :meth:`cancel` and
+:meth:`step` (the server's worker loop, or :func:`complete` for a list of requests).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch.nn import functional as F
+
+from zoo.inference.kv_cache import join, keep_rows, trim_padding
+from zoo.inference.mixed import MixedAdapterModel
+from zoo.inference.sampling import Sampling, next_tokens
+from zoo.inference.text import TextStream
+
+FinishReason = Literal["stop", "length"]
+"""``stop``: the EOS token or a stop string; ``length``: ``max_new_tokens`` or the context."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A prompt, already in its template and tokenized, and how to answer it."""
+
+    ids: list[int]
+    adapter: str | None = None
+    """A loaded adapter, or ``None`` for the base model."""
+    max_new_tokens: int = 64
+    sampling: Sampling = Sampling()
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Completion:
+    """A finished answer."""
+
+    tokens: list[int]
+    """Generated tokens, the EOS token included when it ended the answer."""
+    text: str
+    """Their text (special tokens skipped), cut before a stop string."""
+    finish_reason: FinishReason
+    prompt_tokens: int
+    logits: torch.Tensor | None = None
+    """``[len(tokens), vocab]`` when the batcher keeps them."""
+
+
+@dataclass
+class Update:
+    """What one step did for one request."""
+
+    uid: Hashable
+    text: str
+    """New text, certain from now on (may be empty while a stop string might be starting)."""
+    generated: int
+    """Tokens generated so far."""
+    completion: Completion | None = None
+    """Set when the request is finished (this is its last update)."""
+
+
+@dataclass
+class _Row:
+    uid: Hashable
+    request: GenerationRequest
+    stream: TextStream
+    generator: torch.Generator | None
+    generated: list[int] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)
+    finish: FinishReason | None = None
+    cancelled: bool = False
+
+
+class ContinuousBatcher:
+    """One running batch of requests of many adapters; requests join and leave between steps.
+
+    Args:
+        server: the base model with its adapters.
+        tokenizer: the base model's tokenizer (EOS, padding, text).
+        max_batch_size: requests decoded together at most; the rest wait in arrival order.
+        keep_logits: keep each answer's logits (tests compare them with a fused model's).
+    """
+
+    def __init__(
+        self, server: MixedAdapterModel, tokenizer: Any, max_batch_size: int = 16, keep_logits: bool = False
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        self.server = server
+        self.model = server.model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.keep_logits = keep_logits
+        self.device = next(self.model.parameters()).device
+        self.context = getattr(self.model.config, "max_position_embeddings", None)
+        eos = tokenizer.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        parameters = inspect.signature(self.model.forward).parameters
+        self._last_logit_only = "logits_to_keep" in parameters
+        self._cache_arg = "cache" if "cache" in parameters else "past_key_values"  # renamed in transformers 5
+        self.waiting: deque[_Row] = deque()
+        self.rows: list[_Row] = []  # in cache order
+        self._uids: set[Hashable] = set()
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None  # [rows, cached columns]
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request is running or waiting."""
+        return bool(self.rows or self.waiting)
+
+    def submit(self, uid: Hashable, request: GenerationRequest) -> None:
+        """Queue a request; it joins the batch at a coming step.
+
+        Raises:
+            ValueError: the uid is in use, the prompt is empty, ``max_new_tokens`` is not
+                positive, or the prompt leaves no room in the model's context.
+            KeyError: the adapter is not loaded.
+        """
+        if uid in self._uids:
+            raise ValueError(f"request {uid!r} is already queued")
+        if not request.ids:
+            raise ValueError("the prompt is empty (no tokens)")
+        if request.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {request.max_new_tokens}")
+        if self.context is not None and len(request.ids) >= self.context:
+            raise ValueError(f"the prompt has {len(request.ids)} tokens; the model's context is {self.context}")
+        if request.adapter is not None and request.adapter not in self.server.adapters:
+            raise KeyError(f"adapter {request.adapter!r} is not loaded (loaded: {sorted(self.server.adapters)})")
+        generator = request.sampling.generator(self.device)
+        self.waiting.append(_Row(uid, request, TextStream(self.tokenizer, request.stop), generator))
+        self._uids.add(uid)
+
+    def cancel(self, uid: Hashable) -> bool:
+        """Forget a request (its client left); it leaves the batch at the next step.
+
+        Returns:
+            Whether the request was waiting or running.
+        """
+        for row in self.waiting:
+            if row.uid == uid:
+                self.waiting.remove(row)
+                self._uids.discard(uid)
+                return True
+        for row in self.rows:
+            if row.uid == uid and not row.cancelled:
+                row.cancelled = True
+                return True
+        return False
+
+    def step(self) -> list[Update]:
+        """Decode one token for every running request and admit waiting ones (see the module docstring)."""
+        updates: list[Update] = []
+        with torch.inference_mode():
+            self._leave([row for row in self.rows if row.cancelled])
+            if self.rows:
+                updates += self._decode()
+                self._leave([row for row in self.rows if row.finish is not None])
+            room = self.max_batch_size - len(self.rows)
+            if room > 0 and self.waiting:
+                updates += self._prefill([self.waiting.popleft() for _ in range(min(room, len(self.waiting)))])
+        return updates
+
+    # ------------------------------------------------------------------ forward passes
+
+    def _decode(self) -> list[Update]:
+        """Feed every row its last token (one position each)."""
+        ids = torch.tensor([[row.generated[-1]] for row in self.rows], device=self.device)  # [B, 1]
+        positions = self._mask.sum(dim=1, keepdim=True)  # [B, 1]: real tokens before it
+        mask = F.pad(self._mask, (0, 1), value=1)
+        with self.server.assign([row.request.adapter for row in self.rows]):
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self._cache_arg: self._cache}
+            )
+        self._cache, self._mask = getattr(out, self._cache_arg), mask
+        return self._advance(self.rows, out.logits[:, -1])
+
+    def _prefill(self, rows: list[_Row]) -> list[Update]:
+        """Run the new rows' prompts (left-padded, as ``generate`` does) and join them to the batch."""
+        width = max(len(row.request.ids) for row in rows)
+        ids = torch.tensor(
+            [[self.pad] * (width - len(row.request.ids)) + row.request.ids for row in rows], device=self.device
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(row.request.ids)) + [1] * len(row.request.ids) for row in rows], device=self.device
+        )
+        positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)
+        extra = {"logits_to_keep": 1} if self._last_logit_only else {}
+        with self.server.assign([row.request.adapter for row in rows]):
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+        updates = self._advance(rows, out.logits[:, -1])
+        alive = [i for i, row in enumerate(rows) if row.finish is None]
+        if not alive:
+            return updates
+        cache = getattr(out, self._cache_arg)
+        if len(alive) < len(rows):
+            mask = trim_padding(cache, keep_rows(cache, mask, torch.tensor(alive, device=self.device)))
+        if self.rows:
+            self._cache, self._mask = join(self._cache, self._mask, cache, mask)
+        else:
+            self._cache, self._mask = cache, mask
+        self.rows += [rows[i] for i in alive]
+        return updates
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _advance(self, rows: list[_Row], logits: torch.Tensor) -> list[Update]:
+        """Pick each row's next token; say what it adds and whether the row is finished."""
+        tokens = next_tokens(logits, [r.request.sampling for r in rows], [r.generator for r in rows]).tolist()
+        updates = []
+        for row, token, scores in zip(rows, tokens, logits):
+            row.generated.append(token)
+            if self.keep_logits:
+                row.logits.append(scores.float().cpu())
+            if token in self.eos:
+                row.finish, text = "stop", row.stream.flush()
+            else:
+                text = row.stream.push(token)
+                if row.stream.stopped:
+                    row.finish = "stop"
+                elif len(row.generated) >= row.request.max_new_tokens or self._context_full(row):
+                    row.finish, text = "length", text + row.stream.flush()
+            updates.append(Update(row.uid, text, len(row.generated), self._completion(row)))
+        return updates
+
+    def _context_full(self, row: _Row) -> bool:
+        return self.context is not None and len(row.request.ids) + len(row.generated) >= self.context
+
+    def _completion(self, row: _Row) -> Completion | None:
+        if row.finish is None:
+            return None
+        self._uids.discard(row.uid)
+        logits = torch.stack(row.logits) if self.keep_logits else None
+        return Completion(row.generated, row.stream.text, row.finish, len(row.request.ids), logits)
+
+    def _leave(self, leaving: list[_Row]) -> None:
+        """Cut the rows of finished or cancelled requests out of the batch and its cache."""
+        if not leaving:
+            return
+        for row in leaving:
+            self._uids.discard(row.uid)
+        gone = {id(row) for row in leaving}
+        kept = [i for i, row in enumerate(self.rows) if id(row) not in gone]
+        self.rows = [self.rows[i] for i in kept]
+        if not kept:
+            self._cache = self._mask = None
+            return
+        mask = keep_rows(self._cache, self._mask, torch.tensor(kept, device=self.device))
+        self._mask = trim_padding(self._cache, mask)
+
+
+def complete(batcher: ContinuousBatcher, requests: Iterable[GenerationRequest]) -> list[Completion]:
+    """Answer a list of requests through ``batcher`` (the JSONL mode of ``tools/serve.py``), in order."""
+    requests = list(requests)
+    for i, request in enumerate(requests):
+        batcher.submit(i, request)
+    done: dict[Hashable, Completion] = {}
+    while len(done) < len(requests):
+        for update in batcher.step():
+            if update.completion is not None:
+                done[update.uid] = update.completion
+    return [done[i] for i in range(len(requests))]

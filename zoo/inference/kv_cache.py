@@ -1,0 +1,73 @@
+"""Rows in and out of a batch's KV cache, so that requests can join and leave between steps.
+
+The batch's cache is a transformers ``DynamicCache``: per layer, keys and values
+``[B, heads, T, head_dim]``, and beside it the attention mask ``[B, T]`` (1: a real token).
+Rows are left-padded, so every row's next token goes at the same column ``T``::
+
+    row 0   . . k k k k k      (. : padding, masked out)
+    row 1   k k k k k k k
+    row 2   . . . . k k k
+
+* :func:`join` stacks two caches, padding the shorter on the left;
+* :func:`keep_rows` drops the rows of finished requests;
+* :func:`trim_padding` cuts columns that are padding in every row that is left.
+
+Only full-attention layers (``DynamicLayer``) are supported: a sliding-window layer keeps
+a window whose left edge differs per row, which these operations cannot line up.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+
+class UnsupportedCacheError(TypeError):
+    """The model's KV cache has layers that rows cannot be moved in and out of."""
+
+
+def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+    layers = list(cache.layers)
+    for layer in layers:
+        if type(layer) is not DynamicLayer:
+            raise UnsupportedCacheError(
+                f"continuous batching needs full-attention cache layers; this model uses {type(layer).__name__}"
+            )
+    return layers
+
+
+def join(
+    cache: DynamicCache, mask: torch.Tensor, other: DynamicCache, other_mask: torch.Tensor
+) -> tuple[DynamicCache, torch.Tensor]:
+    """``cache``'s rows, then ``other``'s, as one cache (in place in ``cache``) and its mask."""
+    width = max(mask.shape[1], other_mask.shape[1])
+    for mine, theirs in zip(_layers(cache), _layers(other), strict=True):
+        mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
+        mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)])
+    masks = [F.pad(m, (width - m.shape[1], 0)) for m in (mask, other_mask)]
+    return cache, torch.cat(masks)
+
+
+def _pad_left(states: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(states, (0, 0, width - states.shape[-2], 0))  # [B, H, T, D] → [B, H, width, D]
+
+
+def keep_rows(cache: DynamicCache, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Keep only ``rows`` (indices) of the cache, in place; return their mask."""
+    for layer in _layers(cache):
+        layer.keys = layer.keys.index_select(0, rows)
+        layer.values = layer.values.index_select(0, rows)
+    return mask.index_select(0, rows)
+
+
+def trim_padding(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
+    """Cut the leading columns that no row uses, in place; return the mask."""
+    used = mask.any(dim=0).nonzero()
+    first = int(used[0]) if len(used) else mask.shape[1]
+    if first == 0:
+        return mask
+    for layer in _layers(cache):
+        layer.keys = layer.keys[:, :, first:]
+        layer.values = layer.values[:, :, first:]
+    return mask[:, first:]
