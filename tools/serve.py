@@ -10,18 +10,26 @@ modules run on its own requests (:mod:`zoo.inference.mixed`). From Python::
 From the command line, a JSONL file of requests ``{"prompt": ..., "adapter": "name" or
 null, "max_new_tokens": ...}`` in, a JSONL file of answers out (same order)::
 
-    python tools/serve.py --adapters '[math=runs/math/adapter, code=runs/code/adapter]' \\
+    python -m tools.serve --adapters '[math=runs/math/adapter, code=runs/code/adapter]' \\
         --requests requests.jsonl --output answers.jsonl --batch_size 16
 
-or a minimal HTTP endpoint on localhost (``--port 8000``; POST a request object, or a list
-of them, to ``/generate``).
+or an OpenAI-compatible HTTP server (:mod:`zoo.server`, on LitServe): ``--port 8000``
+serves ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models``, and a request's
+``model`` names the adapter (or ``base``)::
+
+    python -m tools.serve --adapters '[math=runs/math/adapter, code=runs/code/adapter]' --port 8000
+    curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"model": "math", "messages": [{"role": "user", "content": "2+2="}], "temperature": 0}'
+
+Both modes decode with :class:`zoo.inference.ContinuousBatcher`: up to ``--batch_size``
+requests of any adapters in one batch; a finished request leaves it and a waiting one joins.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,10 +49,7 @@ from zoo.inference import (
 )
 from zoo.loading import load_tokenizer
 from zoo.outputs import atomic_file
-
-
-PromptStyle = Literal["adapter", "plain", "chat", "alpaca"]
-"""How requests become prompts: each in its adapter's training template, or all in one."""
+from zoo.server import PromptStyle, ServerConfig, run_server
 
 
 @dataclass
@@ -127,7 +132,7 @@ def read_requests(path: str | Path, known: set[str]) -> list[Request]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a line is not a JSON object with a string ``prompt``, a string or null
+        ValueError: a line is not a JSON object with a non-empty string ``prompt``, a string or null
             ``adapter`` among ``known``, and a positive integer ``max_new_tokens`` if any.
     """
     path = Path(path)
@@ -149,6 +154,8 @@ def read_requests(path: str | Path, known: set[str]) -> list[Request]:
 def _request(raw: Any, where: str, known: set[str]) -> Request:
     if not isinstance(raw, dict) or not isinstance(raw.get("prompt"), str):
         raise ValueError(f"{where}: a request is an object with a string 'prompt'")
+    if not raw["prompt"]:
+        raise ValueError(f"{where}: prompt is empty")
     adapter, length = raw.get("adapter"), raw.get("max_new_tokens")
     if adapter is not None and adapter not in known:
         raise ValueError(f"{where}: adapter {adapter!r} is not loaded (loaded: {sorted(known) or 'none'})")
@@ -161,109 +168,104 @@ def serve(
     adapters: list[str] | None = None,
     requests: str | None = None,
     output: str | None = None,
+    port: int | None = None,
     base_model: str | None = None,
-    batch_size: int = 16,
+    batch_size: int = 32,
     max_new_tokens: int = 64,
     chat: bool = False,
     prompt_style: PromptStyle = "adapter",
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     device: str = "auto",
-    port: int | None = None,
+    host: str = "127.0.0.1",
+    api_key: str | None = None,
+    base_name: str = "base",
+    batch_window: float = 0.01,
+    max_tokens_limit: int = 1024,
+    temperature: float = 1.0,
+    request_timeout: float = 300.0,
+    body_timeout: float = 10.0,
+    max_body_bytes: int = 1_048_576,
+    threads: int | None = None,
+    log_level: Literal["debug", "info", "warning", "error"] = "warning",
 ) -> list[dict[str, Any]]:
-    """Answer a JSONL file of requests (or serve HTTP on localhost), many adapters per batch.
+    """Serve adapters over HTTP (OpenAI-compatible), or answer a JSONL file of requests.
 
     Args:
         adapters: adapter folders as ``name=path`` (or ``path``: named by its folder).
         requests: JSONL file: one ``{"prompt", "adapter", "max_new_tokens"}`` object a line.
         output: JSONL file of answers ``{"prompt", "adapter", "text", "tokens"}``, in
             request order; written only when every request is answered.
+        port: serve HTTP on this port instead (``/v1/chat/completions``,
+            ``/v1/completions``, ``/v1/models``; a request's ``model`` names an adapter or
+            ``base_name``).
         base_model: the base model; default: the one the adapters record.
-        batch_size: requests per batch.
+        batch_size: requests decoded together at most (mixed adapters); more wait for a place.
         max_new_tokens: answer length for requests that give none.
         chat: wrap every prompt in the tokenizer's chat template (``--prompt_style chat``).
         prompt_style: ``adapter``: each request in the template its adapter was trained
-            with (``plain`` for base-model requests and adapters that record none);
-            ``plain``, ``chat`` or ``alpaca``: every request in that template.
+            with (``plain`` for base-model requests and adapters that record none; over HTTP
+            the base answers chat requests in the chat template); ``plain``, ``chat`` or
+            ``alpaca``: every request in that template.
         dtype: dtype of the base weights.
         device: ``auto``, ``cpu``, ``cuda``, ...
-        port: serve ``POST /generate`` on ``127.0.0.1:port`` instead of reading a file.
+        host: HTTP: the address to listen on (``127.0.0.1``: this machine only; ``0.0.0.0``: all).
+        api_key: HTTP: require ``Authorization: Bearer <api_key>`` (default: the
+            ``FTZOO_API_KEY`` environment variable; none: no check).
+        base_name: HTTP: the ``model`` name of the base model without an adapter.
+        batch_window: HTTP: seconds an idle server waits after a request for more to batch with it.
+        max_tokens_limit: HTTP: the most ``max_tokens`` a request may ask for (more: 400).
+        temperature: HTTP: temperature of requests that give none (0: greedy; OpenAI's default is 1).
+        request_timeout: HTTP: seconds a request may wait and decode (then 504).
+        body_timeout: HTTP: seconds a client has to send its request body (then 408).
+        max_body_bytes: HTTP: the largest request body (then 413).
+        threads: torch threads for decoding (default: torch's choice).
+        log_level: HTTP: the server's log level.
 
     Returns:
         The answers written (empty when serving HTTP).
     """
-    if port is None and (requests is None or output is None):
-        raise ValueError("give --requests and --output, or --port to serve HTTP")
+    if (port is None) == (requests is None or output is None) or (port is not None and requests is not None):
+        raise ValueError("give --requests and --output to answer a file, or --port to serve HTTP")
     paths = parse_named(adapters or [])
+    style: PromptStyle = "chat" if chat else prompt_style
+    if port is not None:
+        config = ServerConfig(
+            adapters=paths,
+            base_model=base_model,
+            base_name=base_name,
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+            batch_window=batch_window,
+            max_new_tokens=max_new_tokens,
+            max_tokens_limit=max_tokens_limit,
+            temperature=temperature,
+            prompt_style=style,
+            request_timeout=request_timeout,
+            body_timeout=body_timeout,
+            max_body_bytes=max_body_bytes,
+            api_key=api_key or os.environ.get("FTZOO_API_KEY") or None,
+            threads=threads,
+        )
+        run_server(config, host, port, log_level)
+        return []
+    if threads is not None:
+        torch.set_num_threads(threads)
     loaded = {name: read_adapter(path) for name, path in paths.items()}
-    todo = read_requests(requests, set(loaded)) if port is None else []
+    todo = read_requests(requests, set(loaded))
     model, info = load_base(base_model, loaded, dtype)
     model.to(pick_device(device))
     tokenizer = load_tokenizer(info.name_or_path)
     server = MixedAdapterModel(model, info)
     for name, adapter in loaded.items():
         server.add_adapter(name, adapter)
-    template = "chat" if chat else prompt_style
-    if port is not None:
-        serve_http(server, tokenizer, port, batch_size, max_new_tokens, template)
-        return []
-    answers = generate_mixed(server, tokenizer, todo, batch_size, max_new_tokens, template)
+    answers = generate_mixed(server, tokenizer, todo, batch_size, max_new_tokens, style)
     rows = [_row(a) for a in answers]
     with atomic_file(output) as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     print(f"Wrote {len(rows)} answers to {output}")
     return rows
-
-
-def serve_http(
-    server: MixedAdapterModel, tokenizer: Any, port: int, batch_size: int, max_new_tokens: int, template: Any
-) -> None:
-    """Serve ``POST /generate`` on ``127.0.0.1:port`` until interrupted (see :func:`http_server`)."""
-    httpd = http_server(server, tokenizer, port, batch_size, max_new_tokens, template)
-    print(f"Serving {sorted(server.adapters)} on http://127.0.0.1:{httpd.server_port}/generate")
-    try:
-        httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        httpd.server_close()
-
-
-def http_server(
-    server: MixedAdapterModel, tokenizer: Any, port: int, batch_size: int, max_new_tokens: int, template: Any
-) -> HTTPServer:
-    """A minimal single-threaded HTTP endpoint on ``127.0.0.1:port`` (0: any free port).
-
-    ``POST /generate`` with a request object or a list of them; the reply is the list of
-    answers as JSON (status 400 with ``{"error": ...}`` for a bad request). One request is
-    handled at a time, so the model is never used by two threads.
-    """
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path != "/generate":
-                return self._reply(404, {"error": "POST to /generate"})
-            try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
-                raws = body if isinstance(body, list) else [body]
-                todo = [_request(raw, f"request {i}", set(server.adapters)) for i, raw in enumerate(raws)]
-            except ValueError as err:  # JSONDecodeError is a ValueError
-                return self._reply(400, {"error": str(err)})
-            answers = generate_mixed(server, tokenizer, todo, batch_size, max_new_tokens, template)
-            self._reply(200, [_row(a) for a in answers])
-
-        def _reply(self, status: int, payload: Any) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
-            pass  # quiet: the caller prints what it needs
-
-    return HTTPServer(("127.0.0.1", port), Handler)
 
 
 def _row(answer: Answer) -> dict[str, Any]:

@@ -30,7 +30,14 @@ from urllib.parse import urlparse
 import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HFValidationError
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from zoo.paths import looks_local
 
@@ -107,6 +114,12 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The model's config alone (its context length, say), without loading the weights."""
+    source, kwargs = resolve_model_source(name_or_path)
+    return _from_pretrained(AutoConfig, source, name_or_path, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def load_model(

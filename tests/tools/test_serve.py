@@ -106,6 +106,7 @@ def test_serve_tool_reads_and_writes_jsonl(tiny, tmp_path):
     [
         ('{"prompt": "hi", "adapter": "nope"}', "adapter 'nope' is not loaded"),
         ('{"prompt": 3}', "string 'prompt'"),
+        ('{"prompt": ""}', "prompt is empty"),
         ('{"prompt": "hi", "max_new_tokens": 0}', "positive integer"),
         ("not json", "not JSON"),
     ],
@@ -140,32 +141,8 @@ def test_a_batch_must_match_its_assignment(tiny):
         pass
 
 
-def test_http_endpoint_answers_like_the_library(tiny):
-    import threading
-    import urllib.error
-    import urllib.request
-
-    from tools.serve import http_server
-
-    adapters = {"a": tiny.adapter("merged", 0)}
-    server = server_with(tiny, adapters)
-    httpd = http_server(server, tiny_tokenizer(), 0, 4, NEW_TOKENS, False)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{httpd.server_port}/generate"
-
-    def post(payload):
-        request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            return json.loads(reply.read())
-
-    try:
-        answers = post([{"prompt": "hello", "adapter": "a"}, {"prompt": "xyz"}])
-        assert [a["adapter"] for a in answers] == ["a", None]
-        assert answers[0]["tokens"] == fused_answer(tiny, adapters["a"], "hello")[0][: len(answers[0]["tokens"])]
-        with pytest.raises(urllib.error.HTTPError) as err:
-            post({"prompt": "hi", "adapter": "nope"})
-        assert err.value.code == 400
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+def test_serve_answers_a_file_or_serves_http_not_both(tmp_path):
+    with pytest.raises(ValueError, match="--requests and --output to answer a file, or --port"):
+        serve(["a=x"], str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"), port=8000)
+    with pytest.raises(ValueError, match="--requests and --output to answer a file, or --port"):
+        serve(["a=x"], str(tmp_path / "in.jsonl"))

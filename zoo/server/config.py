@@ -1,0 +1,68 @@
+"""What a server is started with: its models, its batching and its limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+PromptStyle = Literal["adapter", "plain", "chat", "alpaca"]
+"""How requests become prompts: each in its adapter's training template, or all in one."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the HTTP server process and its inference worker need (it is pickled to the worker).
+
+    Attributes:
+        adapters: adapter name → folder.
+        base_model: the base model; ``None``: the one the adapters record.
+        base_name: the ``model`` name that asks for the base model without an adapter.
+        dtype: dtype of the base weights.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        batch_size: requests decoded together at most; the rest wait for a place.
+        batch_window: seconds an idle server waits after a request for others to batch with it.
+        max_new_tokens: answer length of a request that gives no ``max_tokens``.
+        max_tokens_limit: the most ``max_tokens`` a request may ask for.
+        temperature: temperature of a request that gives none (OpenAI's default is 1).
+        prompt_style: ``adapter``: each request in its adapter's training template (the
+            base model: the chat template for chat requests, plain text for completions);
+            ``plain``, ``chat`` or ``alpaca``: every request in that template.
+        request_timeout: seconds a request may take, waiting included (then 504).
+        body_timeout: seconds a client has to send its request body (then 408).
+        max_body_bytes: the largest request body (then 413).
+        api_key: when set, every request needs ``Authorization: Bearer <api_key>``.
+        threads: torch threads of the inference worker (``None``: torch's default).
+    """
+
+    adapters: dict[str, str] = field(default_factory=dict)
+    base_model: str | None = None
+    base_name: str = "base"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+    batch_size: int = 32
+    batch_window: float = 0.01
+    max_new_tokens: int = 64
+    max_tokens_limit: int = 1024
+    temperature: float = 1.0
+    prompt_style: PromptStyle = "adapter"
+    request_timeout: float = 300.0
+    body_timeout: float = 10.0
+    max_body_bytes: int = 1_048_576
+    api_key: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.base_name in self.adapters:
+            raise ValueError(f"an adapter is named {self.base_name!r}, the base model's name; rename it or --base_name")
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.max_tokens_limit < 1:
+            raise ValueError("batch_size, max_new_tokens and max_tokens_limit must be at least 1")
+        if self.max_new_tokens > self.max_tokens_limit:
+            raise ValueError(f"max_new_tokens {self.max_new_tokens} is above max_tokens_limit {self.max_tokens_limit}")
+        for name in ("batch_window", "request_timeout", "body_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+    @property
+    def models(self) -> list[str]:
+        """The names a request's ``model`` may give: the base, then the adapters."""
+        return [self.base_name, *self.adapters]

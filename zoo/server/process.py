@@ -1,0 +1,122 @@
+"""A server in a subprocess, for tests and benchmarks: started, waited for, and stopped with all its processes.
+
+``python -m tools.serve ... --port`` starts several processes (LitServe's HTTP process, the
+inference worker, a queue manager). :class:`ServerProcess` runs it in its own process
+group, waits until ``/health`` answers, and on exit asks it to stop (SIGINT, LitServer's
+graceful shutdown) and then kills whatever of that group is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m tools.serve <args> --port <port>`` as a context manager.
+
+    Args:
+        args: the command line of ``tools.serve`` (without ``--port``).
+        api_key: the server's key, to ask ``/health`` with.
+        cwd: where to run (default: the repository holding this file).
+        startup_timeout: seconds to wait for ``/health``.
+        env: extra environment variables.
+    """
+
+    def __init__(
+        self,
+        args: list[str],
+        api_key: str | None = None,
+        cwd: str | Path | None = None,
+        startup_timeout: float = 300.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.args = [sys.executable, "-m", "tools.serve", *args, "--port", str(self.port)]
+        self.api_key = api_key
+        self.cwd = Path(cwd) if cwd is not None else Path(__file__).resolve().parents[2]
+        self.startup_timeout = startup_timeout
+        self.env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+        self.log = Path(tempfile.mkstemp(prefix="ftzoo-server-", suffix=".log")[1])
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the server and wait until it answers ``/health``.
+
+        Raises:
+            RuntimeError: it exited or did not become ready in time (with the end of its log).
+        """
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                self.args, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_tail()
+                self.stop()
+                raise RuntimeError(f"the server exited with code {self.proc.returncode}:\n{tail}")
+            if self._healthy():
+                return
+            time.sleep(0.25)
+        tail = self.log_tail()
+        self.stop()
+        raise RuntimeError(f"the server was not ready after {self.startup_timeout:g} s:\n{tail}")
+
+    def _healthy(self) -> bool:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"{self.url}/health", headers=headers), timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Ask the server to stop (SIGINT), then kill what is left of its process group; delete the log."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group this server leads: its workers, if any are left
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        self.log.unlink(missing_ok=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the server's output (until :meth:`stop`)."""
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

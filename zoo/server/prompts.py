@@ -1,0 +1,185 @@
+"""A request's prompt in its template, tokenized and checked against the limits, before it is queued.
+
+This runs in the HTTP process, so a request that cannot be answered is refused with its 4xx
+at once and never takes a place in the batch: an unknown ``model`` (404), an empty prompt,
+``max_tokens`` above the server's cap, or a prompt that with ``max_tokens`` does not fit the
+model's context (400).
+
+Templates follow the adapter (``--prompt_style adapter``): each adapter records the one it
+was trained with (:func:`zoo.inference.adapter_template`).
+
+============  ==============================  ==========================================
+template      ``/v1/completions`` prompt      ``/v1/chat/completions`` messages
+============  ==============================  ==========================================
+``chat``      one user turn, chat template    the conversation in the chat template
+``alpaca``    the instruction of the          one user turn (a system message goes
+              LLM-Adapters template           before it) as the instruction
+``plain``     as it is                        one user turn (system before it), as it is
+============  ==============================  ==========================================
+
+The base model (and an adapter that records no template) answers completions in ``plain``
+and chat requests in the chat template, when the tokenizer has one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from zoo.inference import Template, adapter_template, read_adapter
+from zoo.inference.generate import render
+from zoo.loading import load_config, load_tokenizer
+from zoo.server.config import ServerConfig
+from zoo.server.protocol import ApiError, ChatRequest, CompletionRequest
+
+
+@dataclass(frozen=True)
+class Job:
+    """A checked request, as the inference worker takes it."""
+
+    ids: list[int]
+    adapter: str | None
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: tuple[str, ...]
+    stream: bool
+
+    def payload(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+class Prompts:
+    """Templates, tokenizer and limits of one server.
+
+    Args:
+        config: the server's options.
+        tokenizer: the base model's tokenizer.
+        templates: adapter name → the template it was trained with.
+        context: the model's context length (prompt and answer together).
+    """
+
+    def __init__(self, config: ServerConfig, tokenizer: Any, templates: dict[str, Template], context: int) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.templates = templates
+        self.context = context
+        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+
+    @classmethod
+    def load(cls, config: ServerConfig) -> Prompts:
+        """Read the adapters' templates and the base model's tokenizer and context (not its weights).
+
+        Raises:
+            AdapterError: an adapter folder is missing or its method is not installed.
+            ValueError: the tokenizer has no chat template but ``prompt_style`` is ``chat``.
+        """
+        templates, base = {}, config.base_model
+        for name, path in config.adapters.items():
+            adapter = read_adapter(path)
+            templates[name] = adapter_template(adapter)
+            base = base or adapter.base.name_or_path
+        if base is None:
+            raise ValueError("give the base model (no adapter to read it from)")
+        tokenizer = load_tokenizer(base)
+        if config.prompt_style == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"--prompt_style chat needs a tokenizer with a chat template; {base}'s has none")
+        return cls(config, tokenizer, templates, int(load_config(base).max_position_embeddings))
+
+    def adapter(self, model: str) -> str | None:
+        """The adapter a request's ``model`` names (``None``: the base).
+
+        Raises:
+            ApiError: 404, no such model here.
+        """
+        if model == self.config.base_name:
+            return None
+        if model not in self.config.adapters:
+            raise ApiError(
+                404,
+                f"the model {model!r} does not exist; this server has {', '.join(map(repr, self.config.models))}",
+                param="model",
+                code="model_not_found",
+            )
+        return model
+
+    def completion(self, request: CompletionRequest) -> Job:
+        """A ``/v1/completions`` request as a job (see the module docstring for its template)."""
+        adapter = self.adapter(request.model)
+        if not request.text:
+            raise ApiError(400, "prompt is empty", param="prompt", code="empty_prompt")
+        template = self._template(adapter, chat=False)
+        text, special = render(self.tokenizer, request.text, template)
+        return self._job(request, adapter, self._ids(text, special, "prompt"), "prompt")
+
+    def chat(self, request: ChatRequest) -> Job:
+        """A ``/v1/chat/completions`` request as a job (see the module docstring for its template)."""
+        adapter = self.adapter(request.model)
+        if not any(message.text for message in request.messages):
+            raise ApiError(400, "messages: every message is empty", param="messages", code="empty_prompt")
+        template = self._template(adapter, chat=True)
+        if template == "chat":
+            messages = [{"role": m.role, "content": m.text} for m in request.messages]
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            special = False
+        else:
+            text, special = render(self.tokenizer, self._one_turn(request, adapter, template), template)
+        return self._job(request, adapter, self._ids(text, special, "messages"), "messages")
+
+    def _template(self, adapter: str | None, chat: bool) -> Template:
+        if self.config.prompt_style != "adapter":
+            return self.config.prompt_style
+        recorded = self.templates[adapter] if adapter is not None else "plain"
+        if recorded == "plain" and chat and self.has_chat_template:
+            return "chat"
+        return recorded
+
+    def _one_turn(self, request: ChatRequest, adapter: str | None, template: Template) -> str:
+        """The one user turn a single-turn template takes (a system message goes before it)."""
+        users = [m for m in request.messages if m.role == "user"]
+        if len(users) != 1 or any(m.role == "assistant" for m in request.messages):
+            raise ApiError(
+                400,
+                f"messages: {request.model!r} answers in the single-turn {template!r} template; send one user message "
+                f"(and optionally a system message), not {len(request.messages)} messages with "
+                f"{len(users)} from the user",
+                param="messages",
+            )
+        system = [m.text for m in request.messages if m.role in ("system", "developer") and m.text]
+        return "\n\n".join([*system, users[0].text])
+
+    def _ids(self, text: str, special: bool, param: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        if not ids:
+            raise ApiError(400, f"{param}: the prompt is empty (no tokens)", param=param, code="empty_prompt")
+        return ids
+
+    def _job(self, request: ChatRequest | CompletionRequest, adapter: str | None, ids: list[int], param: str) -> Job:
+        asked, cap, room = request.requested_tokens, self.config.max_tokens_limit, self.context - len(ids)
+        if asked is not None and asked > cap:
+            raise ApiError(
+                400,
+                f"max_tokens is {asked}; this server allows at most {cap} (its --max_tokens_limit)",
+                param="max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens",
+                code="max_tokens_too_large",
+            )
+        if room < 1 or (asked is not None and asked > room):
+            wanted = f" and max_tokens asks for {asked} more" if asked is not None else ""
+            raise ApiError(
+                400,
+                f"this model's context is {self.context} tokens; the prompt has {len(ids)} tokens{wanted} "
+                f"(the prompt and max_tokens must fit in {self.context})",
+                param=param,
+                code="context_length_exceeded",
+            )
+        return Job(
+            ids=ids,
+            adapter=adapter,
+            max_tokens=asked if asked is not None else min(self.config.max_new_tokens, room),
+            temperature=request.temperature if request.temperature is not None else self.config.temperature,
+            top_p=request.top_p if request.top_p is not None else 1.0,
+            seed=request.seed,
+            stop=request.stop_strings,
+            stream=request.stream,
+        )
