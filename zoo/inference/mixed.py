@@ -8,8 +8,9 @@ its parameter names stay as they are)::
 
 The delta modules come from ``ftzoo_serving_deltas`` (LoRA's two factors, S²FT's column
 blocks, or the core default's nonzero slice of the dense update). The request → adapter
-assignment is set once per batch (:meth:`MixedAdapterModel.assign`); it holds for the whole
-``generate`` call, since greedy decoding with a KV cache keeps the rows in place.
+assignment is set per forward pass or ``generate`` call (:meth:`MixedAdapterModel.assign`);
+it holds for a whole ``generate`` call, since greedy decoding with a KV cache keeps the rows
+in place.
 
 Per module and batch, a *plan* applies the deltas:
 
@@ -19,12 +20,17 @@ Per module and batch, a *plan* applies the deltas:
   ``index_add_``. When every row has its own adapter it is a single ``gather`` +
   ``baddbmm`` on the batch in place.
 * :class:`LoopPlan` runs any other delta module on its adapter's rows, one adapter at a time.
+
+Plans are cheap to rebuild (continuous batching assigns a new batch whenever a request
+joins or leaves): the row indices are built once per batch (:class:`Assignment`) and the
+stacked column blocks are kept per module and order of adapters (:class:`StackedColumns`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -35,6 +41,8 @@ from zoo.inference.adapters import FIT_ERRORS, checked_deltas, hooks_for
 from zoo.inference.generate import Template, adapter_template
 from zoo.serving import SliceDelta
 
+MAX_STACKS = 4096
+"""Stacked column blocks kept between batches (one per module and order of adapters in a batch)."""
 MAX_PADDING = 2.0
 """A :class:`ColumnPlan` may stack at most this many times the columns the adapters hold
 (padding to the widest adapter); beyond that the loop is cheaper."""
@@ -55,34 +63,78 @@ class LoopPlan:
         return y
 
 
+class Assignment:
+    """The rows of each adapter in one batch, as index tensors built once for every module's plan.
+
+    Continuous batching assigns a new batch whenever a request joins or leaves, so a plan
+    must be cheap to build: the tensors here depend only on the rows, and are shared by all
+    the modules whose plans need them.
+    """
+
+    def __init__(self, adapters: Sequence[str | None], device: torch.device) -> None:
+        self.batch_rows = len(adapters)
+        self.device = device
+        self.rows: dict[str, list[int]] = {}
+        for i, name in enumerate(adapters):
+            if name is not None:
+                self.rows.setdefault(name, []).append(i)
+        self._index: dict[str, torch.Tensor | None] = {}
+        self._padded: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor | None, bool, int]] = {}
+
+    def index(self, name: str) -> torch.Tensor | None:
+        """The rows of ``name`` (``None``: every row of the batch)."""
+        if name not in self._index:
+            rows = self.rows[name]
+            every = len(rows) == self.batch_rows
+            self._index[name] = None if every else torch.tensor(rows, device=self.device)
+        return self._index[name]
+
+    def padded(self, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor | None, bool, int]:
+        """The rows of ``names`` (in that order), each padded to the most rows any has:
+        ``(rows [A·r], mask of real slots [A·r, 1, 1] or None, row i has adapter i, r)``."""
+        if names not in self._padded:
+            groups = [self.rows[n] for n in names]
+            rmax = max(map(len, groups))
+            table = [rows + rows[:1] * (rmax - len(rows)) for rows in groups]  # [A, r]
+            mask = None
+            if any(len(rows) < rmax for rows in groups):  # padded row slots must add nothing
+                mask = torch.tensor([[1.0] * len(rows) + [0.0] * (rmax - len(rows)) for rows in groups])
+                mask = mask.reshape(-1, 1, 1).to(self.device)
+            direct = rmax == 1 and [rows[0] for rows in table] == list(range(self.batch_rows))
+            flat = torch.tensor([i for rows in table for i in rows], device=self.device)
+            self._padded[names] = (flat, mask, direct, rmax)
+        return self._padded[names]
+
+
+class StackedColumns:
+    """The column blocks of several adapters' deltas of one module, stacked (padded to the widest):
+    ``cols [A, k]`` (padded with column 0) and ``weight [A, k, out]`` (padded with zero rows).
+    They depend on the adapters only, so the model keeps them from batch to batch."""
+
+    def __init__(self, deltas: list[SliceDelta]) -> None:
+        first = deltas[0].block
+        self.kmax = max(len(_columns(d)) for d in deltas)
+        self.out = first.shape[0]
+        self.cols = torch.zeros(len(deltas), self.kmax, dtype=torch.long, device=first.device)
+        self.weight = first.new_zeros(len(deltas), self.kmax, self.out)
+        for i, delta in enumerate(deltas):
+            cols = _columns(delta)
+            self.cols[i, : len(cols)] = cols
+            self.weight[i, : len(cols)] = delta.block.T  # block [out, k] → [k, out]
+
+
 class ColumnPlan:
     """Column-sliced linear deltas (no row slice, no bias) of several adapters, batched.
 
     Args:
-        groups: ``(rows of the batch, SliceDelta)`` per adapter.
-        batch_rows: rows of the batch.
+        names: the adapters, ordered by their first row in the batch.
+        stacked: their stacked column blocks, in the same order.
+        assignment: the batch's rows.
     """
 
-    def __init__(self, groups: list[tuple[list[int], SliceDelta]], batch_rows: int) -> None:
-        groups = sorted(groups, key=lambda g: g[0][0])
-        first = groups[0][1].block
-        self.rmax = max(len(rows) for rows, _ in groups)
-        self.kmax = max(len(_columns(d)) for _, d in groups)
-        self.out = first.shape[0]
-        a = len(groups)
-        row_idx = torch.tensor([rows + rows[:1] * (self.rmax - len(rows)) for rows, _ in groups])  # [A, r]
-        self.rows = row_idx.reshape(-1).to(first.device)  # [A·r]
-        self.cols = torch.zeros(a, self.kmax, dtype=torch.long, device=first.device)  # [A, k], padded with col 0
-        self.weight = first.new_zeros(a, self.kmax, self.out)  # [A, k, out], padded with zero rows
-        for i, (_, delta) in enumerate(groups):
-            cols = _columns(delta)
-            self.cols[i, : len(cols)] = cols
-            self.weight[i, : len(cols)] = delta.block.T  # block [out, k] → [k, out]
-        self.mask = None
-        if any(len(rows) < self.rmax for rows, _ in groups):  # padded row slots must add nothing
-            mask = torch.tensor([[1.0] * len(rows) + [0.0] * (self.rmax - len(rows)) for rows, _ in groups])
-            self.mask = mask.reshape(-1, 1, 1).to(first)  # [A·r, 1, 1]
-        self.direct = self.rmax == 1 and row_idx[:, 0].tolist() == list(range(batch_rows))
+    def __init__(self, names: tuple[str, ...], stacked: StackedColumns, assignment: Assignment) -> None:
+        self.rows, self.mask, self.direct, self.rmax = assignment.padded(names)
+        self.cols, self.weight, self.kmax, self.out = stacked.cols, stacked.weight, stacked.kmax, stacked.out
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -110,24 +162,34 @@ def _column_kind(delta: nn.Module) -> bool:
 
 
 class ModulePlan:
-    """What one base module adds for the batch: batched column deltas, then a loop over the rest."""
+    """What one base module adds for the batch: batched column deltas, then a loop over the rest.
 
-    def __init__(self, assigned: list[tuple[list[int], nn.Module]], batch_rows: int, device: torch.device) -> None:
-        self.batch_rows = batch_rows
-        self.device = device
-        columns = [(rows, d) for rows, d in assigned if _column_kind(d)]
+    Args:
+        assigned: ``(adapter, delta module)`` of the adapters in the batch that change this module.
+        assignment: the batch's rows.
+        stack: the stacked column blocks of a tuple of adapters (cached by the model).
+    """
+
+    def __init__(
+        self,
+        assigned: list[tuple[str, nn.Module]],
+        assignment: Assignment,
+        stack: Callable[[tuple[str, ...], list[SliceDelta]], StackedColumns],
+    ) -> None:
+        self.batch_rows = assignment.batch_rows
+        columns = [(n, d) for n, d in assigned if _column_kind(d)]
         held = sum(len(_columns(d)) for _, d in columns)
         widest = max((len(_columns(d)) for _, d in columns), default=0)
         if len(columns) < 2 or len(columns) * widest > MAX_PADDING * held:
             columns = []  # one adapter, or very uneven widths: the loop is as fast
+        columns.sort(key=lambda group: assignment.rows[group[0]][0])
         batched = {id(d) for _, d in columns}
-        self.columns = ColumnPlan(columns, batch_rows) if columns else None
-        self.columns_fallback = self._loop(columns)  # for inputs that are not [B, T, in]
-        self.rest = self._loop([(rows, d) for rows, d in assigned if id(d) not in batched])
-
-    def _loop(self, groups: list[tuple[list[int], nn.Module]]) -> LoopPlan:
-        every = list(range(self.batch_rows))
-        return LoopPlan([(None if rows == every else torch.tensor(rows, device=self.device), d) for rows, d in groups])
+        self.columns = None
+        if columns:
+            names = tuple(n for n, _ in columns)
+            self.columns = ColumnPlan(names, stack(names, [d for _, d in columns]), assignment)
+        self.columns_fallback = LoopPlan([(assignment.index(n), d) for n, d in columns])  # inputs not [B, T, in]
+        self.rest = LoopPlan([(assignment.index(n), d) for n, d in assigned if id(d) not in batched])
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != self.batch_rows:
@@ -155,6 +217,7 @@ class MixedAdapterModel:
         self.templates: dict[str, Template] = {}  # the prompt template each adapter was trained with
         self._hooks: dict[str, RemovableHandle] = {}
         self._plans: dict[str, ModulePlan] = {}
+        self._stacks: dict[tuple[str, tuple[str, ...]], StackedColumns] = {}  # (module, adapters) → blocks
         self._in_delta = False
 
     def add_adapter(self, name: str, adapter: Adapter) -> None:
@@ -180,6 +243,7 @@ class MixedAdapterModel:
                 raise AdapterError(f"adapter {name} changes module {module_name!r}, which the base model lacks")
         device = next(self.model.parameters()).device
         self.adapters[name] = {n: d.to(device).eval() for n, d in deltas.items()}
+        self._stacks.clear()
         self.templates[name] = adapter_template(adapter)
         for module_name in deltas:
             if module_name not in self._hooks:
@@ -189,6 +253,7 @@ class MixedAdapterModel:
         """Forget an adapter; unhook modules no adapter changes any more."""
         del self.adapters[name]
         del self.templates[name]
+        self._stacks.clear()
         used = {m for deltas in self.adapters.values() for m in deltas}
         for module_name in [m for m in self._hooks if m not in used]:
             self._hooks.pop(module_name).remove()
@@ -206,6 +271,14 @@ class MixedAdapterModel:
 
         return hook
 
+    def _stacked(self, module_name: str, names: tuple[str, ...], deltas: list[SliceDelta]) -> StackedColumns:
+        key = (module_name, names)
+        if key not in self._stacks:
+            if len(self._stacks) >= MAX_STACKS:
+                self._stacks.pop(next(iter(self._stacks)))  # the oldest
+            self._stacks[key] = StackedColumns(deltas)
+        return self._stacks[key]
+
     @contextlib.contextmanager
     def assign(self, adapters: Sequence[str | None]) -> Iterator[None]:
         """Within the block, row ``i`` of every batch runs adapter ``adapters[i]`` (``None``: base).
@@ -216,16 +289,15 @@ class MixedAdapterModel:
         unknown = sorted({a for a in adapters if a is not None and a not in self.adapters})
         if unknown:
             raise KeyError(f"no adapter named {unknown} is loaded (loaded: {sorted(self.adapters) or 'none'})")
-        rows: dict[str, list[int]] = {}
-        for i, name in enumerate(adapters):
-            if name is not None:
-                rows.setdefault(name, []).append(i)
-        per_module: dict[str, list[tuple[list[int], nn.Module]]] = {}
-        for name, indices in rows.items():
+        assignment = Assignment(adapters, next(self.model.parameters()).device)
+        per_module: dict[str, list[tuple[str, nn.Module]]] = {}
+        for name in assignment.rows:
             for module_name, delta in self.adapters[name].items():
-                per_module.setdefault(module_name, []).append((indices, delta))
-        device = next(self.model.parameters()).device
-        self._plans = {m: ModulePlan(assigned, len(adapters), device) for m, assigned in per_module.items()}
+                per_module.setdefault(module_name, []).append((name, delta))
+        self._plans = {
+            m: ModulePlan(assigned, assignment, functools.partial(self._stacked, m))
+            for m, assigned in per_module.items()
+        }
         try:
             yield
         finally:
