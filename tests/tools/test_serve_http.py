@@ -131,7 +131,7 @@ def test_the_openai_client_gets_the_in_process_answers_of_every_method_in_one_ba
         reply = client.completions.create(prompt=prompt, **args)
         return "".join(c.choices[0].text for c in reply) if stream else reply.choices[0].text
 
-    before = load(server)["peak_running"]
+    load(server)  # the peak counts from here
     for chat in (False, True):
         template = chat_template if chat else completion_template
         expected = in_process([(p, a, template(a), n) for p, a, n in jobs])
@@ -139,7 +139,7 @@ def test_the_openai_client_gets_the_in_process_answers_of_every_method_in_one_ba
             with ThreadPoolExecutor(len(jobs)) as pool:  # all at once: they share the batch
                 got = list(pool.map(lambda job: ask(job, chat, stream), jobs))
             assert got == expected, (chat, stream)
-    assert max(before, load(server)["peak_running"]) > 1  # requests were decoded together
+    assert load(server)["peak_running"] > 1  # requests were decoded together
     variants = in_process([("hello", a, completion_template(a), 8) for a in names])
     assert len(set(variants)) >= 4  # the adapters change the answers: the comparison means something
 

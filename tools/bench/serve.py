@@ -394,7 +394,7 @@ def update_docs(path: Path, section: str) -> None:
 
 
 def bench_serve(
-    output: str = "bench_results/serve.json",
+    output: str | None = None,
     docs: str | None = None,
     adapter_counts: list[int] = [8, 32],  # noqa: B006 (jsonargparse shows the default)
     batch_size: int = 32,
@@ -408,12 +408,21 @@ def bench_serve(
     gpu_layers: int = 4,
     threads: int | None = None,
     seed: int = 0,
+    http: bool = False,
+    base_model: str = "smollm2-135m",
+    clients: list[int] = [1, 8, 32, 64],  # noqa: B006 (jsonargparse shows the default)
+    http_adapters: int = 8,
+    rounds: int = 3,
+    max_tokens: int = 32,
 ) -> dict[str, Any]:
-    """Benchmark switching and mixed-adapter decoding: S²FT vs LoRA vs fused.
+    """Benchmark switching and mixed-adapter decoding: S²FT vs LoRA vs fused; or, with
+    ``--http``, the HTTP server under load (:mod:`tools.bench.serve_http`).
 
     Args:
-        output: JSON file of the results.
-        docs: Markdown file whose "Serving" section is rewritten from the results.
+        output: JSON file of the results (default ``bench_results/serve.json``, with
+            ``--http`` ``bench_results/serve_http.json``).
+        docs: Markdown file whose "Serving" section (with ``--http``: "Serving over HTTP")
+            is rewritten from the results.
         adapter_counts: distinct adapters in the batch, one measurement each.
         batch_size: requests per batch (at least the largest adapter count).
         prompt_tokens: prompt length of every request.
@@ -428,13 +437,37 @@ def bench_serve(
             other jobs, 1 thread gives steadier timings: small ops with several threads stall
             when the cores are oversubscribed.
         seed: seed of weights, adapters and prompts.
+        http: run the HTTP load test instead: concurrent ``openai`` clients against the
+            server batching continuously and against it decoding one request at a time.
+        base_model: HTTP: the base model served (alias, folder or ``.gguf``).
+        clients: HTTP: the numbers of concurrent clients, one measurement each.
+        http_adapters: HTTP: adapters served (alternately S²FT and LoRA, rank ``lora_rank``).
+        rounds: HTTP: requests each client sends, one after the other.
+        max_tokens: HTTP: the most tokens of an answer. ``threads``: torch threads per server.
 
     Returns:
         The results written to ``output``.
     """
+    if http:
+        from tools.bench.serve_http import bench_http
+
+        return bench_http(
+            output or "bench_results/serve_http.json",
+            docs,
+            base_model,
+            http_adapters,
+            clients,
+            rounds,
+            max_tokens,
+            lora_rank,
+            threads,
+            seed=seed,
+        )
+    output = output or "bench_results/serve.json"
     if batch_size < max(adapter_counts):
         raise ValueError(f"batch_size {batch_size} cannot hold {max(adapter_counts)} distinct adapters")
-    config = {k: v for k, v in locals().items()}
+    http_only = ("http", "base_model", "clients", "http_adapters", "rounds", "max_tokens")
+    config = {k: v for k, v in locals().items() if k not in http_only}
     if threads is not None:
         torch.set_num_threads(threads)
     results = {

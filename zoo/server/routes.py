@@ -94,8 +94,9 @@ class OpenAIRoutes(LitSpec):
         return protocol.model_list(self.config.models, self.config.base_name, self.created)
 
     async def load(self) -> dict[str, Any]:
-        """The worker's state: requests running and waiting now; since the start, requests finished,
-        requests cancelled (their clients left or timed out) and the most that ran together."""
+        """The worker's state: requests running and waiting now; since the start, requests finished
+        and requests cancelled (their clients left or timed out); since the last ``/load``, the
+        most requests decoded together (``peak_running``)."""
         uid = uuid.uuid4().hex
         item = ResponseBufferItem(event=asyncio.Event(), response_queue=deque())
         self.response_buffer[uid] = item

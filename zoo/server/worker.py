@@ -169,6 +169,7 @@ class BatcherLoop(LitLoop):
             return
         if job.get("load"):
             load = {"running": len(batcher.rows), "waiting": len(batcher.waiting), **self.counts}
+            self.counts["peak_running"] = len(batcher.rows)  # the peak is since the last look
             self.put_response(transport, queue_id, uid, load, LitAPIStatus.OK, LoopResponseType.STREAMING)
             return
         request = GenerationRequest(

@@ -1,0 +1,262 @@
+"""Load test of the HTTP server: concurrent OpenAI clients against continuous batching, and
+against the same server decoding one request at a time, side by side in one run.
+
+``python -m tools.bench.serve --http --docs docs/benchmarks.md`` (see :func:`bench_http`):
+
+* adapters: ``adapters`` of the base model, alternately S²FT (its plugin, default budget)
+  and ftzoo's LoRA, built as :func:`tools.bench.serve.perturbed_adapter` builds them
+  (prepared as ``fit`` prepares them, trainable values perturbed), saved to a temporary
+  folder, recorded as trained with the chat template;
+* two servers (``python -m tools.serve --port``, :class:`zoo.server.process.ServerProcess`),
+  the same but for ``--batch_size``: ``batched`` (the most clients) and ``one_at_a_time``
+  (1: each request decoded alone, the baseline);
+* for each number of clients, each server in turn gets the same load: every client sends
+  ``rounds`` chat requests one after the other, request ``i`` naming adapter
+  ``i mod adapters``, greedy, at most ``max_tokens`` tokens (the ``openai`` client, no retries);
+* measured per server and number of clients: requests/s and completion tokens/s over the
+  wall time, p50/p99 latency, failures (an exception or an error status), and the most
+  requests the server decoded together (its ``/load``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tools.bench.shapes import replace_docs_section
+from zoo.adapter import BaseModelInfo, save_adapter
+from zoo.loading import load_model
+from zoo.outputs import atomic_file
+from zoo.server.process import ServerProcess
+
+SECTION = "## Serving over HTTP"
+SERVERS = ("one_at_a_time", "batched")
+TARGET = "64 clients: zero failures and batched requests/s ≥ 3× one at a time"
+PROMPTS = [
+    "Sam has 12 apples. He buys 7 more and gives away 5. How many apples does Sam have now?",
+    "What is the capital of France?",
+    "Write one sentence about the sea.",
+    "A train travels 60 km in 1.5 hours. What is its average speed?",
+    "Name three colours of the rainbow.",
+    "Is 17 a prime number? Explain briefly.",
+    "Give a synonym for 'happy'.",
+    "What is 15% of 80?",
+]
+
+
+def make_adapters(base_model: str, folder: Path, count: int, lora_rank: int, seed: int) -> tuple[dict[str, Path], str]:
+    """Save ``count`` adapters of ``base_model`` under ``folder``, alternately S²FT and LoRA.
+
+    Returns:
+        ``(name → folder, where the S²FT adapters come from)``.
+    """
+    from tools.bench.serve import lora_adapters, s2ft_adapters  # the serving benchmark's builders
+
+    model = load_model(base_model).eval()
+    info = BaseModelInfo.of(model, base_model)
+    s2ft, source = s2ft_adapters(model, info, (count + 1) // 2, seed)
+    lora = lora_adapters(model, info, count // 2, lora_rank, seed)
+    paths = {}
+    for i in range(count):
+        name, adapter = (f"s2ft-{i // 2}", s2ft[f"s2ft-{i // 2}"]) if i % 2 == 0 else (f"lora-{i // 2}", lora[f"lora-{i // 2}"])
+        adapter.info["prompt_style"] = "chat"
+        paths[name] = save_adapter(adapter, folder / name)
+    return paths, source
+
+
+async def run_load(url: str, names: list[str], clients: int, rounds: int, max_tokens: int, timeout: float) -> dict:
+    """``clients`` closed-loop clients, ``rounds`` requests each; the measurements of :func:`bench_http`."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=timeout)
+    latencies: list[float] = []
+    tokens, errors = 0, []
+
+    async def one_client(c: int) -> None:
+        nonlocal tokens
+        for r in range(rounds):
+            i = c * rounds + r
+            start = time.perf_counter()
+            try:
+                reply = await client.chat.completions.create(
+                    model=names[i % len(names)],
+                    messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                    max_tokens=max_tokens,
+                    temperature=0,
+                )
+            except openai.OpenAIError as err:
+                errors.append(f"{type(err).__name__}: {err}"[:200])
+                continue
+            latencies.append(time.perf_counter() - start)
+            tokens += reply.usage.completion_tokens
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one_client(c) for c in range(clients)))
+    wall = time.perf_counter() - start
+    await client.close()
+    return {
+        "requests": len(latencies),
+        "failures": len(errors),
+        "errors": errors[:5],
+        "seconds": wall,
+        "requests_per_s": len(latencies) / wall,
+        "tokens_per_s": tokens / wall,
+        "completion_tokens": tokens,
+        "p50_s": _percentile(latencies, 50),
+        "p99_s": _percentile(latencies, 99),
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[min(98, max(0, round(q) - 1))]
+
+
+def _load(server: ServerProcess) -> dict[str, Any]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.url}/load", timeout=60) as reply:
+        return json.loads(reply.read())
+
+
+def bench_http(
+    output: str,
+    docs: str | None = None,
+    base_model: str = "smollm2-135m",
+    adapters: int = 8,
+    clients: list[int] | None = None,
+    rounds: int = 3,
+    max_tokens: int = 32,
+    lora_rank: int = 16,
+    threads: int | None = None,
+    request_timeout: float = 3600.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run the load test (see the module docstring); write JSON to ``output`` and, with ``docs``,
+    the "Serving over HTTP" section of that Markdown file."""
+    clients = clients or [1, 8, 32, 64]
+    config = {k: v for k, v in locals().items()}
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="ftzoo-bench-http-") as tmp:
+        paths, source = make_adapters(base_model, Path(tmp), adapters, lora_rank, seed)
+        print(f"built {adapters} adapters ({', '.join(paths)}; S²FT: {source})", flush=True)
+        spec = "[" + ", ".join(f"{name}={path}" for name, path in paths.items()) + "]"
+        common = ["--adapters", spec, "--max_new_tokens", str(max_tokens), "--max_tokens_limit", str(max_tokens)]
+        common += ["--request_timeout", str(request_timeout), "--temperature", "0", "--log_level", "error"]
+        if threads is not None:
+            common += ["--threads", str(threads)]
+        batch = {"one_at_a_time": 1, "batched": max(clients)}
+        servers = {name: ServerProcess([*common, "--batch_size", str(size)]) for name, size in batch.items()}
+        levels = []
+        try:
+            for server in servers.values():
+                server.start()
+            names = list(paths)
+            for name, server in servers.items():  # warm up: every adapter once
+                asyncio.run(run_load(server.url, names, len(names), 1, 4, request_timeout))
+            for count in clients:
+                level: dict[str, Any] = {"clients": count}
+                for name, server in servers.items():
+                    _load(server)  # starts the count of the most decoded together
+                    level[name] = asyncio.run(run_load(server.url, names, count, rounds, max_tokens, request_timeout))
+                    level[name]["most_together"] = _load(server)["peak_running"]
+                    print(f"{count} clients, {name}: " + _summary(level[name]), flush=True)
+                level["speedup"] = level["batched"]["requests_per_s"] / level["one_at_a_time"]["requests_per_s"]
+                levels.append(level)
+        finally:
+            for server in servers.values():
+                server.stop()
+    results = {
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "cpu": _cpu(),
+        "load_average": [load_before, os.getloadavg()[0]],
+        "s2ft_adapters": source,
+        "config": config,
+        "levels": levels,
+    }
+    with atomic_file(output) as handle:
+        json.dump(results, handle, indent=2)
+    print("\n" + http_table(results))
+    if docs:
+        replace_docs_section(Path(docs), SECTION, http_docs_section(results))
+    return results
+
+
+def _summary(m: dict[str, Any]) -> str:
+    return (
+        f"{m['requests_per_s']:.2f} req/s, {m['tokens_per_s']:.1f} tok/s, p50 {m['p50_s']:.2f} s, "
+        f"p99 {m['p99_s']:.2f} s, {m['failures']} failed, at most {m['most_together']} together"
+    )
+
+
+def _cpu() -> str:
+    from tools.bench.serve import _cpu_name
+
+    return f"{_cpu_name().split(' (')[0]}, {os.cpu_count()} cores"
+
+
+def http_table(results: dict[str, Any]) -> str:
+    """The results as a Markdown table (one row per number of clients)."""
+    lines = [
+        "| clients | one at a time req/s | batched req/s | speedup | one at a time tok/s | batched tok/s "
+        "| one at a time p50 / p99 (s) | batched p50 / p99 (s) | failures (one / batched) | most decoded together |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for level in results["levels"]:
+        one, many = level["one_at_a_time"], level["batched"]
+        cells = [
+            str(level["clients"]),
+            f"{one['requests_per_s']:.2f}",
+            f"{many['requests_per_s']:.2f}",
+            f"{level['speedup']:.2f}×",
+            f"{one['tokens_per_s']:.1f}",
+            f"{many['tokens_per_s']:.1f}",
+            f"{one['p50_s']:.2f} / {one['p99_s']:.2f}",
+            f"{many['p50_s']:.2f} / {many['p99_s']:.2f}",
+            f"{one['failures']} / {many['failures']}",
+            str(many["most_together"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(results: dict[str, Any]) -> str:
+    """Whether the run meets :data:`TARGET` at its largest number of clients."""
+    top = max(results["levels"], key=lambda level: level["clients"])
+    failures = top["one_at_a_time"]["failures"] + top["batched"]["failures"]
+    met = failures == 0 and top["speedup"] >= 3.0 and top["clients"] >= 64
+    return (
+        f"At {top['clients']} clients: {failures} failures, batched {top['speedup']:.2f}× the one-at-a-time "
+        f"requests/s: the target ({TARGET}) is {'met' if met else 'not met'}."
+    )
+
+
+def http_docs_section(results: dict[str, Any]) -> str:
+    c = results["config"]
+    return (
+        f"{SECTION}\n\n"
+        f"Written by `python -m tools.bench.serve --http --docs docs/benchmarks.md` from `{c['output']}` "
+        f"({results['date']}, torch {results['torch']}, {results['cpu']}; load average "
+        f"{results['load_average'][0]:.2f} at the start and {results['load_average'][1]:.2f} at the end). "
+        "How it is measured: the module docstring of `tools/bench/serve_http.py`.\n\n"
+        f"- Base model `{c['base_model']}`, {c['adapters']} adapters (S²FT: {results['s2ft_adapters']}; "
+        f"LoRA rank {c['lora_rank']}), chat requests, greedy, at most {c['max_tokens']} new tokens; "
+        f"each client sends {c['rounds']} requests one after the other; torch threads per server: "
+        f"{c['threads'] if c['threads'] is not None else 'torch default'}.\n"
+        f"- One at a time: the same server with `--batch_size 1`; batched: `--batch_size {max(c['clients'])}` "
+        "(continuous batching: a request joins the running batch at the next step, leaves it when done).\n\n"
+        f"{http_table(results)}\n\n{verdict(results)}\n"
+    )
