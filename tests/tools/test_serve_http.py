@@ -258,13 +258,23 @@ def test_clients_that_leave_are_cancelled_and_free_their_places(server):
         stream = urllib.request.urlopen(request, timeout=60)
         assert stream.readline().startswith(b"data: ")  # the first event: it is running
         streams.append(stream)
+    body = json.dumps({"model": "base", "prompt": "hello", "max_tokens": 1000, "temperature": 0}).encode()
+    waiting = socket.create_connection(("127.0.0.1", server.port))  # a ninth, not streamed: it waits for a place
+    waiting.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    deadline = time.monotonic() + 120
+    while load(server)["waiting"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    waiting.close()  # it hangs up too
     for stream in streams:
         stream.close()  # the clients hang up
-    deadline = time.monotonic() + 120
-    while load(server)["cancelled"] < before["cancelled"] + 8 and time.monotonic() < deadline:
+    while load(server)["cancelled"] < before["cancelled"] + 9 and time.monotonic() < deadline:
         time.sleep(0.2)
     after = load(server)
-    assert after["cancelled"] == before["cancelled"] + 8 and after["finished"] == before["finished"]
+    assert after["cancelled"] == before["cancelled"] + 9 and after["finished"] == before["finished"]
     assert after["running"] == 0 and after["waiting"] == 0
 
 
