@@ -124,10 +124,12 @@ def test_the_openai_client_gets_the_in_process_answers_of_every_method_in_one_ba
 
     def ask(job, chat, stream):
         prompt, adapter, tokens = job
-        args = dict(model=model_of(adapter), max_tokens=tokens, temperature=0, stream=stream)
+        args = {"model": model_of(adapter), "max_tokens": tokens, "temperature": 0, "stream": stream}
         if chat:
             reply = client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **args)
-            return "".join(c.choices[0].delta.content or "" for c in reply) if stream else reply.choices[0].message.content
+            if stream:
+                return "".join(c.choices[0].delta.content or "" for c in reply)
+            return reply.choices[0].message.content
         reply = client.completions.create(prompt=prompt, **args)
         return "".join(c.choices[0].text for c in reply) if stream else reply.choices[0].text
 
@@ -137,7 +139,7 @@ def test_the_openai_client_gets_the_in_process_answers_of_every_method_in_one_ba
         expected = in_process([(p, a, template(a), n) for p, a, n in jobs])
         for stream in (False, True):
             with ThreadPoolExecutor(len(jobs)) as pool:  # all at once: they share the batch
-                got = list(pool.map(lambda job: ask(job, chat, stream), jobs))
+                got = list(pool.map(ask, jobs, [chat] * len(jobs), [stream] * len(jobs)))
             assert got == expected, (chat, stream)
     assert load(server)["peak_running"] > 1  # requests were decoded together
     variants = in_process([("hello", a, completion_template(a), 8) for a in names])
@@ -154,8 +156,11 @@ def test_usage_finish_reason_stop_strings_and_seeds(client, in_process):
     stop = next(c for c in text[2:] if c != "\ufffd")  # random bytes: some are not whole characters
     cut = client.completions.create(model="s2ft", prompt="hello", max_tokens=12, temperature=0, stop=[stop])
     assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
-    chunks = list(client.completions.create(model="s2ft", prompt="hello", max_tokens=12, temperature=0, stop=stop,
-                                            stream=True, stream_options={"include_usage": True}))
+    streamed = client.completions.create(
+        model="s2ft", prompt="hello", max_tokens=12, temperature=0, stop=stop, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(streamed)
     assert "".join(c.choices[0].text for c in chunks if c.choices) == cut.choices[0].text
     assert chunks[-1].usage.completion_tokens == cut.usage.completion_tokens
     sampled = [
@@ -186,8 +191,9 @@ def test_bad_requests_get_their_4xx_while_good_ones_are_in_flight(server, client
     results, started = {}, threading.Barrier(len(good) + 1)
 
     def ask_streaming(i, prompt, adapter, tokens):
-        stream = client.completions.create(model=model_of(adapter), prompt=prompt, max_tokens=tokens,
-                                           temperature=0, stream=True)
+        stream = client.completions.create(
+            model=model_of(adapter), prompt=prompt, max_tokens=tokens, temperature=0, stream=True
+        )
         pieces = []
         for n, chunk in enumerate(stream):
             pieces.append(chunk.choices[0].text)

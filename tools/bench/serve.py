@@ -56,6 +56,7 @@ from zoo.evaluation import greedy_config
 from zoo.inference import AdapterSwitcher, MixedAdapterModel, hooks_for, synchronize
 from zoo.loading import load_model
 from zoo.merging import merged_adapter
+from zoo.outputs import atomic_file
 from zoo.plugins import available_methods, method_class, method_name
 from zoo.prepare import prepare
 

@@ -67,7 +67,8 @@ def make_adapters(base_model: str, folder: Path, count: int, lora_rank: int, see
     lora = lora_adapters(model, info, count // 2, lora_rank, seed)
     paths = {}
     for i in range(count):
-        name, adapter = (f"s2ft-{i // 2}", s2ft[f"s2ft-{i // 2}"]) if i % 2 == 0 else (f"lora-{i // 2}", lora[f"lora-{i // 2}"])
+        name = f"{'s2ft' if i % 2 == 0 else 'lora'}-{i // 2}"
+        adapter = (s2ft if i % 2 == 0 else lora)[name]
         adapter.info["prompt_style"] = "chat"
         paths[name] = save_adapter(adapter, folder / name)
     return paths, source
@@ -210,11 +211,11 @@ def _cpu() -> str:
 
 def http_table(results: dict[str, Any]) -> str:
     """The results as a Markdown table (one row per number of clients)."""
-    lines = [
+    header = (
         "| clients | one at a time req/s | batched req/s | speedup | one at a time tok/s | batched tok/s "
-        "| one at a time p50 / p99 (s) | batched p50 / p99 (s) | failures (one / batched) | most decoded together |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+        "| one at a time p50 / p99 (s) | batched p50 / p99 (s) | failures (one / batched) | most decoded together |"
+    )
+    lines = [header, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for level in results["levels"]:
         one, many = level["one_at_a_time"], level["batched"]
         cells = [

@@ -51,7 +51,7 @@ class GenerationRequest:
     adapter: str | None = None
     """A loaded adapter, or ``None`` for the base model."""
     max_new_tokens: int = 64
-    sampling: Sampling = Sampling()
+    sampling: Sampling = field(default_factory=Sampling)
     stop: tuple[str, ...] = ()
 
 
@@ -193,9 +193,8 @@ class ContinuousBatcher:
         positions = self._mask.sum(dim=1, keepdim=True)  # [B, 1]: real tokens before it
         mask = F.pad(self._mask, (0, 1), value=1)
         with self.server.assign([row.request.adapter for row in self.rows]):
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self._cache_arg: self._cache}
-            )
+            cache = {self._cache_arg: self._cache}
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache)
         self._cache, self._mask = getattr(out, self._cache_arg), mask
         return self._advance(self.rows, out.logits[:, -1])
 

@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 from typing import Any
+
 import litserve as ls
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError

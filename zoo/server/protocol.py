@@ -64,7 +64,8 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     loc = [part for part in error.get("loc", ()) if _field_part(part)]
     if kind == "json_invalid":
         where = error.get("loc", ("body", 0))[-1]
-        return ApiError(400, f"the request body is not valid JSON: {ctx.get('error', 'malformed')} (at character {where})")
+        reason = ctx.get("error", "malformed")
+        return ApiError(400, f"the request body is not valid JSON: {reason} (at character {where})")
     param = ctx.get("param") or ".".join(str(part) for part in loc) or None
     if param is None and kind != "value_error":
         return ApiError(400, "the request body must be a JSON object (with 'model' and 'messages' or 'prompt')")

@@ -48,14 +48,30 @@ def fake_results(clients, speedup, failures):
         "batched": {**measured, "requests_per_s": speedup, "failures": failures, "most_together": clients},
         "speedup": speedup,
     }
-    config = {"output": "x.json", "base_model": "m", "adapters": 8, "lora_rank": 16, "max_tokens": 32, "rounds": 3,
-              "threads": 2, "clients": [clients]}
-    return {"date": "d", "torch": "t", "cpu": "c", "load_average": [0.1, 0.2], "s2ft_adapters": "s2ft plugin",
-            "config": config, "levels": [level]}
+    config = {
+        "output": "x.json",
+        "base_model": "m",
+        "adapters": 8,
+        "lora_rank": 16,
+        "max_tokens": 32,
+        "rounds": 3,
+        "threads": 2,
+        "clients": [clients],
+    }
+    return {
+        "date": "d",
+        "torch": "t",
+        "cpu": "c",
+        "load_average": [0.1, 0.2],
+        "s2ft_adapters": "s2ft plugin",
+        "config": config,
+        "levels": [level],
+    }
 
 
 @pytest.mark.parametrize(
-    ("clients", "speedup", "failures", "met"), [(64, 3.5, 0, True), (64, 2.5, 0, False), (64, 4.0, 1, False), (8, 5, 0, False)]
+    ("clients", "speedup", "failures", "met"),
+    [(64, 3.5, 0, True), (64, 2.5, 0, False), (64, 4.0, 1, False), (8, 5, 0, False)],
 )
 def test_the_verdict_holds_the_run_to_the_target(clients, speedup, failures, met):
     results = fake_results(clients, speedup, failures)

@@ -53,7 +53,8 @@ def alone(base, adapter, prompt, new_tokens):
     if adapter is not None:
         hooks_for(adapter).ftzoo_fuse_adapter(model=model, adapter=adapter, scale=1.0)
     tokenizer = tiny_tokenizer()
-    tokens, logits = generate_greedy(model, tokenizer, encode_prompts(tokenizer, [prompt], False, "cpu"), new_tokens, True)
+    batch = encode_prompts(tokenizer, [prompt], False, "cpu")
+    tokens, logits = generate_greedy(model, tokenizer, batch, new_tokens, True)
     return tokens[0].tolist(), logits[0]
 
 
