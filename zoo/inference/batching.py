@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch.nn import functional as F
 
-from zoo.inference.kv_cache import join, keep_rows, trim_padding
+from zoo.inference.kv_cache import check_supported, join, keep_rows, trim_padding
 from zoo.inference.mixed import MixedAdapterModel
 from zoo.inference.sampling import Sampling, next_tokens
 from zoo.inference.text import TextStream
@@ -102,6 +102,9 @@ class ContinuousBatcher:
         tokenizer: the base model's tokenizer (EOS, padding, text).
         max_batch_size: requests decoded together at most; the rest wait in arrival order.
         keep_logits: keep each answer's logits (tests compare them with a fused model's).
+
+    Raises:
+        UnsupportedCacheError: the model's KV cache has sliding-window (or other) layers.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class ContinuousBatcher:
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        check_supported(server.model.config)
         self.server = server
         self.model = server.model
         self.tokenizer = tokenizer

@@ -18,6 +18,8 @@ a window whose left edge differs per row, which these operations cannot line up.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.nn import functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -25,6 +27,15 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 class UnsupportedCacheError(TypeError):
     """The model's KV cache has layers that rows cannot be moved in and out of."""
+
+
+def check_supported(config: Any) -> None:
+    """Refuse a model whose cache (as transformers builds it from ``config``) has layers of another kind.
+
+    Raises:
+        UnsupportedCacheError: naming the kind.
+    """
+    _layers(DynamicCache(config=config))
 
 
 def _layers(cache: DynamicCache) -> list[DynamicLayer]:

@@ -96,6 +96,11 @@ async def invalid_request(request: Request, error: RequestValidationError) -> JS
     return await api_error(request, validation_error(list(error.errors())))
 
 
+async def internal_error(request: Request, error: Exception) -> JSONResponse:
+    """A bug: still an answer in OpenAI's shape (the traceback goes to the server's log)."""
+    return await api_error(request, ApiError(500, f"internal error ({type(error).__name__}); see the server's log"))
+
+
 def build_server(config: ServerConfig) -> ls.LitServer:
     """The ``LitServer`` of ``config`` (start it with :func:`run_server`).
 
@@ -119,6 +124,7 @@ def build_server(config: ServerConfig) -> ls.LitServer:
     server.app.add_exception_handler(ApiError, api_error)
     server.app.add_exception_handler(HTTPException, http_error)
     server.app.add_exception_handler(RequestValidationError, invalid_request)
+    server.app.add_exception_handler(Exception, internal_error)
     return server
 
 

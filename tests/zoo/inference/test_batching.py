@@ -193,3 +193,12 @@ def test_cache_rows_join_leave_and_padding_is_trimmed():
     mask = trim_padding(cache, keep_rows(cache, mask, torch.tensor([0, 1])))
     assert mask.tolist() == [[0, 1, 1], [1, 1, 1]]
     assert cache.layers[0].values[:, 0, :, 0].tolist() == [[100, 101, 102], [103, 104, 105]]
+
+
+def test_a_model_with_sliding_window_layers_is_refused_up_front():
+    from zoo.inference.kv_cache import UnsupportedCacheError
+
+    model = tiny_model("mistral", sliding_window=8)
+    server = MixedAdapterModel(model, BaseModelInfo.of(model, "tiny"))
+    with pytest.raises(UnsupportedCacheError, match="DynamicSlidingWindowLayer"):
+        ContinuousBatcher(server, tiny_tokenizer())
