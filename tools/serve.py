@@ -102,7 +102,8 @@ def generate_mixed(
         chunk = requests[start : start + batch_size]
         lengths = [r.max_new_tokens or max_new_tokens for r in chunk]
         templates = [_template(server, r.adapter, template) for r in chunk]
-        batch = encode_prompts(tokenizer, [r.prompt for r in chunk], templates, device)
+        systems = [server.system_prompts[r.adapter] if template == "adapter" and r.adapter else None for r in chunk]
+        batch = encode_prompts(tokenizer, [r.prompt for r in chunk], templates, device, systems)
         with server.assign([r.adapter for r in chunk]):
             tokens, scores = generate_greedy(server.model, tokenizer, batch, max(lengths), logits)
         for i, (request, length) in enumerate(zip(chunk, lengths)):

@@ -13,6 +13,7 @@ from zoo.inference.adapters import checked_deltas, fuse_into, hooks_for, load_ba
 from zoo.inference.export import save_model_folder
 from zoo.inference.generate import (
     Template,
+    adapter_system_prompt,
     adapter_template,
     encode_prompts,
     generate_greedy,
@@ -28,6 +29,7 @@ __all__ = [
     "AdapterSwitcher",
     "MixedAdapterModel",
     "Template",
+    "adapter_system_prompt",
     "adapter_template",
     "checked_deltas",
     "encode_prompts",
