@@ -50,6 +50,9 @@ class FineTuneDataModule(LightningDataModule):
         tokenizer: A ``transformers`` tokenizer with an EOS token. Usually linked from the model by the CLI;
             must be set before ``setup``. Its pad token pads batches (EOS when it has none).
         prompt_style: ``"alpaca"`` (the LLM-Adapters template) or ``"chat"`` (the tokenizer's chat template).
+        system_prompt: With ``"chat"``: a system turn before every prompt (``""``: an empty one, which keeps a
+            template's default system prompt out); ``None`` lets the template decide. Recorded in the adapter,
+            so serving uses the same prompt.
         max_length: Most tokens per example (prompt + response + EOS). Longer responses are cut; records
             whose prompt alone fills it are dropped; both are counted and logged per split.
         batch_size: Training batch size per device.
@@ -71,6 +74,7 @@ class FineTuneDataModule(LightningDataModule):
         self,
         tokenizer: Optional[Any] = None,
         prompt_style: PromptStyle = "alpaca",
+        system_prompt: Optional[str] = None,
         max_length: int = 512,
         batch_size: int = 8,
         eval_batch_size: Optional[int] = None,
@@ -85,6 +89,8 @@ class FineTuneDataModule(LightningDataModule):
         super().__init__()
         if prompt_style not in ("alpaca", "chat"):
             raise ValueError(f"unknown prompt_style {prompt_style!r}; choose 'alpaca' or 'chat'")
+        if system_prompt is not None and prompt_style != "chat":
+            raise ValueError("system_prompt needs prompt_style='chat'; the alpaca template has no system turn")
         if empty_outputs not in ("error", "drop"):
             raise ValueError(f"unknown empty_outputs {empty_outputs!r}; choose 'error' or 'drop'")
         if max_length < 2:
@@ -93,6 +99,7 @@ class FineTuneDataModule(LightningDataModule):
             raise ValueError(f"holdout must be >= 0 records, got {holdout}")
         self.tokenizer = tokenizer
         self.prompt_style = prompt_style
+        self.system_prompt = system_prompt
         self.max_length = max_length
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -209,7 +216,7 @@ class FineTuneDataModule(LightningDataModule):
         return self.tokenizer.eos_token_id if pad is None else pad
 
     def _template(self) -> PromptTemplate:
-        return get_template(self.prompt_style, self.tokenizer)
+        return get_template(self.prompt_style, self.tokenizer, self.system_prompt)
 
     def _records(self, split: str) -> list[Record]:
         if split in ("train", "holdout"):

@@ -107,7 +107,8 @@ def generate_mixed(
     if unknown:
         raise KeyError(f"requests name adapters that are not loaded: {unknown} (loaded: {sorted(server.adapters)})")
     templates = [_template(server, r.adapter, template) for r in requests]
-    ids = prompt_ids(tokenizer, [r.prompt for r in requests], templates)
+    systems = [server.system_prompts[r.adapter] if template == "adapter" and r.adapter else None for r in requests]
+    ids = prompt_ids(tokenizer, [r.prompt for r in requests], templates, systems)
     for number, (request, row) in enumerate(zip(requests, ids)):
         if not row:
             raise ValueError(f"request {number}: the prompt is empty (no tokens in its template)")

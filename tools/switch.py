@@ -18,6 +18,7 @@ from zoo.adapter import AdapterError
 from zoo.inference import (
     BASE,
     AdapterSwitcher,
+    adapter_system_prompt,
     adapter_template,
     encode_prompts,
     generate_greedy,
@@ -82,7 +83,8 @@ def switch(
     for name in order:
         seconds = switcher.activate(name)
         template = style if style != "adapter" else adapter_template(loaded.get(name))
-        batch = encode_prompts(tokenizer, [prompt], template, model.device)
+        system = adapter_system_prompt(loaded.get(name)) if style == "adapter" else None
+        batch = encode_prompts(tokenizer, [prompt], template, model.device, [system])
         tokens, _ = generate_greedy(model, tokenizer, batch, max_new_tokens)
         answer = tokenizer.decode(tokens[0], skip_special_tokens=True)
         switches.append({"to": name, "seconds": seconds, "answer": answer})

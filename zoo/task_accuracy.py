@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
+import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -39,8 +40,8 @@ class TaskAccuracy(nn.Module):
         for task in datamodule.eval_tasks("test" if stage == "test" else "validate"):
             key = metric_key(task)
             self.names[key] = task
-            if key not in self.metrics:
-                self.metrics[key] = MeanMetric()
+            if key not in self.metrics:  # float64: a bf16 default dtype (bf16-true) must not round a count
+                self.metrics[key] = MeanMetric().set_dtype(torch.float64)
 
     def update(self, datamodule: Any, tasks: list[str], texts: list[str], answers: list[Any]) -> None:
         for task, text, answer in zip(tasks, texts, answers):

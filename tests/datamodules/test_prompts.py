@@ -39,3 +39,27 @@ def test_chat_needs_a_chat_template(tiny_tokenizer):
         get_template("chat", plain)
     with pytest.raises(ValueError, match="unknown prompt_style 'llama'"):
         get_template("llama", plain)
+
+
+def test_a_system_prompt_is_a_system_turn_before_the_user(tiny_tokenizer):
+    assert get_template("chat", tiny_tokenizer, "Be brief.").render("Hi.", "") == (
+        "<|system|>\nBe brief.\n<|user|>\nHi.\n<|assistant|>\n"
+    )
+
+
+def test_an_empty_system_prompt_replaces_smollm2s_default(smollm2_tokenizer):
+    default = ChatTemplate(smollm2_tokenizer).render("What is 2 + 2?", "")
+    empty = ChatTemplate(smollm2_tokenizer, system_prompt="").render("What is 2 + 2?", "")
+    assert "You are a helpful AI assistant named SmolLM" in default
+    assert empty == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
+    count = lambda text: len(smollm2_tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    assert count(default) - count(empty) >= 12  # the quickstart's prompts are a third shorter
+
+
+def test_a_system_prompt_needs_the_chat_style(tiny_tokenizer):
+    from datamodules import ArithmeticDataModule
+
+    with pytest.raises(ValueError, match="system_prompt needs prompt_style='chat'"):
+        get_template("alpaca", tiny_tokenizer, "")
+    with pytest.raises(ValueError, match="system_prompt needs prompt_style='chat'"):
+        ArithmeticDataModule(prompt_style="alpaca", system_prompt="Be brief.")

@@ -146,3 +146,20 @@ def test_serve_answers_a_file_or_serves_http_not_both(tmp_path):
         serve(["a=x"], str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"), port=8000)
     with pytest.raises(ValueError, match="--requests and --output to answer a file, or --port"):
         serve(["a=x"], str(tmp_path / "in.jsonl"))
+
+
+def test_each_request_gets_its_adapters_template_and_system_prompt(tiny):
+    from dataclasses import replace
+
+    chat = replace(tiny.adapter("merged", 0), info={"prompt_style": "chat", "system_prompt": ""})
+    server = server_with(tiny, {"chat": chat, "alpaca": replace(tiny.adapter("merged", 1), info={"prompt_style": "alpaca"})})
+    requests = [Request("hello", "chat"), Request("hello", "alpaca"), Request("hello", None)]
+    answers = generate_mixed(server, tiny_tokenizer(), requests, max_new_tokens=NEW_TOKENS, template="adapter", logits=True)
+    tokenizer = tiny_tokenizer()
+    batch = encode_prompts(tokenizer, ["hello"] * 3, ["chat", "alpaca", "plain"], "cpu", ["", None, None])
+    with server.assign(["chat", "alpaca", None]):
+        _, logits = generate_greedy(server.model, tokenizer, batch, NEW_TOKENS, logits=True)
+    for answer, expected in zip(answers, logits):
+        torch.testing.assert_close(answer.logits, expected[: len(answer.tokens)])
+    without = encode_prompts(tokenizer, ["hello"], "chat", "cpu")  # the template's default instead
+    assert without["input_ids"].shape[1] != batch["attention_mask"][0].sum()

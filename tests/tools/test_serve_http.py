@@ -27,6 +27,8 @@ from zoo.server.process import ServerProcess
 KEY = "sk-test-key"
 SERVED = {"s2ft": None, "lora": "chat", "dora": "alpaca", "sparse": None, "full": None, "merged": "chat"}
 """Adapter (named by its method) → the prompt template it records (``None``: none recorded)."""
+SYSTEMS = {"merged": "Answer briefly."}
+"""Adapters trained with a system prompt (in the chat template)."""
 PROMPTS = ["hello", "the sea is", "a", "12 + 7 =", "once upon a time", "xyz", "Q:", "ok then"]
 LIMITS = ["--max_tokens_limit", "1000", "--max_body_bytes", "20000", "--body_timeout", "1"]
 
@@ -39,6 +41,8 @@ def adapters(tiny, tmp_path_factory):
         adapter = tiny.adapter(method, seed)
         if template is not None:
             adapter.info["prompt_style"] = template
+        if method in SYSTEMS:
+            adapter.info["system_prompt"] = SYSTEMS[method]
         out[method] = (save_adapter(adapter, root / method), adapter)
     return out
 
@@ -58,14 +62,18 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def in_process(tiny, adapters):
-    """The in-process mixed batch: greedy answers of ``[(prompt, adapter, template, max_tokens)]``."""
+    """The in-process mixed batch: greedy answers of ``[(prompt, adapter, template, max_tokens[, system])]``
+    (the system prompt: the adapter's recorded one unless given)."""
     server = MixedAdapterModel(tiny.fresh(), tiny.info)
     for name, (_, adapter) in adapters.items():
         server.add_adapter(name, adapter)
     tokenizer = tiny_tokenizer()
 
     def answer(requests):
-        todo = [GenerationRequest(prompt_ids(tokenizer, [p], t)[0], a, n) for p, a, t, n in requests]
+        todo = []
+        for prompt, adapter, template, tokens, *system in requests:
+            system = system[0] if system else SYSTEMS.get(adapter) if template == "chat" else None
+            todo.append(GenerationRequest(prompt_ids(tokenizer, [prompt], template, [system])[0], adapter, tokens))
         return [done.text for done in complete(ContinuousBatcher(server, tokenizer, 16), todo)]
 
     return answer
@@ -169,6 +177,11 @@ def test_usage_finish_reason_stop_strings_and_seeds(client, in_process):
     ]
     texts = [s.choices[0].text for s in sampled]
     assert texts[0] == texts[1] != texts[2]
+    own = [{"role": "system", "content": "Say a lot."}, {"role": "user", "content": "hello"}]
+    reply = client.chat.completions.create(model="merged", messages=own, max_tokens=8, temperature=0)
+    assert reply.choices[0].message.content == in_process([("hello", "merged", "chat", 8, "Say a lot.")])[0]
+    recorded = client.chat.completions.create(model="merged", messages=own[1:], max_tokens=8, temperature=0)
+    assert recorded.usage.prompt_tokens == len(prompt_ids(tiny_tokenizer(), ["hello"], "chat", [SYSTEMS["merged"]])[0])
 
 
 def test_32_parallel_requests_are_all_answered_as_one_at_a_time(client):

@@ -17,6 +17,7 @@ from zoo.inference.batching import Completion, ContinuousBatcher, GenerationRequ
 from zoo.inference.export import save_model_folder
 from zoo.inference.generate import (
     Template,
+    adapter_system_prompt,
     adapter_template,
     encode_prompts,
     generate_greedy,
@@ -39,6 +40,7 @@ __all__ = [
     "Sampling",
     "Template",
     "Update",
+    "adapter_system_prompt",
     "adapter_template",
     "checked_deltas",
     "complete",

@@ -2,10 +2,10 @@
 
 The generation settings live in :func:`zoo.evaluation.greedy_config`; this module adds
 the batch encoding (left padding, so every row continues at the end) and the prompt
-template: ``fit`` records the data module's ``prompt_style`` in the adapter
-(``info["prompt_style"]``, :func:`prompt_info`), so a tool can wrap a request in the
-template its adapter was trained with (:func:`adapter_template`): the LLM-Adapters
-(Alpaca) template or the tokenizer's chat template (:mod:`datamodules.prompts`).
+template: ``fit`` records the data module's ``prompt_style`` (and ``system_prompt``, when
+set) in the adapter (``info``, :func:`prompt_info`), so a tool can wrap a request in the
+template its adapter was trained with (:func:`adapter_template`, :func:`adapter_system_prompt`):
+the LLM-Adapters (Alpaca) template or the tokenizer's chat template (:mod:`datamodules.prompts`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,13 @@ the LLM-Adapters (Alpaca) template."""
 
 
 def prompt_info(datamodule: Any) -> dict[str, Any]:
-    """What an adapter records of its training prompts: the data module's ``prompt_style``."""
+    """What an adapter records of its training prompts: the data module's ``prompt_style`` and
+    ``system_prompt`` (when it sets one)."""
     style = getattr(datamodule, "prompt_style", None)
-    return {"prompt_style": style} if isinstance(style, str) else {}
+    if not isinstance(style, str):
+        return {}
+    system = getattr(datamodule, "system_prompt", None)
+    return {"prompt_style": style, **({"system_prompt": system} if isinstance(system, str) else {})}
 
 
 def adapter_template(adapter: Adapter | None) -> Template:
@@ -37,13 +41,19 @@ def adapter_template(adapter: Adapter | None) -> Template:
     return style if style in ("chat", "alpaca") else "plain"
 
 
-def render(tokenizer: Any, prompt: str, template: Template) -> tuple[str, bool]:
-    """``(text, add_special_tokens)`` of one prompt in ``template``."""
+def adapter_system_prompt(adapter: Adapter | None) -> str | None:
+    """The system prompt ``adapter`` was trained with, if its chat prompts set one."""
+    system = adapter.info.get("system_prompt") if adapter is not None else None
+    return system if isinstance(system, str) and adapter_template(adapter) == "chat" else None
+
+
+def render(tokenizer: Any, prompt: str, template: Template, system_prompt: str | None = None) -> tuple[str, bool]:
+    """``(text, add_special_tokens)`` of one prompt in ``template`` (``system_prompt``: "chat" only)."""
     if template == "plain":
         return prompt, True
     from datamodules.prompts import get_template  # the templates the data modules train with
 
-    chosen = get_template(template, tokenizer)
+    chosen = get_template(template, tokenizer, system_prompt if template == "chat" else None)
     return chosen.render(prompt, ""), chosen.add_special_tokens
 
 
@@ -60,21 +70,32 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def prompt_ids(tokenizer: Any, prompts: list[str], template: Template | Sequence[Template] | bool) -> list[list[int]]:
+def prompt_ids(
+    tokenizer: Any,
+    prompts: list[str],
+    template: Template | Sequence[Template] | bool,
+    system_prompts: Sequence[str | None] | None = None,
+) -> list[list[int]]:
     """Each prompt in its template, tokenized (no padding): what a batch is built from.
 
     ``template`` is one template for every prompt or one per prompt; ``True`` is
-    ``"chat"`` and ``False`` ``"plain"``.
+    ``"chat"`` and ``False`` ``"plain"``. ``system_prompts``: one per prompt, for its
+    "chat" template (``None``: the template's default).
     """
     if isinstance(template, bool):
         template = "chat" if template else "plain"
     templates = [template] * len(prompts) if isinstance(template, str) else list(template)
-    rows = [render(tokenizer, p, t) for p, t in zip(prompts, templates)]
+    systems = list(system_prompts) if system_prompts is not None else [None] * len(prompts)
+    rows = [render(tokenizer, p, t, s) for p, t, s in zip(prompts, templates, systems)]
     return [tokenizer(text, add_special_tokens=special)["input_ids"] for text, special in rows]
 
 
 def encode_prompts(
-    tokenizer: Any, prompts: list[str], template: Template | Sequence[Template] | bool, device: torch.device | str
+    tokenizer: Any,
+    prompts: list[str],
+    template: Template | Sequence[Template] | bool,
+    device: torch.device | str,
+    system_prompts: Sequence[str | None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Tokenize prompts as one left-padded batch (so generation continues every row at the end).
 
@@ -84,8 +105,9 @@ def encode_prompts(
         template: one template for every prompt, or one per prompt (requests of different
             adapters); ``True`` is ``"chat"`` and ``False`` ``"plain"``.
         device: where the tensors go.
+        system_prompts: one per prompt, for its "chat" template (``None``: the template's default).
     """
-    ids = prompt_ids(tokenizer, prompts, template)
+    ids = prompt_ids(tokenizer, prompts, template, system_prompts)
     width = max(map(len, ids), default=0)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], dtype=torch.long)  # [B, T], left-padded

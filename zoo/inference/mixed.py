@@ -38,7 +38,7 @@ from torch.utils.hooks import RemovableHandle
 
 from zoo.adapter import Adapter, AdapterError, BaseModelInfo
 from zoo.inference.adapters import FIT_ERRORS, checked_deltas, hooks_for
-from zoo.inference.generate import Template, adapter_template
+from zoo.inference.generate import Template, adapter_system_prompt, adapter_template
 from zoo.serving import SliceDelta
 
 MAX_STACKS = 4096
@@ -215,6 +215,7 @@ class MixedAdapterModel:
         self.base_info = base_info
         self.adapters: dict[str, dict[str, nn.Module]] = {}
         self.templates: dict[str, Template] = {}  # the prompt template each adapter was trained with
+        self.system_prompts: dict[str, str | None] = {}  # and its chat system prompt, when it set one
         self._hooks: dict[str, RemovableHandle] = {}
         self._plans: dict[str, ModulePlan] = {}
         self._stacks: dict[tuple[str, tuple[str, ...]], StackedColumns] = {}  # (module, adapters) → blocks
@@ -245,6 +246,7 @@ class MixedAdapterModel:
         self.adapters[name] = {n: d.to(device).eval() for n, d in deltas.items()}
         self._stacks.clear()
         self.templates[name] = adapter_template(adapter)
+        self.system_prompts[name] = adapter_system_prompt(adapter)
         for module_name in deltas:
             if module_name not in self._hooks:
                 self._hooks[module_name] = modules[module_name].register_forward_hook(self._hook(module_name))
@@ -253,6 +255,7 @@ class MixedAdapterModel:
         """Forget an adapter; unhook modules no adapter changes any more."""
         del self.adapters[name]
         del self.templates[name]
+        del self.system_prompts[name]
         self._stacks.clear()
         used = {m for deltas in self.adapters.values() for m in deltas}
         for module_name in [m for m in self._hooks if m not in used]:

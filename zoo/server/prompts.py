@@ -18,7 +18,9 @@ template      ``/v1/completions`` prompt      ``/v1/chat/completions`` messages
 ============  ==============================  ==========================================
 
 The base model (and an adapter that records no template) answers completions in ``plain``
-and chat requests in the chat template, when the tokenizer has one.
+and chat requests in the chat template, when the tokenizer has one. An adapter trained with a
+system prompt (:func:`zoo.inference.adapter_system_prompt`) gets it in its chat template, unless
+the request brings its own system message.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from zoo.inference import Template, adapter_template, read_adapter
+from zoo.inference import Template, adapter_system_prompt, adapter_template, read_adapter
 from zoo.inference.generate import render
 from zoo.loading import load_config, load_tokenizer
 from zoo.server.config import ServerConfig
@@ -58,13 +60,22 @@ class Prompts:
         tokenizer: the base model's tokenizer.
         templates: adapter name → the template it was trained with.
         context: the model's context length (prompt and answer together).
+        systems: adapter name → the system prompt it was trained with (chat template), if any.
     """
 
-    def __init__(self, config: ServerConfig, tokenizer: Any, templates: dict[str, Template], context: int) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        tokenizer: Any,
+        templates: dict[str, Template],
+        context: int,
+        systems: dict[str, str | None] | None = None,
+    ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.templates = templates
         self.context = context
+        self.systems = systems or {}
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
 
     @classmethod
@@ -75,17 +86,18 @@ class Prompts:
             AdapterError: an adapter folder is missing or its method is not installed.
             ValueError: the tokenizer has no chat template but ``prompt_style`` is ``chat``.
         """
-        templates, base = {}, config.base_model
+        templates, systems, base = {}, {}, config.base_model
         for name, path in config.adapters.items():
             adapter = read_adapter(path)
             templates[name] = adapter_template(adapter)
+            systems[name] = adapter_system_prompt(adapter)
             base = base or adapter.base.name_or_path
         if base is None:
             raise ValueError("give the base model (no adapter to read it from)")
         tokenizer = load_tokenizer(base)
         if config.prompt_style == "chat" and not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"--prompt_style chat needs a tokenizer with a chat template; {base}'s has none")
-        return cls(config, tokenizer, templates, int(load_config(base).max_position_embeddings))
+        return cls(config, tokenizer, templates, int(load_config(base).max_position_embeddings), systems)
 
     def adapter(self, model: str) -> str | None:
         """The adapter a request's ``model`` names (``None``: the base).
@@ -110,7 +122,7 @@ class Prompts:
         if not request.text:
             raise ApiError(400, "prompt is empty", param="prompt", code="empty_prompt")
         template = self._template(adapter, chat=False)
-        text, special = render(self.tokenizer, request.text, template)
+        text, special = render(self.tokenizer, request.text, template, self._system(adapter, template))
         return self._job(request, adapter, self._ids(text, special, "prompt"), "prompt")
 
     def chat(self, request: ChatRequest) -> Job:
@@ -121,6 +133,9 @@ class Prompts:
         template = self._template(adapter, chat=True)
         if template == "chat":
             messages = [{"role": m.role, "content": m.text} for m in request.messages]
+            system = self._system(adapter, template)
+            if system is not None and not any(m.role in ("system", "developer") for m in request.messages):
+                messages.insert(0, {"role": "system", "content": system})  # as the adapter was trained
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             special = False
         else:
@@ -134,6 +149,12 @@ class Prompts:
         if recorded == "plain" and chat and self.has_chat_template:
             return "chat"
         return recorded
+
+    def _system(self, adapter: str | None, template: Template) -> str | None:
+        """The adapter's recorded system prompt, when requests follow the adapter's own template."""
+        if self.config.prompt_style != "adapter" or adapter is None or template != "chat":
+            return None
+        return self.systems.get(adapter)
 
     def _one_turn(self, request: ChatRequest, adapter: str | None, template: Template) -> str:
         """The one user turn a single-turn template takes (a system message goes before it)."""

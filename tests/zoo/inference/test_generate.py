@@ -7,7 +7,7 @@ from tiny_models import tiny_tokenizer
 
 from datamodules.prompts import ALPACA_NO_INPUT
 from zoo.adapter import Adapter, BaseModelInfo
-from zoo.inference import adapter_template, encode_prompts, prompt_info
+from zoo.inference import adapter_system_prompt, adapter_template, encode_prompts, prompt_info
 
 
 class FakeData:
@@ -21,6 +21,28 @@ def test_fit_records_the_data_modules_prompt_style_and_tools_read_it():
     assert adapter_template(adapter) == "alpaca"
     assert adapter_template(None) == "plain"  # the base model
     assert adapter_template(Adapter("merged", {}, [], adapter.base, {}, {})) == "plain"  # recorded none
+
+
+class ChatData:
+    prompt_style = "chat"
+    system_prompt = ""
+
+
+def test_fit_records_the_chat_system_prompt_and_serving_renders_it():
+    info = prompt_info(ChatData())
+    assert info == {"prompt_style": "chat", "system_prompt": ""}
+    adapter = Adapter("merged", {}, [], BaseModelInfo("tiny", "llama", {}, "x"), {}, info)
+    assert adapter_system_prompt(adapter) == ""
+    assert adapter_system_prompt(None) is None
+    assert adapter_system_prompt(Adapter("merged", {}, [], adapter.base, {}, {"prompt_style": "chat"})) is None
+    tokenizer = tiny_tokenizer()
+    with_system = encode_prompts(tokenizer, ["Hi", "Hi"], "chat", "cpu", ["", None])
+    text = tokenizer.apply_chat_template(
+        [{"role": "system", "content": ""}, {"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert with_system["input_ids"][0].tolist() == expected
+    assert with_system["attention_mask"][1].sum() < len(expected)  # the row without one is shorter
 
 
 def test_each_row_is_encoded_in_its_own_template_and_left_padded():
