@@ -47,7 +47,8 @@ from zoo.inference import (
     prompt_ids,
     read_adapter,
 )
-from zoo.loading import load_tokenizer
+from zoo.inference.kv_cache import bytes_per_token
+from zoo.loading import DTYPES, load_tokenizer
 from zoo.outputs import atomic_file
 from zoo.server import PromptStyle, ServerConfig, run_server
 
@@ -83,6 +84,7 @@ def generate_mixed(
     max_new_tokens: int = 64,
     template: PromptStyle | bool = False,
     logits: bool = False,
+    max_batch_tokens: int | None = None,
 ) -> list[Answer]:
     """Answer requests greedily, in order, each with its own adapter: up to ``batch_size`` of
     them decode together in one batch, and a finished request's place goes to the next
@@ -98,10 +100,11 @@ def generate_mixed(
             ``plain``), or ``adapter``: each request in the template its adapter was
             trained with (recorded in the adapter; ``plain`` for the base model).
         logits: also return each answer's logits.
+        max_batch_tokens: the KV cache's budget in tokens (see :class:`zoo.inference.ContinuousBatcher`).
 
     Raises:
         KeyError: a request names an adapter that is not loaded.
-        ValueError: a prompt is empty in its template.
+        ValueError: a prompt is empty in its template, or needs more than the KV budget alone.
     """
     unknown = sorted({r.adapter for r in requests if r.adapter is not None and r.adapter not in server.adapters})
     if unknown:
@@ -113,7 +116,7 @@ def generate_mixed(
         if not row:
             raise ValueError(f"request {number}: the prompt is empty (no tokens in its template)")
     todo = [GenerationRequest(row, r.adapter, r.max_new_tokens or max_new_tokens) for r, row in zip(requests, ids)]
-    batcher = ContinuousBatcher(server, tokenizer, batch_size, keep_logits=logits)
+    batcher = ContinuousBatcher(server, tokenizer, batch_size, keep_logits=logits, max_batch_tokens=max_batch_tokens)
     return [
         Answer(request.prompt, request.adapter, done.text, done.tokens, done.logits)
         for request, done in zip(requests, complete(batcher, todo))
@@ -181,6 +184,7 @@ def serve(
     api_key: str | None = None,
     base_name: str = "base",
     batch_window: float = 0.01,
+    kv_cache_gb: float = 4.0,
     max_tokens_limit: int = 1024,
     temperature: float = 1.0,
     request_timeout: float = 300.0,
@@ -214,6 +218,8 @@ def serve(
             ``FTZOO_API_KEY`` environment variable; none: no check).
         base_name: HTTP: the ``model`` name of the base model without an adapter.
         batch_window: HTTP: seconds an idle server waits after a request for more to batch with it.
+        kv_cache_gb: memory the batch's KV cache may take: requests wait for a place while the
+            running ones could outgrow it (over HTTP, one that alone would gets a 400).
         max_tokens_limit: HTTP: the most ``max_tokens`` a request may ask for (more: 400).
         temperature: HTTP: temperature of requests that give none (0: greedy; OpenAI's default is 1).
         request_timeout: HTTP: seconds a request may wait and decode (then 504).
@@ -238,6 +244,7 @@ def serve(
             device=device,
             batch_size=batch_size,
             batch_window=batch_window,
+            kv_cache_gb=kv_cache_gb,
             max_new_tokens=max_new_tokens,
             max_tokens_limit=max_tokens_limit,
             temperature=temperature,
@@ -260,7 +267,8 @@ def serve(
     server = MixedAdapterModel(model, info)
     for name, adapter in loaded.items():
         server.add_adapter(name, adapter)
-    answers = generate_mixed(server, tokenizer, todo, batch_size, max_new_tokens, style)
+    budget = int(kv_cache_gb * 2**30) // bytes_per_token(model.config, DTYPES[dtype])
+    answers = generate_mixed(server, tokenizer, todo, batch_size, max_new_tokens, style, max_batch_tokens=budget)
     rows = [_row(a) for a in answers]
     with atomic_file(output) as handle:
         for row in rows:

@@ -8,7 +8,8 @@ each adapter's delta modules only on its rows), and its KV cache. Each :meth:`st
 1. drops requests that were cancelled;
 2. decodes one token for every running request (one forward pass of the whole batch);
 3. lets finished requests leave: their rows are cut out of the cache;
-4. admits waiting requests into the free places: their prompts are prefilled together
+4. admits waiting requests into the free places (within the KV cache's budget, if any):
+   their prompts are prefilled together
    (one forward pass, left-padded) and their rows joined to the cache
    (:mod:`zoo.inference.kv_cache`), so from the next step on they decode with the rest.
 
@@ -102,13 +103,22 @@ class ContinuousBatcher:
         tokenizer: the base model's tokenizer (EOS, padding, text).
         max_batch_size: requests decoded together at most; the rest wait in arrival order.
         keep_logits: keep each answer's logits (tests compare them with a fused model's).
+        max_batch_tokens: the KV cache's budget, in tokens: requests join only while
+            ``rows × longest (prompt + max_new_tokens)`` stays within it (every row of the
+            cache is as wide as the longest), so the cache never outgrows memory; ``None``: no
+            budget.
 
     Raises:
         UnsupportedCacheError: the model's KV cache has sliding-window (or other) layers.
     """
 
     def __init__(
-        self, server: MixedAdapterModel, tokenizer: Any, max_batch_size: int = 16, keep_logits: bool = False
+        self,
+        server: MixedAdapterModel,
+        tokenizer: Any,
+        max_batch_size: int = 16,
+        keep_logits: bool = False,
+        max_batch_tokens: int | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -118,6 +128,7 @@ class ContinuousBatcher:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.keep_logits = keep_logits
+        self.max_batch_tokens = max_batch_tokens
         self.device = next(self.model.parameters()).device
         self.context = getattr(self.model.config, "max_position_embeddings", None)
         eos = tokenizer.eos_token_id
@@ -153,6 +164,11 @@ class ContinuousBatcher:
             raise ValueError(f"max_new_tokens must be at least 1, got {request.max_new_tokens}")
         if self.context is not None and len(request.ids) >= self.context:
             raise ValueError(f"the prompt has {len(request.ids)} tokens; the model's context is {self.context}")
+        if self.max_batch_tokens is not None and _span(request) > self.max_batch_tokens:
+            raise ValueError(
+                f"the prompt ({len(request.ids)} tokens) and max_new_tokens ({request.max_new_tokens}) exceed the "
+                f"KV cache budget of {self.max_batch_tokens} tokens"
+            )
         if request.adapter is not None and request.adapter not in self.server.adapters:
             raise KeyError(f"adapter {request.adapter!r} is not loaded (loaded: {sorted(self.server.adapters)})")
         generator = request.sampling.generator(self.device)
@@ -184,10 +200,23 @@ class ContinuousBatcher:
             if self.rows:
                 updates += self._decode()
                 self._leave([row for row in self.rows if row.finish is not None])
-            room = self.max_batch_size - len(self.rows)
-            if room > 0 and self.waiting:
-                updates += self._prefill([self.waiting.popleft() for _ in range(min(room, len(self.waiting)))])
+            joining = self._admit()
+            if joining:
+                updates += self._prefill(joining)
         return updates
+
+    def _admit(self) -> list[_Row]:
+        """Waiting requests, in arrival order, while there are places and the KV budget holds."""
+        joining: list[_Row] = []
+        longest = max((_span(row.request) for row in self.rows), default=0)
+        while self.waiting and len(self.rows) + len(joining) < self.max_batch_size:
+            wider = max(longest, _span(self.waiting[0].request))
+            rows = len(self.rows) + len(joining) + 1
+            if self.max_batch_tokens is not None and rows * wider > self.max_batch_tokens:
+                break  # the first in line waits for rows to leave (none is passed over)
+            joining.append(self.waiting.popleft())
+            longest = wider
+        return joining
 
     # ------------------------------------------------------------------ forward passes
 
@@ -274,6 +303,11 @@ class ContinuousBatcher:
             return
         mask = keep_rows(self._cache, self._mask, torch.tensor(kept, device=self.device))
         self._mask = trim_padding(self._cache, mask)
+
+
+def _span(request: GenerationRequest) -> int:
+    """The most cache columns a request can need: its prompt and its longest answer."""
+    return len(request.ids) + request.max_new_tokens
 
 
 def complete(batcher: ContinuousBatcher, requests: Iterable[GenerationRequest]) -> list[Completion]:

@@ -12,6 +12,10 @@ Rows are left-padded, so every row's next token goes at the same column ``T``::
 * :func:`keep_rows` drops the rows of finished requests;
 * :func:`trim_padding` cuts columns that are padding in every row that is left.
 
+Since every row is as wide as the longest, the cache of ``B`` rows takes
+``B × longest × bytes_per_token`` bytes: what :class:`zoo.inference.ContinuousBatcher`
+budgets with ``max_batch_tokens``.
+
 Only full-attention layers (``DynamicLayer``) are supported: a sliding-window layer keeps
 a window whose left edge differs per row, which these operations cannot line up.
 """
@@ -27,6 +31,13 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 class UnsupportedCacheError(TypeError):
     """The model's KV cache has layers that rows cannot be moved in and out of."""
+
+
+def bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """Bytes of KV cache one token takes in every layer (keys and values)."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * torch.finfo(dtype).bits // 8
 
 
 def check_supported(config: Any) -> None:

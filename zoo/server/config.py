@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from zoo.inference.kv_cache import bytes_per_token
+from zoo.loading import DTYPES
 
 PromptStyle = Literal["adapter", "plain", "chat", "alpaca"]
 """How requests become prompts: each in its adapter's training template, or all in one."""
@@ -21,6 +24,8 @@ class ServerConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         batch_size: requests decoded together at most; the rest wait for a place.
         batch_window: seconds an idle server waits after a request for others to batch with it.
+        kv_cache_gb: memory the batch's KV cache may take: requests wait for a place while
+            the running ones could outgrow it, and one that alone would is refused (400).
         max_new_tokens: answer length of a request that gives no ``max_tokens``.
         max_tokens_limit: the most ``max_tokens`` a request may ask for.
         temperature: temperature of a request that gives none (OpenAI's default is 1).
@@ -41,6 +46,7 @@ class ServerConfig:
     device: str = "auto"
     batch_size: int = 32
     batch_window: float = 0.01
+    kv_cache_gb: float = 4.0
     max_new_tokens: int = 64
     max_tokens_limit: int = 1024
     temperature: float = 1.0
@@ -58,9 +64,16 @@ class ServerConfig:
             raise ValueError("batch_size, max_new_tokens and max_tokens_limit must be at least 1")
         if self.max_new_tokens > self.max_tokens_limit:
             raise ValueError(f"max_new_tokens {self.max_new_tokens} is above max_tokens_limit {self.max_tokens_limit}")
+        if self.kv_cache_gb <= 0:
+            raise ValueError("kv_cache_gb must be positive")
         for name in ("batch_window", "request_timeout", "body_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+
+    def kv_budget(self, model_config: Any) -> int:
+        """``kv_cache_gb`` in tokens of the model's KV cache."""
+        per_token = bytes_per_token(model_config, DTYPES[self.dtype])
+        return int(self.kv_cache_gb * 2**30) // per_token
 
     @property
     def models(self) -> list[str]:

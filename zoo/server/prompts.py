@@ -61,6 +61,7 @@ class Prompts:
         templates: adapter name → the template it was trained with.
         context: the model's context length (prompt and answer together).
         systems: adapter name → the system prompt it was trained with (chat template), if any.
+        kv_budget: the KV cache's budget in tokens (``kv_cache_gb``); ``None``: none.
     """
 
     def __init__(
@@ -70,12 +71,14 @@ class Prompts:
         templates: dict[str, Template],
         context: int,
         systems: dict[str, str | None] | None = None,
+        kv_budget: int | None = None,
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.templates = templates
         self.context = context
         self.systems = systems or {}
+        self.kv_budget = kv_budget
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
 
     @classmethod
@@ -97,7 +100,9 @@ class Prompts:
         tokenizer = load_tokenizer(base)
         if config.prompt_style == "chat" and not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"--prompt_style chat needs a tokenizer with a chat template; {base}'s has none")
-        return cls(config, tokenizer, templates, int(load_config(base).max_position_embeddings), systems)
+        model_config = load_config(base)
+        context = int(model_config.max_position_embeddings)
+        return cls(config, tokenizer, templates, context, systems, config.kv_budget(model_config))
 
     def adapter(self, model: str) -> str | None:
         """The adapter a request's ``model`` names (``None``: the base).
@@ -194,10 +199,19 @@ class Prompts:
                 param=param,
                 code="context_length_exceeded",
             )
+        tokens = asked if asked is not None else min(self.config.max_new_tokens, room)
+        if self.kv_budget is not None and len(ids) + tokens > self.kv_budget:
+            raise ApiError(
+                400,
+                f"the prompt ({len(ids)} tokens) and max_tokens ({tokens}) need more KV cache than this server "
+                f"holds for one request ({self.kv_budget} tokens, its --kv_cache_gb {self.config.kv_cache_gb:g})",
+                param=param,
+                code="context_length_exceeded",
+            )
         return Job(
             ids=ids,
             adapter=adapter,
-            max_tokens=asked if asked is not None else min(self.config.max_new_tokens, room),
+            max_tokens=tokens,
             temperature=request.temperature if request.temperature is not None else self.config.temperature,
             top_p=request.top_p if request.top_p is not None else 1.0,
             seed=request.seed,

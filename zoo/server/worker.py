@@ -78,7 +78,8 @@ class BatchingAPI(ls.LitAPI):
         for name, adapter in adapters.items():
             server.add_adapter(name, adapter)
         del adapters  # the delta modules hold what serving needs
-        self.batcher = ContinuousBatcher(server, load_tokenizer(info.name_or_path), self.max_batch_size)
+        budget = self.config.kv_budget(model.config)
+        self.batcher = ContinuousBatcher(server, load_tokenizer(info.name_or_path), self.max_batch_size, False, budget)
 
     def authorize(self, request: Request) -> None:
         """A FastAPI dependency of every route (LitServe's hook): ``Authorization: Bearer <api_key>``."""
@@ -121,7 +122,9 @@ class BatcherLoop(LitLoop):
             except Exception as err:  # a failed step fails its batch, not the server
                 log.exception("decoding step failed")
                 self._fail_all(transport, f"the model failed on this batch: {type(err).__name__}: {err}")
-                lit_api.batcher = batcher = ContinuousBatcher(batcher.server, batcher.tokenizer, batcher.max_batch_size)
+                lit_api.batcher = batcher = ContinuousBatcher(
+                    batcher.server, batcher.tokenizer, batcher.max_batch_size, False, batcher.max_batch_tokens
+                )
                 continue
             self.counts["peak_running"] = max(self.counts["peak_running"], len(batcher.rows))
             for update in updates:

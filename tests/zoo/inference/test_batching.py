@@ -202,3 +202,24 @@ def test_a_model_with_sliding_window_layers_is_refused_up_front():
     server = MixedAdapterModel(model, BaseModelInfo.of(model, "tiny"))
     with pytest.raises(UnsupportedCacheError, match="DynamicSlidingWindowLayer"):
         ContinuousBatcher(server, tiny_tokenizer())
+
+
+def test_the_kv_budget_holds_requests_back_until_rows_leave(base, adapters):
+    """Budget 3 × 20 tokens: each request may need 4 + 16 columns, so three run together at most,
+    the rest wait their turn in order, and every answer is what it is without a budget."""
+    tokenizer = tiny_tokenizer()
+    names = [*adapters, None]
+    requests = [GenerationRequest([5 + i, 6, 7, 8], names[i % len(names)], 16) for i in range(7)]
+    free = complete(ContinuousBatcher(served(base, adapters), tokenizer, 8), requests)
+    batcher = ContinuousBatcher(served(base, adapters), tokenizer, 8, max_batch_tokens=3 * 20)
+    for i, request in enumerate(requests):
+        batcher.submit(i, request)
+    done, widest = {}, 0
+    while batcher.busy:
+        done.update({u.uid: u.completion for u in batcher.step() if u.completion is not None})
+        widest = max(widest, len(batcher.rows))
+        assert batcher._mask is None or batcher._mask.numel() <= 3 * 20
+    assert widest == 3
+    assert [done[i].tokens for i in range(7)] == [answer.tokens for answer in free]
+    with pytest.raises(ValueError, match="KV cache budget of 60 tokens"):
+        batcher.submit("big", GenerationRequest([5] * 10, None, 51))
