@@ -20,6 +20,7 @@ place in the batch goes to the next request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -31,6 +32,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from litserve.specs.base import LitSpec
 from litserve.utils import ResponseBufferItem
+from starlette.background import BackgroundTask
 
 from zoo.server import protocol
 from zoo.server.config import ServerConfig
@@ -115,42 +117,42 @@ class OpenAIRoutes(LitSpec):
     async def _answer(
         self, job: Job, model: str, body: ChatRequest | CompletionRequest, request: Request, chat: bool
     ) -> Any:
-        uid = uuid.uuid4().hex
-        item = ResponseBufferItem(event=asyncio.Event(), response_queue=deque())
-        self.response_buffer[uid] = item
-        self.request_queue.put((self.response_queue_id, uid, time.monotonic(), job.payload()))
+        pending = Pending(self, uuid.uuid4().hex)
+        self.request_queue.put((self.response_queue_id, pending.uid, time.monotonic(), job.payload()))
         deadline = asyncio.get_running_loop().time() + self.config.request_timeout
-        messages = self._messages(uid, item, deadline, None if job.stream else request)
+        messages = self._messages(pending, deadline, None if job.stream else request)
         if job.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = self._events(uid, model, messages, chat, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream")
-        async for message in messages:
-            if "finish_reason" in message:
-                build = protocol.chat_completion if chat else protocol.text_completion
-                answer = build(uid, model, message["text"], message["finish_reason"], *_counts(message))
-                return JSONResponse(answer)
+            events = self._events(pending.uid, model, messages, chat, include_usage)
+            cleanup = BackgroundTask(pending.close)  # runs however the stream ends, even if it never started
+            return StreamingResponse(events, media_type="text/event-stream", background=cleanup)
+        async with contextlib.aclosing(messages):
+            async for message in messages:
+                if "finish_reason" in message:
+                    build = protocol.chat_completion if chat else protocol.text_completion
+                    text, finish = message["text"], message["finish_reason"]
+                    return JSONResponse(build(pending.uid, model, text, finish, *_counts(message)))
         return Response(status_code=CLIENT_CLOSED)  # the client left; nobody reads this
 
     async def _messages(
-        self, uid: str, item: ResponseBufferItem, deadline: float, waiting: Request | None
+        self, pending: Pending, deadline: float, waiting: Request | None
     ) -> AsyncIterator[dict[str, Any]]:
-        """The worker's messages for ``uid`` until the final one; cancels the request if it ends early.
+        """The worker's messages for a request until the final one; cancels the request if it ends early.
 
         Raises:
             ApiError: 504 past the deadline; the worker's error.
         """
-        loop, finished = asyncio.get_running_loop(), False
+        loop, item = asyncio.get_running_loop(), pending.item
         try:
             while True:
                 while item.response_queue:
                     message, _status = item.response_queue.popleft()
                     if "error" in message:
-                        finished = True
+                        pending.finished = True
                         raise ApiError(message.get("status", 500), message["error"])
-                    finished = "finish_reason" in message
+                    pending.finished = "finish_reason" in message
                     yield message
-                    if finished:
+                    if pending.finished:
                         return
                 item.event.clear()
                 left = deadline - loop.time()
@@ -167,9 +169,7 @@ class OpenAIRoutes(LitSpec):
                     if waiting is not None and await waiting.is_disconnected():
                         return  # the request is cancelled below
         finally:
-            self.response_buffer.pop(uid, None)
-            if not finished:  # timed out, disconnected, or the stream was closed: free its place
-                self.request_queue.put((self.response_queue_id, uid, time.monotonic(), {"cancel": True}))
+            pending.close()
 
     async def _events(
         self, uid: str, model: str, messages: AsyncIterator[dict[str, Any]], chat: bool, include_usage: bool
@@ -204,6 +204,29 @@ class OpenAIRoutes(LitSpec):
         finally:
             await messages.aclose()
         yield "data: [DONE]\n\n"
+
+
+class Pending:
+    """One request between the HTTP process and the worker: where its messages arrive, and
+    its clean-up (once, whichever way it ends): forget its buffer, and unless it finished,
+    cancel it in the worker so that its place in the batch goes to the next request."""
+
+    def __init__(self, routes: OpenAIRoutes, uid: str) -> None:
+        self.routes = routes
+        self.uid = uid
+        self.item = ResponseBufferItem(event=asyncio.Event(), response_queue=deque())
+        routes.response_buffer[uid] = self.item
+        self.finished = False
+        self.closed = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.routes.response_buffer.pop(self.uid, None)
+        if not self.finished:  # timed out, disconnected, or the stream was closed
+            cancel = (self.routes.response_queue_id, self.uid, time.monotonic(), {"cancel": True})
+            self.routes.request_queue.put(cancel)
 
 
 def _counts(message: dict[str, Any]) -> tuple[int, int]:
