@@ -163,3 +163,19 @@ def test_each_request_gets_its_adapters_template_and_system_prompt(tiny):
         torch.testing.assert_close(answer.logits, expected[: len(answer.tokens)])
     without = encode_prompts(tokenizer, ["hello"], "chat", "cpu")  # the template's default instead
     assert without["input_ids"].shape[1] != batch["attention_mask"][0].sum()
+
+
+def test_stacked_blocks_are_kept_per_set_of_adapters_whatever_rows_they_hold(tiny):
+    server = server_with(tiny, {f"m{seed}": tiny.adapter("merged", seed) for seed in range(3)})
+
+    def stacks(names):
+        with server.assign(names):
+            return {m: plan.columns.weight for m, plan in server._plans.items() if plan.columns is not None}
+
+    first = stacks(["m0", "m1", "m2"])
+    again = stacks(["m2", None, "m0", "m1", "m1"])  # the same set in other rows: the same stacks
+    assert first and again.keys() == first.keys() and all(again[m] is first[m] for m in first)
+    assert len(server._stacks) == len(first)
+    for subset in (["m0", "m1"], ["m1", "m2"], ["m0", "m2"]):  # other sets: new stacks, the oldest dropped
+        assert all(weight is not first[m] for m, weight in stacks(subset).items())
+        assert len(server._stacks) <= 2 * len(server._hooks)

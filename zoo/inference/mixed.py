@@ -23,13 +23,15 @@ Per module and batch, a *plan* applies the deltas:
 
 Plans are cheap to rebuild (continuous batching assigns a new batch whenever a request
 joins or leaves): the row indices are built once per batch (:class:`Assignment`) and the
-stacked column blocks are kept per module and order of adapters (:class:`StackedColumns`).
+stacked column blocks are kept per module for the sets of adapters batched recently
+(:class:`StackedColumns`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -41,8 +43,8 @@ from zoo.inference.adapters import FIT_ERRORS, checked_deltas, hooks_for
 from zoo.inference.generate import Template, adapter_system_prompt, adapter_template
 from zoo.serving import SliceDelta
 
-MAX_STACKS = 4096
-"""Stacked column blocks kept between batches (one per module and order of adapters in a batch)."""
+STACKS_PER_MODULE = 2
+"""Stacked column blocks kept between batches, per hooked module (the most recent sets of adapters)."""
 MAX_PADDING = 2.0
 """A :class:`ColumnPlan` may stack at most this many times the columns the adapters hold
 (padding to the widest adapter); beyond that the loop is cheaper."""
@@ -127,12 +129,13 @@ class ColumnPlan:
     """Column-sliced linear deltas (no row slice, no bias) of several adapters, batched.
 
     Args:
-        names: the adapters, ordered by their first row in the batch.
+        names: the adapters, in the model's order (the order they were added).
         stacked: their stacked column blocks, in the same order.
         assignment: the batch's rows.
     """
 
     def __init__(self, names: tuple[str, ...], stacked: StackedColumns, assignment: Assignment) -> None:
+        """``names`` in the model's order of adapters; row ``i`` of ``stacked`` is adapter ``names[i]``."""
         self.rows, self.mask, self.direct, self.rmax = assignment.padded(names)
         self.cols, self.weight, self.kmax, self.out = stacked.cols, stacked.weight, stacked.kmax, stacked.out
 
@@ -168,6 +171,8 @@ class ModulePlan:
         assigned: ``(adapter, delta module)`` of the adapters in the batch that change this module.
         assignment: the batch's rows.
         stack: the stacked column blocks of a tuple of adapters (cached by the model).
+        order: each adapter's place in the model's order (stacks follow it, so that one set
+            of adapters has one stack whatever rows they hold).
     """
 
     def __init__(
@@ -175,6 +180,7 @@ class ModulePlan:
         assigned: list[tuple[str, nn.Module]],
         assignment: Assignment,
         stack: Callable[[tuple[str, ...], list[SliceDelta]], StackedColumns],
+        order: dict[str, int],
     ) -> None:
         self.batch_rows = assignment.batch_rows
         columns = [(n, d) for n, d in assigned if _column_kind(d)]
@@ -182,7 +188,7 @@ class ModulePlan:
         widest = max((len(_columns(d)) for _, d in columns), default=0)
         if len(columns) < 2 or len(columns) * widest > MAX_PADDING * held:
             columns = []  # one adapter, or very uneven widths: the loop is as fast
-        columns.sort(key=lambda group: assignment.rows[group[0]][0])
+        columns.sort(key=lambda group: order[group[0]])
         batched = {id(d) for _, d in columns}
         self.columns = None
         if columns:
@@ -218,7 +224,7 @@ class MixedAdapterModel:
         self.system_prompts: dict[str, str | None] = {}  # and its chat system prompt, when it set one
         self._hooks: dict[str, RemovableHandle] = {}
         self._plans: dict[str, ModulePlan] = {}
-        self._stacks: dict[tuple[str, tuple[str, ...]], StackedColumns] = {}  # (module, adapters) → blocks
+        self._stacks: OrderedDict[tuple[str, tuple[str, ...]], StackedColumns] = OrderedDict()  # least recent first
         self._in_delta = False
 
     def add_adapter(self, name: str, adapter: Adapter) -> None:
@@ -275,10 +281,14 @@ class MixedAdapterModel:
         return hook
 
     def _stacked(self, module_name: str, names: tuple[str, ...], deltas: list[SliceDelta]) -> StackedColumns:
+        """The stacked blocks of ``names`` for one module, kept for the sets of adapters batched recently
+        (a running batch keeps the same set for many steps while its rows come and go)."""
         key = (module_name, names)
-        if key not in self._stacks:
-            if len(self._stacks) >= MAX_STACKS:
-                self._stacks.pop(next(iter(self._stacks)))  # the oldest
+        if key in self._stacks:
+            self._stacks.move_to_end(key)
+        else:
+            while len(self._stacks) >= STACKS_PER_MODULE * max(len(self._hooks), 1):
+                self._stacks.popitem(last=False)
             self._stacks[key] = StackedColumns(deltas)
         return self._stacks[key]
 
@@ -297,8 +307,9 @@ class MixedAdapterModel:
         for name in assignment.rows:
             for module_name, delta in self.adapters[name].items():
                 per_module.setdefault(module_name, []).append((name, delta))
+        order = {name: i for i, name in enumerate(self.adapters)}
         self._plans = {
-            m: ModulePlan(assigned, assignment, functools.partial(self._stacked, m))
+            m: ModulePlan(assigned, assignment, functools.partial(self._stacked, m), order)
             for m, assigned in per_module.items()
         }
         try:
