@@ -21,6 +21,10 @@ so. LoRA: rank 32 on q, k, v, up, down, random factors. Results go to JSON; ``--
 rewrites the "Serving" section of ``docs/benchmarks.md`` from them::
 
     python -m tools.bench.serve --output bench_results/serve.json --docs docs/benchmarks.md
+
+``--http true`` runs the load test of the HTTP server instead (:mod:`tools.bench.serve_http`)::
+
+    python -m tools.bench.serve --http true --threads 2 --docs docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -417,12 +421,12 @@ def bench_serve(
     max_tokens: int = 32,
 ) -> dict[str, Any]:
     """Benchmark switching and mixed-adapter decoding: S²FT vs LoRA vs fused; or, with
-    ``--http``, the HTTP server under load (:mod:`tools.bench.serve_http`).
+    ``--http true``, the HTTP server under load (:mod:`tools.bench.serve_http`).
 
     Args:
         output: JSON file of the results (default ``bench_results/serve.json``, with
-            ``--http`` ``bench_results/serve_http.json``).
-        docs: Markdown file whose "Serving" section (with ``--http``: "Serving over HTTP")
+            ``--http true`` ``bench_results/serve_http.json``).
+        docs: Markdown file whose "Serving" section (with ``--http true``: "Serving over HTTP")
             is rewritten from the results.
         adapter_counts: distinct adapters in the batch, one measurement each.
         batch_size: requests per batch (at least the largest adapter count).

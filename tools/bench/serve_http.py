@@ -1,7 +1,7 @@
 """Load test of the HTTP server: concurrent OpenAI clients against continuous batching, and
 against the same server decoding one request at a time, side by side in one run.
 
-``python -m tools.bench.serve --http --docs docs/benchmarks.md`` (see :func:`bench_http`):
+``python -m tools.bench.serve --http true --docs docs/benchmarks.md`` (see :func:`bench_http`):
 
 * adapters: ``adapters`` of the base model, alternately S²FT (its plugin, default budget)
   and ftzoo's LoRA, built as :func:`tools.bench.serve.perturbed_adapter` builds them
@@ -247,9 +247,11 @@ def verdict(results: dict[str, Any]) -> str:
 
 def http_docs_section(results: dict[str, Any]) -> str:
     c = results["config"]
+    threads = f" --threads {c['threads']}" if c["threads"] is not None else ""
     return (
         f"{SECTION}\n\n"
-        f"Written by `python -m tools.bench.serve --http --docs docs/benchmarks.md` from `{c['output']}` "
+        f"Written by `python -m tools.bench.serve --http true{threads} --docs docs/benchmarks.md` "
+        f"from `{c['output']}` "
         f"({results['date']}, torch {results['torch']}, {results['cpu']}; load average "
         f"{results['load_average'][0]:.2f} at the start and {results['load_average'][1]:.2f} at the end). "
         "How it is measured: the module docstring of `tools/bench/serve_http.py`.\n\n"
