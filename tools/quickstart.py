@@ -25,7 +25,6 @@ def quickstart(
     config: str = "configs/quickstart.yaml",
     run_dir: str = "runs/quickstart",
     overrides: list[str] | None = None,
-    eval_precision: str | None = "bf16-true",
 ) -> dict:
     """Measure base accuracy, fine-tune, measure again.
 
@@ -34,21 +33,17 @@ def quickstart(
         run_dir: where the run's logs, checkpoint, adapter and results go.
         overrides: more ``lightning`` arguments for all three steps, e.g. another method on the same
             budget: ``[--config, configs/methods/lora.yaml, --model.optimizer.init_args.lr, "1e-3"]``.
-        eval_precision: the trainer precision of both evaluations (``None``: the recipe's). The default,
-            bf16 weights, generates about twice as fast on a CPU as the recipe's bf16 autocast, which
-            casts every weight at every decoding step.
     """
     run = Path(run_dir)
     extra = [*(overrides or []), "--trainer.default_root_dir", str(run)]
-    evaluation = [*extra, *(["--trainer.precision", eval_precision] if eval_precision else [])]
     started = time.monotonic()
-    base = _test_accuracy(config, *evaluation)
+    base = _test_accuracy(config, *extra)
     fit_started = time.monotonic()
     fit = build_cli(["fit", "--config", config, *extra,
                      "--trainer.logger.init_args.save_dir", str(run), "--trainer.logger.init_args.name", "logs",
                      "--model.adapter_dir", str(run / "adapter")])  # fmt: skip
     fit_minutes = (time.monotonic() - fit_started) / 60
-    tuned = _test_accuracy(config, *evaluation, "--model.adapter", str(run / "adapter"))
+    tuned = _test_accuracy(config, *extra, "--model.adapter", str(run / "adapter"))
     results = {
         "method": type(fit.model.method).__name__,
         "trainable_parameters": fit.model.trainable_parameter_count,
@@ -56,7 +51,6 @@ def quickstart(
         "trainable_ratio": fit.model.trainable_parameter_count / fit.model.base_parameter_count,
         "steps": fit.trainer.global_step,
         "overrides": overrides or [],
-        "eval_precision": eval_precision,
         "fit_minutes": round(fit_minutes, 2),
         "total_minutes": round((time.monotonic() - started) / 60, 2),
         "base": base,
