@@ -35,6 +35,8 @@ class ServerConfig:
         request_timeout: seconds a request may take, waiting included (then 504).
         body_timeout: seconds a client has to send its request body (then 408).
         max_body_bytes: the largest request body (then 413).
+        shutdown_timeout: seconds requests in flight get to finish when the server is stopped
+            (SIGINT, SIGTERM); then their connections are closed.
         api_key: when set, every request needs ``Authorization: Bearer <api_key>``.
         threads: torch threads of the inference worker (``None``: torch's default).
     """
@@ -54,6 +56,7 @@ class ServerConfig:
     request_timeout: float = 300.0
     body_timeout: float = 10.0
     max_body_bytes: int = 1_048_576
+    shutdown_timeout: float = 2.0
     api_key: str | None = None
     threads: int | None = None
 
@@ -66,7 +69,7 @@ class ServerConfig:
             raise ValueError(f"max_new_tokens {self.max_new_tokens} is above max_tokens_limit {self.max_tokens_limit}")
         if self.kv_cache_gb <= 0:
             raise ValueError("kv_cache_gb must be positive")
-        for name in ("batch_window", "request_timeout", "body_timeout"):
+        for name in ("batch_window", "request_timeout", "body_timeout", "shutdown_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
 
