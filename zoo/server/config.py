@@ -16,6 +16,9 @@ PromptStyle = Literal["adapter", "plain", "chat", "alpaca"]
 class ServerConfig:
     """Everything the HTTP server process and its inference worker need (it is pickled to the worker).
 
+    ``python -m tools.serve`` takes each field as a flag of the same name (``--batch_size``), with
+    the default and help written here; its JSONL mode uses the model and batching fields.
+
     Attributes:
         adapters: adapter name → folder.
         base_model: the base model; ``None``: the one the adapters record.
@@ -37,7 +40,8 @@ class ServerConfig:
         max_body_bytes: the largest request body (then 413).
         shutdown_timeout: seconds requests in flight get to finish when the server is stopped
             (SIGINT, SIGTERM); then their connections are closed.
-        api_key: when set, every request needs ``Authorization: Bearer <api_key>``.
+        api_key: when set, every request needs ``Authorization: Bearer <api_key>`` (``tools.serve``:
+            default, the ``FTZOO_API_KEY`` environment variable).
         threads: torch threads of the inference worker (``None``: torch's default).
     """
 
