@@ -28,8 +28,10 @@ requests of any adapters in one batch; a finished request leaves it and a waitin
 from __future__ import annotations
 
 import json
+import logging
 import os
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,8 +49,7 @@ from zoo.inference import (
     prompt_ids,
     read_adapter,
 )
-from zoo.inference.kv_cache import bytes_per_token
-from zoo.loading import DTYPES, load_tokenizer
+from zoo.loading import load_tokenizer
 from zoo.outputs import atomic_file
 from zoo.server import PromptStyle, ServerConfig, run_server
 
@@ -173,25 +174,10 @@ def serve(
     requests: str | None = None,
     output: str | None = None,
     port: int | None = None,
-    base_model: str | None = None,
-    batch_size: int = 32,
-    max_new_tokens: int = 64,
-    chat: bool = False,
-    prompt_style: PromptStyle = "adapter",
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
-    device: str = "auto",
     host: str = "127.0.0.1",
-    api_key: str | None = None,
-    base_name: str = "base",
-    batch_window: float = 0.01,
-    kv_cache_gb: float = 4.0,
-    max_tokens_limit: int = 1024,
-    temperature: float = 1.0,
-    request_timeout: float = 300.0,
-    body_timeout: float = 10.0,
-    max_body_bytes: int = 1_048_576,
-    threads: int | None = None,
+    chat: bool = False,
     log_level: Literal["debug", "info", "warning", "error"] = "warning",
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """Serve adapters over HTTP (OpenAI-compatible), or answer a JSONL file of requests.
 
@@ -203,72 +189,56 @@ def serve(
         port: serve HTTP on this port instead (``/v1/chat/completions``,
             ``/v1/completions``, ``/v1/models``; a request's ``model`` names an adapter or
             ``base_name``).
-        base_model: the base model; default: the one the adapters record.
-        batch_size: requests decoded together at most (mixed adapters); more wait for a place.
-        max_new_tokens: answer length for requests that give none.
-        chat: wrap every prompt in the tokenizer's chat template (``--prompt_style chat``).
-        prompt_style: ``adapter``: each request in the template its adapter was trained
-            with (``plain`` for base-model requests and adapters that record none; over HTTP
-            the base answers chat requests in the chat template); ``plain``, ``chat`` or
-            ``alpaca``: every request in that template.
-        dtype: dtype of the base weights.
-        device: ``auto``, ``cpu``, ``cuda``, ...
         host: HTTP: the address to listen on (``127.0.0.1``: this machine only; ``0.0.0.0``: all).
-        api_key: HTTP: require ``Authorization: Bearer <api_key>`` (default: the
-            ``FTZOO_API_KEY`` environment variable; none: no check).
-        base_name: HTTP: the ``model`` name of the base model without an adapter.
-        batch_window: HTTP: seconds an idle server waits after a request for more to batch with it.
-        kv_cache_gb: memory the batch's KV cache may take: requests wait for a place while the
-            running ones could outgrow it (over HTTP, one that alone would gets a 400).
-        max_tokens_limit: HTTP: the most ``max_tokens`` a request may ask for (more: 400).
-        temperature: HTTP: temperature of requests that give none (0: greedy; OpenAI's default is 1).
-        request_timeout: HTTP: seconds a request may wait and decode (then 504).
-        body_timeout: HTTP: seconds a client has to send its request body (then 408).
-        max_body_bytes: HTTP: the largest request body (then 413).
-        threads: torch threads for decoding (default: torch's choice).
+        chat: every prompt in the tokenizer's chat template (``--prompt_style chat``).
         log_level: HTTP: the server's log level.
+        options: the fields of :class:`zoo.server.ServerConfig`, each its own flag
+            (``--batch_size``, ``--dtype``, ``--kv_cache_gb``, ...; their defaults and help are
+            that class's). ``api_key`` defaults to the ``FTZOO_API_KEY`` environment variable.
+            Answering a file uses ``base_model``, ``dtype``, ``device``, ``batch_size``,
+            ``max_new_tokens``, ``kv_cache_gb``, ``prompt_style`` and ``threads``.
 
     Returns:
         The answers written (empty when serving HTTP).
     """
     if (port is None) == (requests is None or output is None) or (port is not None and requests is not None):
         raise ValueError("give --requests and --output to answer a file, or --port to serve HTTP")
-    paths = parse_named(adapters or [])
-    style: PromptStyle = "chat" if chat else prompt_style
+    config = ServerConfig(adapters=parse_named(adapters or []), **options)
+    if chat:
+        config = replace(config, prompt_style="chat")
+    if config.api_key is None and os.environ.get("FTZOO_API_KEY"):
+        config = replace(config, api_key=os.environ["FTZOO_API_KEY"])
     if port is not None:
-        config = ServerConfig(
-            adapters=paths,
-            base_model=base_model,
-            base_name=base_name,
-            dtype=dtype,
-            device=device,
-            batch_size=batch_size,
-            batch_window=batch_window,
-            kv_cache_gb=kv_cache_gb,
-            max_new_tokens=max_new_tokens,
-            max_tokens_limit=max_tokens_limit,
-            temperature=temperature,
-            prompt_style=style,
-            request_timeout=request_timeout,
-            body_timeout=body_timeout,
-            max_body_bytes=max_body_bytes,
-            api_key=api_key or os.environ.get("FTZOO_API_KEY") or None,
-            threads=threads,
-        )
         run_server(config, host, port, log_level)
         return []
-    if threads is not None:
-        torch.set_num_threads(threads)
-    loaded = {name: read_adapter(path) for name, path in paths.items()}
+    return answer_file(config, requests, output)
+
+
+def answer_file(config: ServerConfig, requests: str, output: str) -> list[dict[str, Any]]:
+    """Answer the JSONL file ``requests`` with the adapters and batching of ``config``; write ``output``.
+
+    Returns:
+        The answers written.
+    """
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    loaded = {name: read_adapter(path) for name, path in config.adapters.items()}
     todo = read_requests(requests, set(loaded))
-    model, info = load_base(base_model, loaded, dtype)
-    model.to(pick_device(device))
+    model, info = load_base(config.base_model, loaded, config.dtype)
+    model.to(pick_device(config.device))
     tokenizer = load_tokenizer(info.name_or_path)
     server = MixedAdapterModel(model, info)
     for name, adapter in loaded.items():
         server.add_adapter(name, adapter)
-    budget = int(kv_cache_gb * 2**30) // bytes_per_token(model.config, DTYPES[dtype])
-    answers = generate_mixed(server, tokenizer, todo, batch_size, max_new_tokens, style, max_batch_tokens=budget)
+    answers = generate_mixed(
+        server,
+        tokenizer,
+        todo,
+        config.batch_size,
+        config.max_new_tokens,
+        config.prompt_style,
+        max_batch_tokens=config.kv_budget(model.config),
+    )
     rows = [_row(a) for a in answers]
     with atomic_file(output) as handle:
         for row in rows:
@@ -282,7 +252,19 @@ def _row(answer: Answer) -> dict[str, Any]:
     return {k: v for k, v in asdict(answer).items() if k != "logits"}
 
 
-if __name__ == "__main__":
+def main(args: list[str] | None = None) -> None:
+    """The command line: :func:`serve`'s parameters and :class:`zoo.server.ServerConfig`'s fields as flags."""
     from jsonargparse import CLI
 
-    CLI(serve, as_positional=False)
+    CLI(serve, as_positional=False, args=args)
+
+
+if __name__ == "__main__":
+    main()
+    # Every process of the server has ended, or the answers are written: skip Python's teardown
+    # of torch, transformers and FastAPI, which takes 2-3 s of CPU (more on a busy machine)
+    # after the server has stopped.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -152,9 +152,13 @@ def test_each_request_gets_its_adapters_template_and_system_prompt(tiny):
     from dataclasses import replace
 
     chat = replace(tiny.adapter("merged", 0), info={"prompt_style": "chat", "system_prompt": ""})
-    server = server_with(tiny, {"chat": chat, "alpaca": replace(tiny.adapter("merged", 1), info={"prompt_style": "alpaca"})})
+    server = server_with(
+        tiny, {"chat": chat, "alpaca": replace(tiny.adapter("merged", 1), info={"prompt_style": "alpaca"})}
+    )
     requests = [Request("hello", "chat"), Request("hello", "alpaca"), Request("hello", None)]
-    answers = generate_mixed(server, tiny_tokenizer(), requests, max_new_tokens=NEW_TOKENS, template="adapter", logits=True)
+    answers = generate_mixed(
+        server, tiny_tokenizer(), requests, max_new_tokens=NEW_TOKENS, template="adapter", logits=True
+    )
     tokenizer = tiny_tokenizer()
     batch = encode_prompts(tokenizer, ["hello"] * 3, ["chat", "alpaca", "plain"], "cpu", ["", None, None])
     with server.assign(["chat", "alpaca", None]):
@@ -179,3 +183,50 @@ def test_stacked_blocks_are_kept_per_set_of_adapters_whatever_rows_they_hold(tin
     for subset in (["m0", "m1"], ["m1", "m2"], ["m0", "m2"]):  # other sets: new stacks, the oldest dropped
         assert all(weight is not first[m] for m, weight in stacks(subset).items())
         assert len(server._stacks) <= 2 * len(server._hooks)
+
+
+def test_the_command_line_takes_every_server_option_with_its_one_default(tmp_path):
+    """The flags are ServerConfig's fields (defaults included) beside serve's own; the README's spellings
+    parse, and ``--print_config`` prints a config that parses back to the same."""
+    from dataclasses import fields
+
+    from jsonargparse import capture_parser
+
+    from tools.serve import main
+    from zoo.server import ServerConfig
+
+    parser = capture_parser(main)
+    defaults = parser.get_defaults()
+    for field in fields(ServerConfig):
+        if field.name != "adapters":  # serve's own --adapters '[name=path, ...]' fills it
+            assert defaults[field.name] == getattr(ServerConfig(), field.name), field.name
+    flags = ["--adapters", "[math=runs/math, cs=runs/cs]", "--port", "8000", "--batch_size", "8", "--api_key", "k"]
+    flags += ["--host", "0.0.0.0", "--prompt_style", "chat", "--max_tokens_limit", "100", "--kv_cache_gb", "0.5"]
+    flags += ["--request_timeout", "5", "--body_timeout", "1", "--max_body_bytes", "999", "--threads", "1"]
+    flags += ["--shutdown_timeout", "0.5", "--log_level", "info", "--base_model", "smollm2-135m", "--chat", "true"]
+    parsed = parser.parse_args(flags)
+    assert (
+        parsed.adapters == ["math=runs/math", "cs=runs/cs"]
+        and parsed.batch_size == 8
+        and parsed.shutdown_timeout == 0.5
+    )
+    printed = parser.dump(parsed)
+    (tmp_path / "serve.yaml").write_text(printed)
+    assert parser.dump(parser.parse_args(["--config", str(tmp_path / "serve.yaml")])) == printed
+
+
+def test_serve_builds_the_server_config_from_its_options(monkeypatch):
+    from zoo.server import ServerConfig
+
+    seen = {}
+    monkeypatch.setattr("tools.serve.run_server", lambda config, host, port, log_level: seen.update(config=config))
+    monkeypatch.setenv("FTZOO_API_KEY", "from-env")
+    serve(["a=x"], port=8000, batch_size=4, chat=True, shutdown_timeout=0.5)
+    expected = ServerConfig(
+        adapters={"a": "x"}, batch_size=4, prompt_style="chat", shutdown_timeout=0.5, api_key="from-env"
+    )
+    assert seen["config"] == expected
+    serve(["a=x"], port=8000, api_key="given")
+    assert seen["config"].api_key == "given"
+    with pytest.raises(TypeError, match="nope"):
+        serve(["a=x"], port=8000, nope=1)

@@ -11,7 +11,8 @@ on its rows); a request joins the batch at the next step and leaves it when it i
 * :mod:`zoo.server.prompts`: templates, tokens and limits, checked before a request is queued;
 * :mod:`zoo.server.routes`: the routes (a LitServe spec), streaming, timeouts, cancellation;
 * :mod:`zoo.server.worker`: the inference worker's loop;
-* :mod:`zoo.server.app`: the ``LitServer`` assembled, error handlers, the body guard.
+* :mod:`zoo.server.app`: the ``LitServer`` assembled, error handlers, the body guard;
+* :mod:`zoo.server.stopping`: SIGINT and SIGTERM stop every process of the server within seconds.
 """
 
 from zoo.server.app import build_server, run_server

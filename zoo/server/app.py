@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-from typing import Any
 
 import litserve as ls
 from fastapi import Request
@@ -24,6 +22,7 @@ from zoo.server.config import ServerConfig
 from zoo.server.prompts import Prompts
 from zoo.server.protocol import ApiError, validation_error
 from zoo.server.routes import OpenAIRoutes
+from zoo.server.stopping import stop_on_signals
 from zoo.server.worker import BatchingAPI
 
 ROUTES = ("POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models", "GET /load", "GET /health")
@@ -129,16 +128,17 @@ def build_server(config: ServerConfig) -> ls.LitServer:
 
 
 def run_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
-    """Serve until interrupted (Ctrl+C, SIGINT or SIGTERM), then stop every process of the server."""
+    """Serve until SIGINT (Ctrl+C) or SIGTERM, then stop every process of the server.
+
+    Requests in flight get ``config.shutdown_timeout`` seconds to finish, then their
+    connections are closed (see :mod:`zoo.server.stopping`).
+    """
     server = build_server(config)
-    signal.signal(signal.SIGTERM, _interrupt)  # LitServer shuts its processes down on KeyboardInterrupt only
-    print(
-        f"Serving {', '.join(config.models)} at http://{host}:{port}/v1 "
-        f"(up to {config.batch_size} requests per batch); loading the model...",
-        flush=True,
-    )
-    server.run(host=host, port=port, log_level=log_level, generate_client_file=False, num_api_servers=1)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    server.uvicorn_graceful_timeout = config.shutdown_timeout  # LitServe's: 30 s, and 30 s more to join uvicorn
+    with stop_on_signals(server):
+        print(
+            f"Serving {', '.join(config.models)} at http://{host}:{port}/v1 "
+            f"(up to {config.batch_size} requests per batch); loading the model...",
+            flush=True,
+        )
+        server.run(host=host, port=port, log_level=log_level, generate_client_file=False, num_api_servers=1)

@@ -16,6 +16,9 @@ PromptStyle = Literal["adapter", "plain", "chat", "alpaca"]
 class ServerConfig:
     """Everything the HTTP server process and its inference worker need (it is pickled to the worker).
 
+    ``python -m tools.serve`` takes each field as a flag of the same name (``--batch_size``), with
+    the default and help written here; its JSONL mode uses the model and batching fields.
+
     Attributes:
         adapters: adapter name → folder.
         base_model: the base model; ``None``: the one the adapters record.
@@ -35,7 +38,10 @@ class ServerConfig:
         request_timeout: seconds a request may take, waiting included (then 504).
         body_timeout: seconds a client has to send its request body (then 408).
         max_body_bytes: the largest request body (then 413).
-        api_key: when set, every request needs ``Authorization: Bearer <api_key>``.
+        shutdown_timeout: seconds requests in flight get to finish when the server is stopped
+            (SIGINT, SIGTERM); then their connections are closed.
+        api_key: when set, every request needs ``Authorization: Bearer <api_key>`` (``tools.serve``:
+            default, the ``FTZOO_API_KEY`` environment variable).
         threads: torch threads of the inference worker (``None``: torch's default).
     """
 
@@ -54,6 +60,7 @@ class ServerConfig:
     request_timeout: float = 300.0
     body_timeout: float = 10.0
     max_body_bytes: int = 1_048_576
+    shutdown_timeout: float = 2.0
     api_key: str | None = None
     threads: int | None = None
 
@@ -66,7 +73,7 @@ class ServerConfig:
             raise ValueError(f"max_new_tokens {self.max_new_tokens} is above max_tokens_limit {self.max_tokens_limit}")
         if self.kv_cache_gb <= 0:
             raise ValueError("kv_cache_gb must be positive")
-        for name in ("batch_window", "request_timeout", "body_timeout"):
+        for name in ("batch_window", "request_timeout", "body_timeout", "shutdown_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
 

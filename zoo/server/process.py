@@ -2,8 +2,9 @@
 
 ``python -m tools.serve ... --port`` starts several processes (LitServe's HTTP process, the
 inference worker, a queue manager). :class:`ServerProcess` runs it in its own process
-group, waits until ``/health`` answers, and on exit asks it to stop (SIGINT, LitServer's
-graceful shutdown) and then kills whatever of that group is left.
+group, waits until ``/health`` answers, and on exit asks it to stop (SIGTERM: it ends every
+process within seconds, :mod:`zoo.server.stopping`) and kills whatever of that group is left
+after a short grace.
 """
 
 from __future__ import annotations
@@ -74,10 +75,22 @@ class ServerProcess:
         Raises:
             RuntimeError: it exited or did not become ready in time (with the end of its log).
         """
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the server's process, in a process group of its own; do not wait for it."""
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 self.args, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
+
+    def wait_ready(self) -> None:
+        """Wait until the launched server answers ``/health``.
+
+        Raises:
+            RuntimeError: it exited or did not become ready in time (with the end of its log).
+        """
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -99,12 +112,13 @@ class ServerProcess:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Ask the server to stop (SIGINT), then kill what is left of its process group; delete the log."""
+    def stop(self, timeout: float = 15.0) -> None:
+        """Ask the server to stop (SIGTERM: requests in flight get its ``--shutdown_timeout``), give
+        it ``timeout`` seconds, then kill what is left of its process group; delete the log."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -116,8 +130,34 @@ class ServerProcess:
         self.proc.wait()
         self.log.unlink(missing_ok=True)
 
+    def processes(self) -> list[int]:
+        """The running processes of the server's process group (Linux: read from ``/proc``)."""
+        if self.proc is None:
+            return []
+        return [pid for pid in _pids() if _group(pid) == self.proc.pid and _state(pid) not in ("Z", "X", None)]
+
     def log_tail(self, lines: int = 40) -> str:
         """The end of the server's output (until :meth:`stop`)."""
         if not self.log.exists():
             return ""
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def _state(pid: int) -> str | None:
+    """The state letter of ``/proc/<pid>/stat`` (``Z``: a zombie, dead and not yet reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2]

@@ -22,8 +22,10 @@ A message back is a dict: ``{"text"}`` while streaming, then ``{"text", "finish_
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import secrets
+import signal
 import time
 from collections.abc import Hashable
 from typing import Any
@@ -69,6 +71,10 @@ class BatchingAPI(ls.LitAPI):
         self.batcher: ContinuousBatcher | None = None
 
     def setup(self, device: str) -> None:
+        # The server's main process ends this worker once the HTTP side has stopped: a Ctrl+C
+        # that reaches the whole process group must not end it first (requests in flight get
+        # the shutdown's grace to finish), nor interrupt a step with a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if self.config.threads is not None:
             torch.set_num_threads(self.config.threads)
         adapters = {name: read_adapter(path) for name, path in self.config.adapters.items()}
@@ -112,9 +118,10 @@ class BatcherLoop(LitLoop):
         callback_runner: Any,
     ) -> None:
         batcher = lit_api.batcher
+        server_pid = os.getppid()
         while True:
-            if not self._receive(lit_api, request_queue, transport):
-                return
+            if not self._receive(lit_api, request_queue, transport) or os.getppid() != server_pid:
+                return  # the server stops, or its main process is gone (killed): nobody is left to answer
             if not batcher.busy:
                 continue
             try:
@@ -136,7 +143,7 @@ class BatcherLoop(LitLoop):
         """Take the queued messages; block while idle; hold a new batch open ``batch_timeout``.
 
         Returns:
-            ``False`` when the server is shutting down.
+            ``False`` when the server is shutting down (or its queue manager is gone).
         """
         batcher = lit_api.batcher
         was_idle = not batcher.rows
@@ -153,7 +160,11 @@ class BatcherLoop(LitLoop):
 
     @staticmethod
     def _drain(request_queue: Any, timeout: float | None, first_only: bool = False) -> list:
-        """Every message in the queue; with ``timeout``, wait that long for the first."""
+        """Every message in the queue; with ``timeout``, wait that long for the first.
+
+        A queue that fails (its manager process has ended: the server is gone) ends the list
+        with the stop message, so the loop ends instead of spinning on the error.
+        """
         messages = []
         try:
             if timeout is not None:
@@ -162,8 +173,10 @@ class BatcherLoop(LitLoop):
                     return messages
             while True:
                 messages.append(request_queue.get_nowait())
-        except (queue.Empty, EOFError, OSError):
+        except queue.Empty:
             return messages
+        except (EOFError, OSError):
+            return [*messages, _SENTINEL_VALUE]
 
     def _handle(self, batcher: ContinuousBatcher, transport: Any, queue_id: int, uid: str, _: float, job: dict) -> None:
         if job.get("cancel"):

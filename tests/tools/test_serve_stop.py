@@ -1,0 +1,114 @@
+"""SIGINT (Ctrl+C) and SIGTERM stop ``tools.serve --port`` and every process it started within
+seconds: idle, with a stream in flight, while the model loads, and when the server was started
+with SIGINT ignored (as a shell starts a background job: the case that used to run on until
+it was killed)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from zoo.server.process import ServerProcess
+
+BOUND = 20.0
+"""Seconds a stop may take: holds on a loaded 2-core machine; a quiet one takes 1-3 s."""
+
+
+@pytest.fixture
+def server(tiny_llama_dir) -> Iterator[ServerProcess]:
+    process = ServerProcess(["--base_model", str(tiny_llama_dir), "--threads", "1", "--max_tokens_limit", "1000"])
+    yield process
+    process.stop(timeout=1)
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """What ``command &`` in a script does to the job: SIGINT ignored, and inherited."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stop_seconds(server: ServerProcess, send: Callable[[], None]) -> float:
+    """Seconds from ``send()`` until the server's process and all its children are gone (inf: not within BOUND)."""
+    started = time.monotonic()
+    send()
+    while time.monotonic() - started < BOUND:
+        if server.proc.poll() is not None and not server.processes():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    return math.inf
+
+
+def check_stopped(server: ServerProcess, seconds: float, what: str) -> None:
+    log = server.log_tail(60)
+    print(f"{what}: the server and its processes were gone {seconds:.2f} s after the signal")
+    assert seconds < BOUND, f"{what}: not stopped within {BOUND:g} s; still running: {server.processes()}\n{log}"
+    assert server.proc.returncode == 0, log
+
+
+def test_sigint_stops_a_server_started_with_sigint_ignored(server):
+    with sigint_ignored():
+        server.launch()
+    server.wait_ready()
+    assert len(server.processes()) >= 4, "main, HTTP, queue manager and worker processes"
+    seconds = stop_seconds(server, lambda: server.proc.send_signal(signal.SIGINT))
+    check_stopped(server, seconds, "SIGINT, idle")
+    assert "Traceback" not in server.log_tail(200)
+
+
+def test_ctrl_c_with_a_stream_in_flight(server):
+    """Ctrl+C signals the whole process group; the stream finishes or is cut, but it ends."""
+    server.start()
+    first, ended = threading.Event(), {}
+
+    def stream() -> None:
+        body = {"model": "base", "prompt": "hi", "max_tokens": 1000, "stream": True, "temperature": 0}
+        request = urllib.request.Request(
+            f"{server.url}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        lines = []
+        try:
+            with urllib.request.urlopen(request, timeout=2 * BOUND) as reply:
+                for line in reply:
+                    first.set()
+                    lines.append(line)
+        except OSError as err:  # the connection closed half-way
+            ended["error"] = repr(err)
+        ended["done"] = b"data: [DONE]\n" in lines
+        ended["at"] = time.monotonic()
+        first.set()
+
+    client = threading.Thread(target=stream, daemon=True)
+    client.start()
+    assert first.wait(BOUND), "the stream did not start"
+    assert "at" not in ended, "the stream ended before the signal: nothing was in flight"
+    signalled = time.monotonic()
+    seconds = stop_seconds(server, lambda: os.killpg(server.proc.pid, signal.SIGINT))
+    client.join(BOUND)
+    assert "at" in ended, "the stream was still open after the server stopped"
+    outcome = "finished ([DONE])" if ended["done"] else f"cut ({ended.get('error', 'closed')})"
+    print(f"the stream {outcome} {ended['at'] - signalled:.2f} s after Ctrl+C")
+    check_stopped(server, seconds, "Ctrl+C, a stream in flight")
+
+
+def test_sigterm_while_the_model_loads(server):
+    server.launch()
+    deadline = time.monotonic() + 120
+    while "loading the model" not in server.log_tail() and time.monotonic() < deadline:
+        assert server.proc.poll() is None, server.log_tail()
+        time.sleep(0.05)
+    seconds = stop_seconds(server, lambda: server.proc.send_signal(signal.SIGTERM))
+    check_stopped(server, seconds, "SIGTERM while loading")
+    # (a worker that was being spawned at that moment may print an EOFError as it ends)
