@@ -32,7 +32,7 @@ from zoo.loading import load_model, load_tokenizer
 from zoo.method import Method
 from zoo.plugins import method_hooks, method_name
 from zoo.prepare import calibration_batches, extract_adapter, freeze, rewrite, select
-from zoo.quantization import Quantization, check_method, quantize
+from zoo.quantization import Quantization, check_method, dequantize, quantize
 from zoo.schedule import Decay, parameter_groups, warmup_decay
 from zoo.task_accuracy import EvaluationSteps, TaskAccuracy
 
@@ -64,7 +64,9 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
         quantization: store the frozen base's linear weights (not the output head) as
             ``nf4`` (4-bit NormalFloat, QLoRA's) or ``int8``, through bitsandbytes
             (:mod:`zoo.quantization`); the method trains beside them, and its adapter applies
-            to the unquantized base too. Methods that cannot (full) are refused first.
+            to the unquantized base too. Methods that cannot (full) are refused first. With
+            ``adapter`` (validate/test/predict) the adapter is fused into the dequantized
+            weights, which computes what the model trained on the quantized base computed.
         attn_implementation: transformers attention implementation (``sdpa``, ``eager``).
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         trust_remote_code: allow a model's own Python code (off unless you trust it).
@@ -131,6 +133,8 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
         self.base_info = BaseModelInfo.of(model, self.model_name)  # the unquantized base's identity
         self.base_parameter_count = sum(p.numel() for p in model.parameters())
         quantize(model, self.quantization)
+        if self.adapter_path is not None:  # evaluate Q(W) + adapter: fused into the dequantized weights
+            dequantize(model)
         if self._trainer is not None and not isinstance(self.trainer.strategy, FSDPStrategy):
             model.to(self.trainer.strategy.root_device)  # FSDP moves each unit to the device as it shards it
         if self.gradient_checkpointing:

@@ -191,5 +191,35 @@ def check_method(hooks: Any, what: str, quantization: str) -> None:
         f"method {what!r} cannot train on a {quantization}-quantized base: it would have to change the quantized "
         "weights themselves, which take no gradient. Nothing was changed. Load the base unquantized "
         "(--model.quantization none), or choose a method that trains beside the quantized weights "
-        "(python -m zoo plugins lists the installed methods; s2ft, lora, dora and sparse do)"
+        "(python -m zoo plugins lists the installed methods)"
     )
+
+
+def weight_shape(module: nn.Module) -> tuple[int, int]:
+    """``(out_features, in_features)`` of a linear layer, quantized (packed weight) or not."""
+    if layer_quantization(module) != "none":
+        return module.out_features, module.in_features
+    return tuple(module.weight.shape)
+
+
+def dequantize(model: nn.Module) -> nn.Module:
+    """Replace every bitsandbytes layer of ``model`` by an ``nn.Linear`` holding its dequantized
+    weight ``Q(W)``, in place: the float model that computes what the quantized one computes,
+    into which adapters fuse as into any float base (:func:`zoo.inference.adapters.fuse_into`).
+
+    Returns:
+        ``model``, no longer marked as quantized.
+    """
+    for name, module in list(model.named_modules()):
+        if not is_quantized_linear(module):
+            continue
+        weight = dequantized_weight(module)
+        linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+        linear.weight = nn.Parameter(weight, requires_grad=False)
+        if module.bias is not None:
+            linear.bias = nn.Parameter(module.bias.detach().to(weight.dtype), requires_grad=False)
+        model.set_submodule(name, linear)
+    for attr in ("is_loaded_in_4bit", "is_loaded_in_8bit", "ftzoo_quantization"):
+        if hasattr(model, attr):
+            delattr(model, attr)
+    return model
