@@ -16,9 +16,9 @@ the input gradient through the same dequantizing matmul and no weight gradient.
 
 Why bitsandbytes: it is what peft's QLoRA is built on (peft's LoRA/DoRA layers wrap
 ``Linear4bit``/``Linear8bitLt`` directly, and ``PeftModel.from_pretrained`` loads PEFT
-adapters onto them), and since 0.46 its PyPI wheels carry a CPU backend: NF4 and int8
-forward and backward run on CPU in float32 and bfloat16 (checked by
-``tests/zoo/test_quantization.py``). torchao's ``NF4Tensor`` and optimum-quanto also run on
+adapters onto them), and its recent PyPI wheels carry a CPU backend: NF4 and int8 forward
+and backward run on CPU in float32 and bfloat16 (checked with bitsandbytes 0.50.2 by
+``tests/zoo/test_quantization.py``; the ``quantization`` extra installs it). torchao's ``NF4Tensor`` and optimum-quanto also run on
 CPU, but peft's QLoRA path and its adapters' loading go through bitsandbytes.
 
 A method that cannot train beside quantized weights (full fine-tuning trains the weights
@@ -28,6 +28,7 @@ refuses before the model is loaded (:func:`check_method`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 import torch
@@ -45,6 +46,9 @@ class QuantizationError(RuntimeError):
 
 def bnb() -> Any:
     """The ``bitsandbytes`` module, or a message that says how to install it."""
+    quiet = logging.getLogger("bitsandbytes")  # at import, on CPUs with AVX512-BF16, it warns that the optional
+    level = quiet.level  # `kernels` package (a hub download) is absent; its own kernels are used instead
+    quiet.setLevel(logging.ERROR)
     try:
         import bitsandbytes
     except ImportError as err:
@@ -52,6 +56,8 @@ def bnb() -> Any:
             "a quantized base (--model.quantization nf4|int8) needs bitsandbytes: pip install 'ftzoo[quantization]' "
             f"(or pip install 'bitsandbytes>=0.48') ({err})"
         ) from err
+    finally:
+        quiet.setLevel(level)
     return bitsandbytes
 
 
@@ -97,6 +103,8 @@ def quantize(model: nn.Module, quantization: Quantization, skip: tuple[str, ...]
 
 def _quantized_linear(lib: Any, linear: nn.Linear, quantization: str) -> nn.Module:
     weight, device = linear.weight.detach(), linear.weight.device
+    if device.type == "meta":
+        return _meta_quantized_linear(lib, linear, quantization)
     has_bias = linear.bias is not None
     if quantization == "nf4":
         layer = lib.nn.Linear4bit(
@@ -114,6 +122,42 @@ def _quantized_linear(lib: Any, linear: nn.Linear, quantization: str) -> nn.Modu
         layer.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
     layer = layer.to(device)  # bitsandbytes quantizes when the weight is moved to its device
     layer.weight.requires_grad_(False)
+    return layer
+
+
+def _meta_quantized_linear(lib: Any, linear: nn.Linear, quantization: str) -> nn.Module:
+    """The layer :func:`_quantized_linear` makes, on the ``meta`` device: every tensor of the
+    shape and dtype that bitsandbytes gives (no values), for counting bytes without weights
+    (``tools/bench/train.py``). NF4 as bitsandbytes stores it by default: packed codes
+    [out·in/2, 1] uint8, absmax per 64 values quantized to uint8 (``compress_statistics``),
+    with a float32 absmax per 256 of those, the two code books and an offset."""
+    out_f, in_f, dtype = linear.out_features, linear.in_features, linear.weight.dtype
+    has_bias = linear.bias is not None
+    n = out_f * in_f
+    with torch.device("meta"):
+        if quantization == "nf4":
+            blocks = -(-n // 64)
+            state2 = lib.functional.QuantState(
+                absmax=torch.empty(-(-blocks // 256), dtype=torch.float32), code=torch.empty(256), blocksize=256,
+                dtype=torch.float32,
+            )
+            state = lib.functional.QuantState(
+                absmax=torch.empty(blocks, dtype=torch.uint8), shape=torch.Size([out_f, in_f]), code=torch.empty(16),
+                blocksize=64, quant_type="nf4", dtype=dtype, offset=torch.empty(()), state2=state2,
+            )
+            layer = lib.nn.Linear4bit(in_f, out_f, bias=has_bias, compute_dtype=dtype, quant_type="nf4")
+            layer.weight = lib.nn.Params4bit(
+                torch.empty((n + 1) // 2, 1, dtype=torch.uint8), requires_grad=False, quant_state=state, blocksize=64,
+                quant_type="nf4", bnb_quantized=True,
+            )
+        else:
+            layer = lib.nn.Linear8bitLt(in_f, out_f, bias=has_bias, has_fp16_weights=False, threshold=0.0)
+            layer.weight = lib.nn.Int8Params(
+                torch.empty(out_f, in_f, dtype=torch.int8), requires_grad=False, has_fp16_weights=False
+            )
+            layer.weight.SCB = torch.empty(out_f, dtype=torch.float32)
+    if has_bias:
+        layer.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
     return layer
 
 
