@@ -443,14 +443,22 @@ SECTION = "## Training"
 def docs_section(results: dict[str, Any], path: Path) -> str:
     """The "Training" section of ``docs/benchmarks.md``: command, setting and tables."""
     env, command = results["environment"], results.get("command") or "python -m tools.bench.train"
+    s = results["settings"]
     where = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path
     setting = (
         f"Written by `{command}` (results in `{where}`; torch {env['torch']}, transformers "
-        f"{env.get('transformers')}, peft {env.get('peft')}, device {env['device']}, {env['threads']} threads, "
+        f"{env.get('transformers')}, peft {env.get('peft')}, bitsandbytes {env.get('bitsandbytes')}, device {env['device']}, {env['threads']} threads, "
         f"load average {env['load_average_at_start']:.2f} at the start and {env['load_average_at_end']:.2f} at the "
         "end). How each number is measured: the module docstring of `tools/bench/train.py`."
     )
-    lines = [SECTION, "", setting, "", *format_tables(results).splitlines()]
+    lines = [SECTION, "", setting, ""]
+    if any("sparse" in info for info in results["trainable"].values()) and max(s["memory_layers"]) > 2:
+        lines += [
+            "The sparse row (1% of every projection's entries, random) is counted at 2 layers only: its selection "
+            "holds the indices on the CPU, which at 32 layers exceeds a 24 GiB machine.",
+            "",
+        ]
+    lines += format_tables(results).splitlines()
     return "\n".join(lines) + "\n"
 
 
@@ -479,6 +487,12 @@ def _environment(device: str) -> dict[str, Any]:
         import transformers
 
         env |= {"transformers": transformers.__version__, "peft": peft.__version__}
+    except ImportError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        env["bitsandbytes"] = version("bitsandbytes")
     except ImportError:
         pass
     if device == "cuda":
