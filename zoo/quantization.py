@@ -120,6 +120,7 @@ def _quantized_linear(lib: Any, linear: nn.Linear, quantization: str) -> nn.Modu
         layer.weight = lib.nn.Int8Params(weight.to("cpu"), requires_grad=False, has_fp16_weights=False)
     if has_bias:
         layer.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
+    _same_kernel_in_eval(layer)
     layer = layer.to(device)  # bitsandbytes quantizes when the weight is moved to its device
     layer.weight.requires_grad_(False)
     return layer
@@ -158,7 +159,18 @@ def _meta_quantized_linear(lib: Any, linear: nn.Linear, quantization: str) -> nn
             layer.weight.SCB = torch.empty(out_f, dtype=torch.float32)
     if has_bias:
         layer.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
+    _same_kernel_in_eval(layer)
     return layer
+
+
+def _same_kernel_in_eval(layer: nn.Module) -> None:
+    """Keep one NF4 matmul for training and evaluation. On CPUs with AVX512-BF16,
+    ``Linear4bit`` repacks its weight in place the first time it runs in eval mode without
+    gradients, into a CPU inference layout with bfloat16 block scales: the evaluated model
+    would then differ from the trained one (by ~1e-3 in the logits), ``dequantize_4bit`` would
+    no longer read the weight, and the repacking fails for widths that are not a multiple of 64."""
+    if hasattr(layer, "support_avx512bf16_for_cpu"):
+        layer.support_avx512bf16_for_cpu = False
 
 
 def quantization_of(model: nn.Module) -> str:

@@ -23,7 +23,7 @@ from plugins.lora.model import base_name, extract, inject, load, split_by_layer
 from plugins.lora.peft_format import write_peft_files
 from zoo import Adapter, Method, hookimpl
 from zoo.merging.combine import MergeOptions
-from zoo.quantization import is_quantized_linear
+from zoo.quantization import is_quantized_linear, layer_quantization
 from zoo.targets import UnsupportedWeightError, check_trainable_modules, find_modules
 
 
@@ -100,6 +100,12 @@ class LoRA(Method):
             raise UnsupportedWeightError(
                 f"LoRA init {self.init_lora_weights!r} rewrites the base weights, which are quantized here "
                 f"({quantized[0]}, ...); the model is left unchanged: use init_lora_weights true or gaussian"
+            )
+        int8 = [name for name in quantized if layer_quantization(model.get_submodule(name)) == "int8"]
+        if int8 and self.use_dora:
+            raise UnsupportedWeightError(
+                f"DoRA on an int8 base fails inside peft/bitsandbytes on this CPU (the row scales of {int8[0]} are "
+                "gone after the first step); the model is left unchanged: use --model.quantization nf4 for DoRA"
             )
         plain = [name for name in selection["targets"] if name not in set(quantized)]
         check_trainable_modules(model, plain, "LoRA")  # before PEFT changes anything
