@@ -46,6 +46,8 @@ Usage::
 
     python -m tools.bench.train                       # CPU; writes docs/bench/train_cpu.json
     python -m tools.bench.train --device cuda --output docs/bench/train_cuda.json
+    python -m tools.bench.train --methods '[s2ft, frozen, s2ft_nf4, qlora, qlora_d0, frozen_nf4]' \\
+        --output docs/bench/train_cpu_nf4.json --docs docs/benchmarks.md --section '## Training on an NF4 base'
 """
 
 from __future__ import annotations
@@ -187,6 +189,7 @@ def bench_train(
     lora_dropout: float = 0.05,
     seed: int = 0,
     quiet: bool = False,
+    section: str = "## Training",
 ) -> dict[str, Any]:
     """Measure memory and step time of each method; write JSON and print ratio tables.
 
@@ -209,6 +212,8 @@ def bench_train(
         lora_dropout: dropout of ``lora`` (LLM-Adapters: 0.05); ``lora_d0`` has none.
         seed: seed of the weights, batches and S²FT's random selection.
         quiet: do not print the tables.
+        section: the Markdown heading of the section of ``docs`` to rewrite (another heading
+            keeps the Training section as it is, e.g. ``"## Training on an NF4 base"``).
 
     Returns:
         The results written to ``output``.
@@ -275,7 +280,7 @@ def bench_train(
     with atomic_file(path) as handle:
         handle.write(json.dumps(results, indent=2) + "\n")
     if docs:
-        update_docs(Path(docs), docs_section(results, path))
+        update_docs(Path(docs), docs_section(results, path, section), section)
     if not quiet:
         print(format_tables(results))
         print(f"\nwritten to {path}")
@@ -440,8 +445,8 @@ def _row(cells: list[Any]) -> str:
 SECTION = "## Training"
 
 
-def docs_section(results: dict[str, Any], path: Path) -> str:
-    """The "Training" section of ``docs/benchmarks.md``: command, setting and tables."""
+def docs_section(results: dict[str, Any], path: Path, section: str = SECTION) -> str:
+    """The "Training" section (or ``section``) of ``docs/benchmarks.md``: command, setting and tables."""
     env, command = results["environment"], results.get("command") or "python -m tools.bench.train"
     s = results["settings"]
     where = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path
@@ -451,7 +456,7 @@ def docs_section(results: dict[str, Any], path: Path) -> str:
         f"load average {env['load_average_at_start']:.2f} at the start and {env['load_average_at_end']:.2f} at the "
         "end). How each number is measured: the module docstring of `tools/bench/train.py`."
     )
-    lines = [SECTION, "", setting, ""]
+    lines = [section, "", setting, ""]
     if any("sparse" in info for info in results["trainable"].values()) and max(s["memory_layers"]) > 2:
         lines += [
             "The sparse row (1% of every projection's entries, random) is counted at 2 layers only: its selection "
@@ -462,9 +467,9 @@ def docs_section(results: dict[str, Any], path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_docs(path: Path, section: str) -> None:
-    """Replace (or append) the Training section of ``path``; other sections stay as they are."""
-    replace_docs_section(path, SECTION, section)
+def update_docs(path: Path, text: str, section: str = SECTION) -> None:
+    """Replace (or append) the section headed ``section`` of ``path``; other sections stay as they are."""
+    replace_docs_section(path, section, text)
 
 
 def _ratio(value: float, reference: float | None) -> str:
