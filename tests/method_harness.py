@@ -13,7 +13,7 @@ def fit_args(model_dir, root, max_steps: int, method: str, *extra: str) -> list[
         "--seed_everything", "7",
         "--model.model", str(model_dir),
         "--model.method", method,
-        "--model.optimizer", "AdamW",
+        "--model.optimizer", "torch.optim.AdamW",
         "--model.optimizer.lr", "1e-2",
         "--model.calibration_batches", "2",
         "--data", "datamodules.ArithmeticDataModule",

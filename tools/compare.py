@@ -28,7 +28,7 @@ from datamodules.base import FineTuneDataModule
 from tools.evaluate import evaluate, markdown_report, plot_results
 from zoo.callbacks import TokenCounter
 from zoo.cli import build_cli
-from zoo.evaluation import response_loss
+from zoo.evaluation import mean_response_loss
 from zoo.outputs import atomic_file
 from zoo.plugins import available_methods
 
@@ -93,7 +93,7 @@ def train_one(recipe: str, contender: Contender, lr: float, steps: int, holdout:
         "trainable_parameters": cli.model.trainable_parameter_count,
         "base_parameters": cli.model.base_parameter_count,
         "holdout_records": holdout,
-        "holdout_loss": response_loss(cli.model.model, cli.datamodule.holdout_dataloader()),
+        "holdout_loss": mean_response_loss(cli.model.model, cli.datamodule.holdout_dataloader()),
         "train_minutes": round(minutes, 2),
         "adapter": str(folder / "adapter"),
     }

@@ -19,6 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from zoo.loss import IGNORE_INDEX, response_loss
+
 Z95 = 1.959963984540054
 """The standard normal quantile of 0.975: a two-sided 95% interval."""
 SIGNIFICANCE = 0.05
@@ -167,7 +169,7 @@ def generate_answers(
 
 
 @torch.inference_mode()
-def response_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> float:
+def mean_response_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> float:
     """Mean cross-entropy per response token over ``batches`` (``labels`` is -100 elsewhere):
     every token weighs the same, whatever batch it is in."""
     device = next(model.parameters()).device
@@ -176,14 +178,9 @@ def response_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) 
     model.eval()
     try:
         for batch in batches:
-            labels = batch["labels"].to(device)
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-            shifted = labels[:, 1:]
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100, reduction="sum"
-            )
-            total += loss.item()
-            tokens += int((shifted != -100).sum())
+            batch = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "labels")}
+            total += response_loss(model, batch, reduction="sum").item()
+            tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
     return total / tokens if tokens else float("nan")

@@ -7,8 +7,10 @@ A model argument is one of:
 * a path to a ``.gguf`` file;
 * a Hugging Face model id or a local folder, for ``from_pretrained``.
 
-Weights load through transformers (safetensors, or GGUF dequantized to ``dtype``); remote
-code is never run unless ``trust_remote_code=True`` is asked for. A path that does not
+Weights load through transformers (safetensors, or GGUF dequantized); remote code is never
+run unless ``trust_remote_code=True`` is asked for. Dequantizing a GGUF file takes a while
+(~15 s for SmolLM2-135M on 2 cores, on every load), so the first load keeps the float32
+result as a model folder in ftzoo's cache (:func:`cache_root`) and later loads read that. A path that does not
 exist, or a folder that is not a model, is refused by name without asking the hub; a hub
 id on an offline machine is looked up in the local cache only (:func:`hub_offline`).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.util
 import logging
 import os
@@ -28,6 +31,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+import transformers
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HFValidationError
 from transformers import (
@@ -75,12 +79,12 @@ def resolve_model_source(name_or_path: str) -> tuple[str, dict[str, Any]]:
     """Turn a model argument into ``from_pretrained`` arguments: ``(folder_or_id, kwargs)``."""
     if name_or_path in ALIASES:
         folder, gguf_file = ALIASES[name_or_path]()
-        return folder, {"gguf_file": gguf_file}
+        return _gguf_source(Path(folder) / gguf_file)
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"{path}: no such GGUF file")
-        return str(path.parent), {"gguf_file": path.name}
+        return _gguf_source(path)
     if path.exists() and not path.is_dir():
         raise ModelLoadError(f"{path}: a model path must be a folder or a .gguf file")
     if path.is_dir():
@@ -89,6 +93,57 @@ def resolve_model_source(name_or_path: str) -> tuple[str, dict[str, Any]]:
     if looks_local(name_or_path):  # never ask the hub about a path
         raise ModelLoadError(f"{name_or_path}: no such model folder")
     return name_or_path, {}
+
+
+def cache_root() -> Path | None:
+    """Where ftzoo keeps dequantized GGUF models: ``$FTZOO_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/ftzoo`` (``~/.cache/ftzoo``); ``FTZOO_CACHE_DIR=off`` turns the cache off."""
+    value = os.environ.get("FTZOO_CACHE_DIR")
+    if value is not None and value.strip().lower() in ("", "0", "off", "none", "false"):
+        return None
+    if value:
+        return Path(value).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ftzoo"
+
+
+def gguf_cache_folder(path: Path) -> Path | None:
+    """The cache folder for a GGUF file: named after the file, keyed by its location, size and
+    modification time and by the transformers version that dequantizes it (a changed file or
+    a new transformers converts again). ``None`` when the cache is off."""
+    root = cache_root()
+    if root is None:
+        return None
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    return root / "gguf" / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _gguf_source(path: Path) -> tuple[str, dict[str, Any]]:
+    """``from_pretrained`` arguments for a GGUF file: its cached float32 folder (converted now
+    if absent), or the file itself when the cache is off or cannot be written."""
+    direct = str(path.parent), {"gguf_file": path.name}
+    cached = gguf_cache_folder(path)
+    if cached is None:
+        return direct
+    if not (cached / "config.json").is_file():
+        try:
+            _convert_gguf(path, cached)
+        except OSError as err:
+            log.warning("could not cache %s as a model folder (%s); loading the GGUF file itself", path.name, err)
+            return direct
+    return str(cached), {}
+
+
+def _convert_gguf(path: Path, target: Path) -> None:
+    """Dequantize ``path`` to float32 once and write it, with its tokenizer, to ``target`` (atomically)."""
+    from zoo.inference.export import save_model_folder
+
+    log.info("Dequantizing %s once; later loads read %s", path.name, target)
+    source, kwargs = str(path.parent), {"gguf_file": path.name}
+    tokenizer = _from_pretrained(AutoTokenizer, source, str(path), **kwargs)
+    with _quiet_loading():
+        model = _from_pretrained(AutoModelForCausalLM, source, str(path), dtype=torch.float32, **kwargs)
+        save_model_folder(model, tokenizer, target, overwrite=True)
 
 
 def _check_model_folder(path: Path) -> None:

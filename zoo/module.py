@@ -34,6 +34,7 @@ from zoo.plugins import method_hooks, method_name
 from zoo.prepare import calibration_batches, extract_adapter, freeze, rewrite, select
 from zoo.quantization import Quantization, check_method, dequantize, quantize
 from zoo.schedule import Decay, parameter_groups, warmup_decay
+from zoo.loss import response_loss
 from zoo.task_accuracy import EvaluationSteps, TaskAccuracy
 
 __all__ = ["CheckpointMismatchError", "FineTuneModule"]  # the error, for callers that catch it here
@@ -192,8 +193,7 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
         return self.model(**batch)
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        keys = ("input_ids", "attention_mask", "labels")
-        return self.model(**{k: batch[k] for k in keys}, use_cache=False).loss
+        return response_loss(self.model, batch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)

