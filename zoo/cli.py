@@ -67,6 +67,36 @@ def resolve_method_names(args: list[str]) -> list[str]:
     return resolved
 
 
+OPTIMIZER_FLAGS = ("--model.optimizer", "--model.optimizer.class_path")
+
+
+def resolve_optimizer_names(args: list[str]) -> list[str]:
+    """A short optimizer name (``--model.optimizer AdamW``) means ``torch.optim``'s.
+
+    jsonargparse resolves a short name among every imported subclass of
+    ``torch.optim.Optimizer``; bitsandbytes (the quantized base's library, which peft imports
+    whenever it is installed) defines ``AdamW``, ``Adam``, ``SGD``, ... too, which would make the
+    short name ambiguous. A class path is left as it is (``bitsandbytes.optim.AdamW8bit``).
+    """
+    resolved = list(args)
+    for i, arg in enumerate(resolved):
+        flag, sep, value = arg.partition("=")
+        if flag in OPTIMIZER_FLAGS and sep:
+            resolved[i] = f"{flag}={_torch_optimizer(value)}"
+        elif arg in OPTIMIZER_FLAGS and i + 1 < len(resolved):
+            resolved[i + 1] = _torch_optimizer(resolved[i + 1])
+    return resolved
+
+
+def _torch_optimizer(value: str) -> str:
+    import torch
+
+    candidate = getattr(torch.optim, value, None) if re.fullmatch(r"[A-Za-z_]\w*", value) else None
+    if isinstance(candidate, type) and issubclass(candidate, torch.optim.Optimizer):
+        return f"torch.optim.{value}"
+    return value
+
+
 def _check_method_name(value: str) -> None:
     """Refuse a bare word that names no method (jsonargparse would ask for a dot import path);
     leave YAML/JSON values, ``null`` and class paths to the parser."""
@@ -80,10 +110,16 @@ def _class_path(cls: type) -> str:
 
 def load_config_with_method_names(text: str) -> Any:
     """YAML loader for config files: ``method: s2ft`` or ``class_path: s2ft`` under
-    ``model`` become the registered method's class path."""
+    ``model`` become the registered method's class path, and a short optimizer name
+    ``torch.optim``'s (:func:`resolve_optimizer_names`)."""
     value = _YAML_LOAD(text)
     model = value.get("model") if isinstance(value, dict) else None
     method = model.get("method") if isinstance(model, dict) else None
+    optimizer = model.get("optimizer") if isinstance(model, dict) else None
+    if isinstance(optimizer, str):
+        model["optimizer"] = _torch_optimizer(optimizer)
+    elif isinstance(optimizer, dict) and isinstance(optimizer.get("class_path"), str):
+        optimizer["class_path"] = _torch_optimizer(optimizer["class_path"])
     methods = available_methods()
     name = method.get("class_path") if isinstance(method, dict) else method
     if isinstance(name, str):
@@ -199,7 +235,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
     check_config_files(command_line)
     # The resolved list is given to LightningCLI as ``args``, which it then parses instead of
     # sys.argv; its warning that ``args`` is meant for use from Python does not apply.
-    args = resolve_method_names(command_line)
+    args = resolve_optimizer_names(resolve_method_names(command_line))
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return FtzooCLI(
         FineTuneModule,

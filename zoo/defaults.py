@@ -23,6 +23,11 @@ class CoreDefaults:
         self.hook = hook  # to build defaults from other hooks (fuse from deltas)
 
     @hookimpl(trylast=True)
+    def ftzoo_quantized_base(self) -> bool:
+        """A method trains on a quantized base only if it says so."""
+        return False
+
+    @hookimpl(trylast=True)
     def ftzoo_trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 

@@ -23,6 +23,7 @@ does), or **optional** (nobody answers unless a method does).
 ==============================  ===========  ============  ==============================
 hook                            when         first result  who implements
 ==============================  ===========  ============  ==============================
+``ftzoo_quantized_base``        fit, first   yes           core default (``False``: refuse)
 ``ftzoo_select_parameters``     fit, once    yes           required
 ``ftzoo_rewrite_model``         every build  no            required
 ``ftzoo_trainable_parameters``  every build  yes           core default (``requires_grad``)
@@ -42,7 +43,10 @@ hook                            when         first result  who implements
 
 Order in which ``lightning fit`` calls the hooks
 ------------------------------------------------
-1. load: the base model is loaded and every parameter frozen (``requires_grad=False``).
+0. ``ftzoo_quantized_base``     -- only with ``--model.quantization nf4|int8``, before the base
+   is loaded: a method that cannot train beside quantized weights is refused here.
+1. load: the base model is loaded and every parameter frozen (``requires_grad=False``); with a
+   quantization, its linear layers are then quantized (:mod:`zoo.quantization`).
 2. ``ftzoo_select_parameters``  -- once, on rank 0; the result is broadcast to all ranks.
 3. ``ftzoo_rewrite_model``      -- every rank, with the same selection.
 4. ``ftzoo_trainable_parameters`` -- the optimizer is built over exactly these.
@@ -85,6 +89,34 @@ if TYPE_CHECKING:
 PROJECT = "ftzoo"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ---------------------------------------------------------------------------------------
+# load: can the method train on a quantized base?
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def ftzoo_quantized_base(quantization: str) -> bool:
+    """Whether the method trains on a base whose linear weights are quantized.
+
+    *When*: with ``--model.quantization nf4|int8`` (:mod:`zoo.quantization`), before the base
+    is loaded, and in :func:`zoo.prepare.prepare` for a model that is already quantized; a
+    ``False`` refuses the run before anything is loaded or changed. *First result wins.
+    Core default*: ``False``, so a method that never thought about quantized weights is
+    refused with a clear message instead of failing inside its rewrite.
+
+    A method that answers ``True`` must train *beside* the quantized weights (an update in
+    float, a low-rank pair, values at chosen entries), never the quantized tensors themselves,
+    and its adapter must stay in the base's float coordinates so that it also applies to the
+    unquantized base. Full fine-tuning answers ``False``.
+
+    Args:
+        quantization: ``"nf4"`` or ``"int8"``.
+
+    Returns:
+        ``True`` if the method can train on such a base.
+    """
 
 
 # ---------------------------------------------------------------------------------------

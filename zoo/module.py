@@ -32,6 +32,7 @@ from zoo.loading import load_model, load_tokenizer
 from zoo.method import Method
 from zoo.plugins import method_hooks, method_name
 from zoo.prepare import calibration_batches, extract_adapter, freeze, rewrite, select
+from zoo.quantization import Quantization, check_method, dequantize, quantize
 from zoo.schedule import Decay, parameter_groups, warmup_decay
 from zoo.loss import response_loss
 from zoo.task_accuracy import EvaluationSteps, TaskAccuracy
@@ -59,7 +60,14 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
         min_lr_ratio: final learning rate as a fraction of the peak.
         calibration_batches: training batches a method may score parameters on before
             training (S²FT's activation and gradient selection).
-        dtype: dtype of the base weights.
+        dtype: dtype of the base weights (with ``quantization``: of everything not quantized,
+            and of the matmuls).
+        quantization: store the frozen base's linear weights (not the output head) as
+            ``nf4`` (4-bit NormalFloat, QLoRA's) or ``int8``, through bitsandbytes
+            (:mod:`zoo.quantization`); the method trains beside them, and its adapter applies
+            to the unquantized base too. Methods that cannot (full) are refused first. With
+            ``adapter`` (validate/test/predict) the adapter is fused into the dequantized
+            weights, which computes what the model trained on the quantized base computed.
         attn_implementation: transformers attention implementation (``sdpa``, ``eager``).
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         trust_remote_code: allow a model's own Python code (off unless you trust it).
@@ -80,6 +88,7 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
         min_lr_ratio: float = 0.0,
         calibration_batches: int = 8,
         dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32",
+        quantization: Quantization = "none",
         attn_implementation: str | None = "sdpa",
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
@@ -92,6 +101,7 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
         self.lr_decay, self.min_lr_ratio = lr_decay, min_lr_ratio
         self.calibration_batches = calibration_batches
         self.dtype_name, self.attn_implementation = dtype, attn_implementation
+        self.quantization = quantization
         self.gradient_checkpointing, self.trust_remote_code = gradient_checkpointing, trust_remote_code
         self.adapter_dir, self.overwrite = adapter_dir, overwrite
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
@@ -118,9 +128,14 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
 
     def _build(self, selection: Any) -> None:
         stage = self.trainer.state.fn if self._trainer is not None else None
+        if self.method is not None and self.adapter_path is None:
+            check_method(self.hooks, method_name(self.method), self.quantization)  # before loading anything
         model = freeze(load_model(self.model_name, self.dtype_name, self.attn_implementation, self.trust_remote_code))
-        self.base_info = BaseModelInfo.of(model, self.model_name)
+        self.base_info = BaseModelInfo.of(model, self.model_name)  # the unquantized base's identity
         self.base_parameter_count = sum(p.numel() for p in model.parameters())
+        quantize(model, self.quantization)
+        if self.adapter_path is not None:  # evaluate Q(W) + adapter: fused into the dequantized weights
+            dequantize(model)
         if self._trainer is not None and not isinstance(self.trainer.strategy, FSDPStrategy):
             model.to(self.trainer.strategy.root_device)  # FSDP moves each unit to the device as it shards it
         if self.gradient_checkpointing:

@@ -23,6 +23,7 @@ from torch import nn
 from zoo.adapter import Adapter, BaseModelInfo
 from zoo.method import Method
 from zoo.plugins import PluginError, method_hooks, method_name
+from zoo.quantization import check_method, quantization_of
 
 Batches = Callable[[], Iterator[dict[str, torch.Tensor]]]
 
@@ -150,6 +151,7 @@ def prepare(
         selection: a stored selection (a checkpoint's, an adapter's) to rebuild instead.
     """
     hooks = method_hooks(method)
+    check_method(hooks, method_name(method), quantization_of(model))  # before anything changes
     freeze(model)
     if selection is None:
         selection = select(hooks, method, model, calibration_batches, seed)

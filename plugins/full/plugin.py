@@ -41,6 +41,10 @@ class FullFineTuning(Method):
         return [name for name, _ in model.named_parameters() if self._chosen(name)]
 
     @hookimpl
+    def ftzoo_quantized_base(self) -> bool:
+        return False  # it trains the base weights themselves, which a quantized weight cannot take
+
+    @hookimpl
     def ftzoo_rewrite_model(self, model: nn.Module, selection: list[str]) -> None:
         packed = [name for name in packed_weights(model) if self._chosen(name)]  # quantized layers it would skip
         check_trainable_parameters(model, [*selection, *packed], "full fine-tuning")  # before any change

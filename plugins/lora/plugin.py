@@ -17,13 +17,14 @@ import torch
 from peft import LoraConfig
 from torch import nn
 
-from plugins.lora.config import LLM_ADAPTERS_TARGETS, check_init, peft_config, stored_rank
+from plugins.lora.config import LLM_ADAPTERS_TARGETS, check_init, mutates_base, peft_config, stored_rank
 from plugins.lora.layer import LowRankDelta, delta_weight
 from plugins.lora.model import base_name, extract, inject, load, split_by_layer
 from plugins.lora.peft_format import write_peft_files
 from zoo import Adapter, Method, hookimpl
 from zoo.merging.combine import MergeOptions
-from zoo.targets import check_trainable_modules, find_modules
+from zoo.quantization import is_quantized_linear, layer_quantization
+from zoo.targets import UnsupportedWeightError, check_trainable_modules, find_modules
 
 
 class LoRA(Method):
@@ -89,8 +90,25 @@ class LoRA(Method):
         return {"targets": find_modules(model, self.target_modules), "seed": int(seed)}
 
     @hookimpl
+    def ftzoo_quantized_base(self) -> bool:
+        return True  # QLoRA: PEFT wraps the bitsandbytes layers and trains A, B beside them
+
+    @hookimpl
     def ftzoo_rewrite_model(self, model: nn.Module, selection: dict[str, Any]) -> None:
-        check_trainable_modules(model, selection["targets"], "LoRA")  # before PEFT changes anything
+        quantized = [name for name in selection["targets"] if is_quantized_linear(model.get_submodule(name))]
+        if quantized and mutates_base(self.init_lora_weights):
+            raise UnsupportedWeightError(
+                f"LoRA init {self.init_lora_weights!r} rewrites the base weights, which are quantized here "
+                f"({quantized[0]}, ...); the model is left unchanged: use init_lora_weights true or gaussian"
+            )
+        int8 = [name for name in quantized if layer_quantization(model.get_submodule(name)) == "int8"]
+        if int8 and self.use_dora:
+            raise UnsupportedWeightError(
+                f"DoRA on an int8 base fails inside peft/bitsandbytes on this CPU (the row scales of {int8[0]} are "
+                "gone after the first step); the model is left unchanged: use --model.quantization nf4 for DoRA"
+            )
+        plain = [name for name in selection["targets"] if name not in set(quantized)]
+        check_trainable_modules(model, plain, "LoRA")  # before PEFT changes anything
         inject(model, peft_config(self.options(), selection["targets"]), seed=selection["seed"])
 
     @hookimpl

@@ -24,6 +24,7 @@ from torch import nn
 from plugins.s2ft.config import ROLES
 from plugins.s2ft.layers import S2FTLinear
 from plugins.s2ft.permute import unit_index
+from plugins.s2ft.quantized import S2FTQuantizedLinear
 from plugins.s2ft.selection import SELECTION_FORMAT, SELECTION_VERSION, projections_of
 from zoo import Adapter, AdapterError
 from zoo.merging.combine import MergeOptions
@@ -66,10 +67,11 @@ def structured_updates(adapter: Adapter) -> list[StructuredUpdate]:
 
 
 def extract(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The deltas of every :class:`S2FTLinear` of a rewritten model, in original order."""
+    """The deltas of every :class:`S2FTLinear` (or :class:`S2FTQuantizedLinear`) of a rewritten
+    model, in original order."""
     tensors = {}
     for name, module in model.named_modules():
-        if isinstance(module, S2FTLinear):
+        if isinstance(module, (S2FTLinear, S2FTQuantizedLinear)):
             weight, bias = module.delta()
             tensors[f"{name}.weight{DELTA_SUFFIX}"] = weight.contiguous()
             if bias is not None:

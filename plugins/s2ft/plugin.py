@@ -21,12 +21,14 @@ from torch import nn
 from plugins.s2ft import adapter as s2ft_adapter
 from plugins.s2ft.config import CONFIG_ARG, ROLES, Allocation, Budget, StrategyName, check_budget
 from plugins.s2ft.layers import S2FTLinear
+from plugins.s2ft.quantized import S2FTQuantizedLinear
 from plugins.s2ft.permute import permute_, plan_attention, plan_channels, positions, runs
 from plugins.s2ft.selection import STRATEGIES, Target, choose, make_selection, projections_of, unit_count
 from plugins.s2ft.structures import Block, coupled_blocks
 from zoo import Adapter, Method, hookimpl
 from zoo.merging.combine import MergeOptions
-from zoo.targets import check_trainable_modules
+from zoo.quantization import is_quantized_linear, quantization_of
+from zoo.targets import UnsupportedWeightError, check_trainable_modules
 
 
 class S2FT(Method):
@@ -139,6 +141,10 @@ class S2FT(Method):
     # ------------------------------------------------------------------ rewrite
 
     @hookimpl
+    def ftzoo_quantized_base(self) -> bool:
+        return True  # the selected units train as a float update beside the quantized weight
+
+    @hookimpl
     def ftzoo_rewrite_model(self, model: nn.Module, selection: Any) -> None:
         rewrite(model, selection)
 
@@ -189,10 +195,39 @@ def rewrite(model: nn.Module, selection: Any) -> None:
         if layer not in blocks:
             raise ValueError(f"the S²FT selection names layer {layer}; the model has {len(blocks)} blocks")
         check_block(blocks[layer], entries)
+    if quantization_of(model) != "none":
+        rewrite_quantized(model, blocks, by_layer)
+        return
     touched = [blocks[layer].module_name(p) for layer, entries in by_layer.items() for p in _permuted(entries)]
     check_trainable_modules(model, touched, "S²FT")
     for layer, entries in sorted(by_layer.items()):
         rewrite_block(blocks[layer], entries)
+
+
+def rewrite_quantized(model: nn.Module, blocks: dict[int, Block], by_layer: dict[int, dict[str, dict[str, Any]]]) -> None:
+    """On a quantized base: no permutation; each selected projection gets a zero float update of
+    its selected units beside the quantized weight (:mod:`plugins.s2ft.quantized`).
+
+    Raises:
+        UnsupportedWeightError: a selected projection is not a bitsandbytes layer (checked for
+            every one before any is replaced).
+    """
+    chosen = [(blocks[layer], role, entry) for layer, entries in sorted(by_layer.items()) for role, entry in entries.items()]
+    plain = [b.module_name(ROLES[role].projection) for b, role, _ in chosen if not is_quantized_linear(Target.of(b, role).linear)]
+    if plain:
+        raise UnsupportedWeightError(
+            f"S²FT on a quantized base expects every selected projection quantized; {plain[:3]} are not "
+            "(quantize the whole base with zoo.quantization.quantize). The model is left unchanged"
+        )
+    for block, role, entry in chosen:
+        spec, target = ROLES[role], Target.of(block, role)
+        dtype = getattr(target.linear, "compute_dtype", None) or _float_dtype(model)
+        layer = S2FTQuantizedLinear(target.linear, spec.dim, entry["units"], target.unit_size, dtype)
+        block.set_linear(spec.projection, layer)
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
 
 def _permuted(entries: dict[str, dict[str, Any]]) -> list[str]:
@@ -222,7 +257,7 @@ def check_block(block: Block, entries: dict[str, dict[str, Any]]) -> None:
                 f"the S²FT selection for layer {block.index} {role} projection names {entry['unit']}s {bad[:5]}; "
                 f"there are {target.num_units} (0 to {target.num_units - 1})"
             )
-        if isinstance(target.linear, S2FTLinear):
+        if isinstance(target.linear, (S2FTLinear, S2FTQuantizedLinear)):
             raise RuntimeError(f"{target.module_name} is already rewritten by S²FT")
 
 

@@ -38,6 +38,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from zoo.quantization import dequantized_weight, layer_quantization
+
 from plugins.s2ft.config import ROLES, Allocation, Budget, resolve_count
 from plugins.s2ft.structures import Block
 
@@ -120,7 +122,8 @@ class WeightStrategy(Strategy):
     name = "weight"
 
     def scores(self, targets, model, batches, generator):
-        return [t.unit_norms(t.linear.weight, feature_dim=t.dim).sqrt() for t in targets]
+        # a quantized base is scored on the weights it computes with (dequantized, one at a time)
+        return [t.unit_norms(dequantized_weight(t.linear), feature_dim=t.dim).sqrt() for t in targets]
 
 
 class ActivationStrategy(Strategy):
@@ -173,6 +176,12 @@ class GradientStrategy(Strategy):
     needs_data = True
 
     def scores(self, targets, model, batches, generator):
+        quantized = [t.module_name for t in targets if layer_quantization(t.linear) != "none"]
+        if quantized:
+            raise ValueError(
+                f"S²FT strategy 'gradient' needs weight gradients, which quantized weights ({quantized[0]}, ...) do "
+                "not take; on a quantized base use strategy random, weight, activation or weight_activation"
+            )
         sums = [torch.zeros(t.num_units, dtype=torch.float64) for t in targets]
         weights = [t.linear.weight for t in targets]
         was = [w.requires_grad for w in weights]

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zoo.quantization import layer_quantization
+
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -176,6 +178,8 @@ def _check_block(block: Block, model_type: str) -> None:
     for projection, (out_features, in_features) in expected.items():
         linear = block.linear(projection)
         weight = getattr(linear, "weight", None)
+        if layer_quantization(linear) != "none":  # bitsandbytes: packed weight, the layer knows its shape
+            weight = torch.empty(linear.out_features, linear.in_features, device="meta")
         if not isinstance(weight, torch.Tensor) or weight.ndim != 2:  # torch.ao quantized: a method
             raise UnsupportedArchitectureError(
                 f"{block.module_name(projection)} is a {type(linear).__name__} without a 2-D weight; S²FT "

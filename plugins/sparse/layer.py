@@ -119,3 +119,74 @@ class SparseMaskLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, masked={self.mask_values.numel()}, grad_mode={self.grad_mode}"
+
+
+class SparseUpdateFn(torch.autograd.Function):
+    """``x ↦ F.linear(x, scatter(values))`` with ``scatter(values)`` [out, in] zero outside the
+    mask, differentiable in ``x`` and ``values``: the update beside a quantized weight.
+
+    It saves ``x`` and references to ``values`` and ``indices``; the dense update exists only
+    transiently, in the forward and in the backward (as :class:`SparseDeltaLinearFn`'s ``W_eff``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x, values, indices, shape: tuple[int, int], sampled: bool):
+        ctx.save_for_backward(x, values, indices)
+        ctx.shape, ctx.sampled = shape, sampled
+        return F.linear(x, _scattered(values, indices, shape, x.dtype))
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):
+        x, values, indices = ctx.saved_tensors
+        grad_x = grad_values = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_out @ _scattered(values, indices, ctx.shape, grad_out.dtype)).to(x.dtype)  # [..., in]
+        if ctx.needs_input_grad[1]:
+            g2 = grad_out.reshape(-1, grad_out.shape[-1])  # [T, out]
+            x2 = x.reshape(-1, x.shape[-1]).to(g2.dtype)  # [T, in]
+            if ctx.sampled and g2.dtype in (torch.float32, torch.float64):
+                grad_values = sampled_grad(g2, x2, indices, torch.Size(ctx.shape))
+            else:
+                grad_values = (g2.t() @ x2).reshape(-1).index_select(0, indices)  # [out, in] → [k]
+            grad_values = grad_values.to(values.dtype)
+        return grad_x, grad_values, None, None, None
+
+
+def _scattered(values: torch.Tensor, indices: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    flat = torch.zeros(shape[0] * shape[1], dtype=dtype, device=values.device)
+    return flat.index_add_(0, indices, values.detach().to(dtype)).view(shape)
+
+
+class SparseMaskQuantizedLinear(nn.Module):
+    """A quantized frozen linear layer (bitsandbytes) with trained values at fixed entries
+    beside it: ``y = Q(W) x + scatter(values) x``, ``values`` zero at the start.
+
+    The base layer is kept as ``base_layer``, unchanged; its dequantizing matmul gives the
+    input gradient of ``Q(W) x``. ``mask_values`` are the differences from the base at the
+    masked entries, as on a float base, so the adapter is the same.
+
+    Args:
+        base: the bitsandbytes layer.
+        indices: sorted flat indices ``row * in_features + col``.
+        values_dtype: dtype of the trained values.
+        grad_mode: ``"dense"`` or ``"sampled"`` (see the module docstring).
+    """
+
+    def __init__(self, base: nn.Module, indices: torch.Tensor, values_dtype: torch.dtype, grad_mode: str) -> None:
+        super().__init__()
+        self.base_layer = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+        device = base.bias.device if base.bias is not None else next(base.parameters()).device
+        index_dtype = torch.int32 if self.in_features * self.out_features < 2**31 else torch.int64
+        self.mask_values = nn.Parameter(torch.zeros(len(indices), dtype=values_dtype, device=device))
+        self.register_buffer("mask_indices", indices.to(device=device, dtype=index_dtype), persistent=False)
+        self.grad_mode = grad_mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)  # [..., out]: Q(W) x (+ b)
+        shape = (self.out_features, self.in_features)
+        update = SparseUpdateFn.apply(x, self.mask_values, self.mask_indices, shape, self.grad_mode == "sampled")
+        return y + update.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"masked={self.mask_values.numel()} beside a quantized weight, grad_mode={self.grad_mode}"

@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from plugins.sparse.indices import ENCODING, decode, encode
-from plugins.sparse.layer import SparseMaskLinear, csr_tensor
+from plugins.sparse.layer import SparseMaskLinear, SparseMaskQuantizedLinear, csr_tensor
 from zoo.adapter import AdapterError
+from zoo.quantization import is_quantized_linear, weight_shape
 from zoo.targets import check_trainable_modules
 
 INDICES, VALUES = "mask_indices", "mask_values"
@@ -33,7 +34,7 @@ INDICES, VALUES = "mask_indices", "mask_values"
 def make_selection(chosen: dict[str, torch.Tensor], model: nn.Module, **recipe: Any) -> dict[str, Any]:
     """The JSON-able selection for ``chosen`` (target name → sorted flat indices)."""
     targets = {
-        name: {"shape": list(model.get_submodule(name).weight.shape), "count": len(idx), "indices": encode(idx)}
+        name: {"shape": list(weight_shape(model.get_submodule(name))), "count": len(idx), "indices": encode(idx)}
         for name, idx in chosen.items()
     }
     return {**recipe, "encoding": ENCODING, "targets": targets}
@@ -58,16 +59,26 @@ def rewrite(model: nn.Module, chosen: dict[str, torch.Tensor], grad_mode: str) -
     Raises:
         TypeError: a target is not a plain ``nn.Linear``.
         ValueError: mask indices fall outside a target's weight.
-        UnsupportedWeightError: a target holds quantized or integer weights.
+        UnsupportedWeightError: a target holds integer weights that are not a bitsandbytes layer.
+
+    A bitsandbytes (quantized) target gets a :class:`SparseMaskQuantizedLinear`: zero values
+    beside the quantized weight.
     """
+    quantized = {name for name in chosen if is_quantized_linear(model.get_submodule(name))}
     for name, indices in chosen.items():
         base = model.get_submodule(name)
-        if type(base) is not nn.Linear:
+        if type(base) is not nn.Linear and name not in quantized:
             raise TypeError(f"sparse masks adapt nn.Linear layers; {name} is a {type(base).__name__}")
-        check_indices(name, indices, base.weight.numel(), tuple(base.weight.shape))
-    check_trainable_modules(model, chosen, "sparse masks")
+        shape = weight_shape(base)
+        check_indices(name, indices, shape[0] * shape[1], shape)
+    check_trainable_modules(model, [name for name in chosen if name not in quantized], "sparse masks")
     for name, indices in chosen.items():
         base = model.get_submodule(name)
+        if name in quantized:  # values beside the quantized weight (plugins.sparse.layer)
+            dtype = getattr(base, "compute_dtype", None) or torch.float32
+            values_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+            model.set_submodule(name, SparseMaskQuantizedLinear(base, indices, values_dtype, grad_mode))
+            continue
         values_dtype = torch.float32 if base.weight.dtype in (torch.float16, torch.bfloat16) else base.weight.dtype
         model.set_submodule(name, SparseMaskLinear(base, indices, values_dtype, grad_mode))
 
@@ -89,7 +100,7 @@ def extract(model: nn.Module) -> dict[str, torch.Tensor]:
     """``<name>.mask_indices`` and ``<name>.mask_values`` of every masked layer."""
     tensors = {}
     for name, module in model.named_modules():
-        if isinstance(module, SparseMaskLinear):
+        if isinstance(module, (SparseMaskLinear, SparseMaskQuantizedLinear)):
             tensors[f"{name}.{INDICES}"] = module.mask_indices.detach()
             tensors[f"{name}.{VALUES}"] = module.mask_values.detach()
     return tensors

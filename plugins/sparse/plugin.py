@@ -67,6 +67,10 @@ class SparseMask(Method):
         return masks.make_selection(chosen, model, strategy=self.strategy, density=self.density, seed=int(seed))
 
     @hookimpl
+    def ftzoo_quantized_base(self) -> bool:
+        return True  # the masked values train beside the quantized weight
+
+    @hookimpl
     def ftzoo_rewrite_model(self, model: nn.Module, selection: dict[str, Any]) -> None:
         masks.rewrite(model, masks.selected_indices(selection), self.grad_mode)
 

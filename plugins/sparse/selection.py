@@ -24,6 +24,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from zoo.quantization import dequantized_weight, is_quantized_linear, weight_shape
+
 Batches = Callable[[], Iterator[dict[str, torch.Tensor]]]
 
 
@@ -58,7 +60,7 @@ class RandomMask(MaskStrategy):
         scores = {}
         for name in targets:
             generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-            scores[name] = torch.rand(model.get_submodule(name).weight.shape, generator=generator)
+            scores[name] = torch.rand(weight_shape(model.get_submodule(name)), generator=generator)
         return scores
 
 
@@ -68,7 +70,7 @@ class WeightMagnitudeMask(MaskStrategy):
     name = "weight"
 
     def scores(self, model, targets, calibration_batches, seed):
-        return {name: model.get_submodule(name).weight.detach().abs() for name in targets}
+        return {name: dequantized_weight(model.get_submodule(name)).abs() for name in targets}
 
 
 class GradientMagnitudeMask(MaskStrategy):
@@ -82,6 +84,12 @@ class GradientMagnitudeMask(MaskStrategy):
     name = "gradient"
 
     def scores(self, model, targets, calibration_batches, seed):
+        quantized = [name for name in targets if is_quantized_linear(model.get_submodule(name))]
+        if quantized:
+            raise ValueError(
+                f"sparse strategy 'gradient' needs weight gradients, which quantized weights ({quantized[0]}, ...) do "
+                "not take; on a quantized base use strategy random or weight"
+            )
         weights = {name: model.get_submodule(name).weight for name in targets}
         scores = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in weights.items()}
         for weight in weights.values():

@@ -156,3 +156,15 @@ def test_predict_writes_jsonl(tiny_llama_dir, tmp_path):
     )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 3 and {"task", "prompt", "generation", "answer", "correct"} <= set(rows[0])
+
+
+def test_short_optimizer_names_mean_torch_optim():
+    """bitsandbytes (imported by peft when installed) defines AdamW too; a short name is torch.optim's."""
+    from zoo.cli import resolve_optimizer_names
+
+    args = ["--model.optimizer", "AdamW", "--model.optimizer.class_path=SGD", "--model.optimizer.lr", "1e-3"]
+    assert resolve_optimizer_names(args) == [
+        "--model.optimizer", "torch.optim.AdamW", "--model.optimizer.class_path=torch.optim.SGD",
+        "--model.optimizer.lr", "1e-3",
+    ]  # fmt: skip
+    assert resolve_optimizer_names(["--model.optimizer", "bitsandbytes.optim.AdamW8bit"])[1] == "bitsandbytes.optim.AdamW8bit"

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo.quantization import state_tensors
+
 
 def storage_key(t: torch.Tensor) -> int:
     """Identity of a tensor's storage (``_cdata`` also tells ``meta`` storages apart)."""
@@ -28,7 +30,7 @@ def nbytes(tensors: Any) -> int:
 
 def count_memory(model: nn.Module, trainable: list[nn.Parameter], batch: dict[str, torch.Tensor]) -> dict[str, int]:
     """Bytes of weights, gradients, AdamW state and saved activations of one training step."""
-    state = list(model.parameters()) + list(model.buffers())
+    state = list(model.parameters()) + list(model.buffers()) + state_tensors(model)  # + NF4/int8 scales
     skip = {storage_key(t) for t in state}
     saved: dict[int, int] = {}
 

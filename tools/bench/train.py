@@ -17,6 +17,13 @@ configs of :func:`tools.bench.shapes.method_configs`:
   settings and adapters in the model's dtype (bf16 adapters on a bf16 model).
 * ``frozen``: the floor: every weight frozen except the first block's input norm, so the
   backward pass still runs through every block but computes no weight gradient.
+* ``s2ft_nf4``, ``qlora``, ``qlora_d0``, ``frozen_nf4``: the rows ``s2ft``, ``lora``,
+  ``lora_d0`` and ``frozen`` on the same base quantized to NF4 by :func:`zoo.quantization.quantize`
+  (bitsandbytes ``Linear4bit``, blocks of 64 with quantized block scales, every linear layer but
+  the output head; matmuls in the model's dtype). ``qlora`` is QLoRA as peft does it: ftzoo's
+  LoRA plugin, i.e. peft's LoRA layers wrapping the bitsandbytes layers, float32 adapters.
+  The NF4 weights' bytes include the block scales and code books (``quant_state``), which are
+  not parameters.
 
 Memory is *counted*, exactly, at the real Llama-2-7B layer shapes (hidden 4096,
 intermediate 11008, 32 heads, vocabulary 32000) with a few layers in bf16, built on the
@@ -39,6 +46,8 @@ Usage::
 
     python -m tools.bench.train                       # CPU; writes docs/bench/train_cpu.json
     python -m tools.bench.train --device cuda --output docs/bench/train_cuda.json
+    python -m tools.bench.train --methods '[s2ft, frozen, s2ft_nf4, qlora, qlora_d0, frozen_nf4]' \\
+        --output docs/bench/train_cpu_nf4.json --docs docs/benchmarks.md --section '## Training on an NF4 base'
 """
 
 from __future__ import annotations
@@ -69,11 +78,22 @@ from tools.bench.shapes import (
 from zoo.outputs import atomic_file
 from zoo.plugins import method_class
 from zoo.prepare import prepare
+from zoo.quantization import quantize
 
 REPO = Path(__file__).resolve().parents[2]
 
-MethodName = Literal["full", "lora", "lora_d0", "dora", "sparse", "s2ft", "peft_lora", "frozen"]
-METHODS: tuple[MethodName, ...] = ("full", "lora", "lora_d0", "dora", "sparse", "s2ft", "peft_lora", "frozen")
+MethodName = Literal[
+    "full", "lora", "lora_d0", "dora", "sparse", "s2ft", "peft_lora", "frozen", "s2ft_nf4", "qlora", "qlora_d0",
+    "frozen_nf4",
+]
+METHODS: tuple[MethodName, ...] = (
+    "full", "lora", "lora_d0", "dora", "sparse", "s2ft", "peft_lora", "frozen", "s2ft_nf4", "qlora", "qlora_d0",
+    "frozen_nf4",
+)  # fmt: skip
+QUANTIZED_ROWS = {"s2ft_nf4": "s2ft", "qlora": "lora", "qlora_d0": "lora_d0", "frozen_nf4": "frozen"}
+"""Row on an NF4 base → the row it repeats."""
+TIME_METHODS: tuple[MethodName, ...] = tuple(m for m in METHODS if m != "qlora_d0")
+"""Timed by default: every row but ``qlora_d0`` (whose dropout-free saving is a memory question)."""
 SPARSE_MAX_MEMORY_LAYERS = 2
 """The sparse row's selection holds the indices of 1% of every matrix on the CPU even for the
 meta-device count; at 32 Llama-2-7B layers that exceeds a 24 GiB machine, so it is counted at
@@ -114,6 +134,9 @@ def prepare_row(
     row: MethodName, model: nn.Module, seed: int, lora_rank: int, lora_dropout: float
 ) -> tuple[nn.Module, list[nn.Parameter], str]:
     """Make the row's parameters trainable; return (model, trainable, description)."""
+    if row in QUANTIZED_ROWS:
+        model, trainable, what = prepare_row(QUANTIZED_ROWS[row], quantize(model, "nf4"), seed, lora_rank, lora_dropout)
+        return model, trainable, f"{what}, NF4 base"
     if row == "frozen":
         norm = model.model.layers[0].input_layernorm.weight.requires_grad_(True)
         return model, [norm], "first input norm only"
@@ -153,6 +176,7 @@ def bench_train(
     docs: str | None = None,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     methods: tuple[MethodName, ...] = METHODS,
+    time_methods: tuple[MethodName, ...] | None = TIME_METHODS,
     memory_layers: tuple[int, ...] = (2, 32),
     seq_lens: tuple[int, ...] = (512, 1024),
     batch_sizes: tuple[int, ...] = (1, 2),
@@ -165,6 +189,7 @@ def bench_train(
     lora_dropout: float = 0.05,
     seed: int = 0,
     quiet: bool = False,
+    section: str = "## Training",
 ) -> dict[str, Any]:
     """Measure memory and step time of each method; write JSON and print ratio tables.
 
@@ -174,6 +199,7 @@ def bench_train(
             (e.g. ``docs/benchmarks.md``); other sections stay as they are.
         device: ``cpu``; ``cuda`` also measures the real peak; ``auto`` picks cuda if present.
         methods: which methods to run (ratios need ``full``, ``s2ft`` and ``frozen``).
+        time_methods: which of ``methods`` to time (default: the float rows); ``None``: all.
         memory_layers: decoder blocks of the Llama-2-7B-shaped model for memory (32 = the whole model).
         seq_lens: sequence lengths for memory.
         batch_sizes: batch sizes for memory.
@@ -186,6 +212,8 @@ def bench_train(
         lora_dropout: dropout of ``lora`` (LLM-Adapters: 0.05); ``lora_d0`` has none.
         seed: seed of the weights, batches and S²FT's random selection.
         quiet: do not print the tables.
+        section: the Markdown heading of the section of ``docs`` to rewrite (another heading
+            keeps the Training section as it is, e.g. ``"## Training on an NF4 base"``).
 
     Returns:
         The results written to ``output``.
@@ -231,8 +259,9 @@ def bench_train(
                         row["bytes"][method]["cuda_max_allocated"] = cuda_peak(model, trainable, batch)
                     del model, trainable
                 results["memory"].append(row)
+    timed = tuple(m for m in methods if time_methods is None or m in time_methods)
     results["time"] = _time_methods(
-        methods,
+        timed,
         device,
         time_layers,
         time_seq_len,
@@ -251,7 +280,7 @@ def bench_train(
     with atomic_file(path) as handle:
         handle.write(json.dumps(results, indent=2) + "\n")
     if docs:
-        update_docs(Path(docs), docs_section(results, path))
+        update_docs(Path(docs), docs_section(results, path, section), section)
     if not quiet:
         print(format_tables(results))
         print(f"\nwritten to {path}")
@@ -296,8 +325,9 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"memory": [], "time": {}}
     for row in results["memory"]:
         total = {m: b["total"] for m, b in row["bytes"].items()}
-        base = min(b["weights"] for b in row["bytes"].values())  # the frozen base model's own weights
-        beyond = {m: t - base for m, t in total.items()}
+        bases = {q: min(b["weights"] for m, b in row["bytes"].items() if (m in QUANTIZED_ROWS) == q) for q in (False, True)
+                 if any((m in QUANTIZED_ROWS) == q for m in row["bytes"])}  # the frozen base's own weights (bf16, NF4)
+        beyond = {m: t - bases[m in QUANTIZED_ROWS] for m, t in total.items()}
         shape = {k: row[k] for k in ("layers", "seq_len", "batch_size")}
         out["memory"].append({**shape, **_relative(total), "beyond_base_weights": _relative(beyond)})
     step = {m: t["step"] for m, t in results["time"].items()}
@@ -306,13 +336,11 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _relative(values: dict[str, float]) -> dict[str, float]:
-    """``"s2ft/full"``-style ratios of S²FT and of the frozen floor to every other method."""
-    return {
-        f"{method}/{other}": values[method] / values[other]
-        for method in ("s2ft", "frozen")
-        for other in REFERENCES
-        if method in values and other in values and other != method
-    }
+    """``"s2ft/full"``-style ratios of S²FT and of the frozen floor to every other method, and
+    of S²FT-nf4 and the NF4 floor to the NF4 rows and to their float counterparts."""
+    pairs = [(m, o) for m in ("s2ft", "frozen") for o in REFERENCES]
+    pairs += [(m, o) for m in ("s2ft_nf4", "frozen_nf4") for o in (*QUANTIZED_REFERENCES, "s2ft", "frozen")]
+    return {f"{m}/{o}": values[m] / values[o] for m, o in pairs if m in values and o in values and o != m}
 
 
 TARGETS = TRAIN_TARGETS
@@ -320,6 +348,8 @@ TARGETS = TRAIN_TARGETS
 
 REFERENCES = ("full", "lora", "lora_d0", "peft_lora", "frozen")
 """The methods every row is compared with (the ``vs …`` columns)."""
+QUANTIZED_REFERENCES = ("qlora", "qlora_d0", "frozen_nf4")
+"""The NF4 rows every row is compared with, in the NF4 table."""
 
 
 def format_tables(results: dict[str, Any]) -> str:
@@ -328,22 +358,35 @@ def format_tables(results: dict[str, Any]) -> str:
 
 
 def _memory_table(results: dict[str, Any]) -> list[str]:
+    """The float rows, then the NF4 rows with S²FT and the floor in bf16 beside them."""
+    float_rows = [m for m in METHODS if m not in QUANTIZED_ROWS]
+    lines = _memory_rows(results, "Memory at Llama-2-7B shapes, bf16 (GiB)", float_rows, REFERENCES, "lora")
+    nf4_rows = [*QUANTIZED_ROWS, "s2ft", "frozen"]
+    title = "Memory on an NF4 base (bitsandbytes, compute in bf16) at Llama-2-7B shapes, bf16 rows beside (GiB)"
+    nf4 = _memory_rows(results, title, nf4_rows, (*QUANTIZED_REFERENCES, "s2ft", "frozen"), "qlora")
+    return lines + ([""] + nf4 if len(nf4) > 4 else [])
+
+
+def _memory_rows(
+    results: dict[str, Any], title: str, methods: list[str], references: tuple[str, ...], added_vs: str
+) -> list[str]:
     gib = 2**30
     rows = results["memory"]
     cuda = any("cuda_max_allocated" in b for row in rows for b in row["bytes"].values())
     columns = ["layers", "seq × batch", "method", "weights", "grads", "AdamW", "activations", "total"]
-    columns += [f"vs {m}" for m in REFERENCES] + ["added vs lora"] + (["cuda peak"] if cuda else [])
-    lines = ["Memory at Llama-2-7B shapes, bf16 (GiB)", "", _row(columns), _row(["---"] * len(columns))]
+    columns += [f"vs {m}" for m in references] + [f"added vs {added_vs}"] + (["cuda peak"] if cuda else [])
+    lines = [title, "", _row(columns), _row(["---"] * len(columns))]
     for row in rows:
         b = row["bytes"]
-        base = min(v["weights"] for v in b.values())  # the frozen base model's weights, held by every method
-        for m in b:
+        for m in [m for m in methods if m in b]:
+            base = min(v["weights"] for k, v in b.items() if (k in QUANTIZED_ROWS) == (m in QUANTIZED_ROWS))
             parts = ("weights", "gradients", "optimizer", "activations", "total")
             cells = [row["layers"], f"{row['seq_len']} × {row['batch_size']}", m] + [
                 f"{b[m][k] / gib:.3f}" for k in parts
             ]
-            cells += [_ratio(b[m]["total"], b.get(o, {}).get("total")) for o in REFERENCES]
-            cells.append(_ratio(b[m]["total"] - base, b["lora"]["total"] - base) if "lora" in b else "-")
+            cells += [_ratio(b[m]["total"], b.get(o, {}).get("total")) for o in references]
+            comparable = added_vs in b and (m in QUANTIZED_ROWS) == (added_vs in QUANTIZED_ROWS)  # the same base
+            cells.append(_ratio(b[m]["total"] - base, b[added_vs]["total"] - base) if comparable else "-")
             if cuda:
                 peak = b[m].get("cuda_max_allocated")
                 cells.append(f"{peak / gib:.3f}" if peak else "OOM")
@@ -380,7 +423,7 @@ def _target_table(results: dict[str, Any]) -> list[str]:
             continue
         worst = max(rows, key=lambda r: r[key])
         shape = f" at {worst['layers']} layers, {worst['seq_len']} × {worst['batch_size']}" if kind == "memory" else ""
-        floor_key = key.replace("s2ft/", "frozen/")
+        floor_key = key.replace("s2ft_nf4/", "frozen_nf4/") if "s2ft_nf4/" in key else key.replace("s2ft/", "frozen/")
         floor = f"{worst[floor_key]:.3f}" if floor_key in worst else "-"
         met = sum(r[key] <= limit for r in rows)
         cells = [text, f"{worst[key]:.3f}{shape}", "yes" if worst[key] <= limit else "NO", floor, f"{met}/{len(rows)}"]
@@ -402,23 +445,31 @@ def _row(cells: list[Any]) -> str:
 SECTION = "## Training"
 
 
-def docs_section(results: dict[str, Any], path: Path) -> str:
-    """The "Training" section of ``docs/benchmarks.md``: command, setting and tables."""
+def docs_section(results: dict[str, Any], path: Path, section: str = SECTION) -> str:
+    """The "Training" section (or ``section``) of ``docs/benchmarks.md``: command, setting and tables."""
     env, command = results["environment"], results.get("command") or "python -m tools.bench.train"
+    s = results["settings"]
     where = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path
     setting = (
         f"Written by `{command}` (results in `{where}`; torch {env['torch']}, transformers "
-        f"{env.get('transformers')}, peft {env.get('peft')}, device {env['device']}, {env['threads']} threads, "
+        f"{env.get('transformers')}, peft {env.get('peft')}, bitsandbytes {env.get('bitsandbytes')}, device {env['device']}, {env['threads']} threads, "
         f"load average {env['load_average_at_start']:.2f} at the start and {env['load_average_at_end']:.2f} at the "
         "end). How each number is measured: the module docstring of `tools/bench/train.py`."
     )
-    lines = [SECTION, "", setting, "", *format_tables(results).splitlines()]
+    lines = [section, "", setting, ""]
+    if any("sparse" in info for info in results["trainable"].values()) and max(s["memory_layers"]) > 2:
+        lines += [
+            "The sparse row (1% of every projection's entries, random) is counted at 2 layers only: its selection "
+            "holds the indices on the CPU, which at 32 layers exceeds a 24 GiB machine.",
+            "",
+        ]
+    lines += format_tables(results).splitlines()
     return "\n".join(lines) + "\n"
 
 
-def update_docs(path: Path, section: str) -> None:
-    """Replace (or append) the Training section of ``path``; other sections stay as they are."""
-    replace_docs_section(path, SECTION, section)
+def update_docs(path: Path, text: str, section: str = SECTION) -> None:
+    """Replace (or append) the section headed ``section`` of ``path``; other sections stay as they are."""
+    replace_docs_section(path, section, text)
 
 
 def _ratio(value: float, reference: float | None) -> str:
@@ -441,6 +492,12 @@ def _environment(device: str) -> dict[str, Any]:
         import transformers
 
         env |= {"transformers": transformers.__version__, "peft": peft.__version__}
+    except ImportError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        env["bitsandbytes"] = version("bitsandbytes")
     except ImportError:
         pass
     if device == "cuda":

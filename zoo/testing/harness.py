@@ -18,6 +18,7 @@ from torch import nn
 from zoo.adapter import Adapter, BaseModelInfo
 from zoo.method import Method
 from zoo.prepare import extract_adapter, prepare
+from zoo.quantization import Quantization, quantize
 from zoo.testing.models import tiny_model
 
 
@@ -70,11 +71,16 @@ def train_steps(hooks: Any, model: nn.Module, optimizer: torch.optim.Optimizer, 
     model.eval()
 
 
-def train(method: Method, arch: str = "llama-gqa", steps: int = 3, lr: float = 1e-2, dtype=torch.float32) -> Trained:
-    """Prepare ``method`` on a tiny base, train it for ``steps`` AdamW steps, extract its adapter."""
+def train(
+    method: Method, arch: str = "llama-gqa", steps: int = 3, lr: float = 1e-2, dtype=torch.float32,
+    quantization: Quantization = "none",
+) -> Trained:
+    """Prepare ``method`` on a tiny base (quantized as ``quantization``, as ``--model.quantization``
+    does), train it for ``steps`` AdamW steps, extract its adapter."""
     data = batches(count=steps)
     model = base_model(arch, dtype)
-    base = BaseModelInfo.of(model, f"tiny-{arch}")
+    base = BaseModelInfo.of(model, f"tiny-{arch}")  # the unquantized base's identity, as the module takes it
+    quantize(model, quantization)
     prepared = prepare(model, method, calibration_batches=lambda: iter(data), seed=0)
     optimizer = torch.optim.AdamW([p for _, p in prepared.trainable], lr=lr, weight_decay=0.0)
     train_steps(prepared.hooks, model, optimizer, data)

@@ -54,7 +54,17 @@ def test_bench_train_runs_and_writes_json(tmp_path):
     )
     assert json.loads(out.read_text())["ratios"] == results["ratios"]
     row = results["memory"][0]["bytes"]
-    assert set(row) == {"full", "lora", "lora_d0", "dora", "sparse", "s2ft", "peft_lora", "frozen"}
+    assert set(row) == {
+        "full", "lora", "lora_d0", "dora", "sparse", "s2ft", "peft_lora", "frozen", "s2ft_nf4", "qlora", "qlora_d0",
+        "frozen_nf4",
+    }  # fmt: skip
+    # the NF4 rows hold the same trainable state on a base of about a quarter of the bytes (+ block scales)
+    assert row["s2ft_nf4"]["gradients"] == row["s2ft"]["gradients"] and row["qlora"]["optimizer"] == row["lora"]["optimizer"]
+    assert row["s2ft_nf4"]["activations"] == row["s2ft"]["activations"]
+    linear_bf16 = (4 * 4096 * 4096 + 3 * 4096 * 11008) * 2  # q, k, v, o, gate, up, down of the one block
+    saved = row["frozen"]["weights"] - row["frozen_nf4"]["weights"]
+    assert 0.74 * linear_bf16 < saved < 0.75 * linear_bf16  # 4.13 bits of 16 per weight: 1 - 4.13 / 16 = 0.742
+    assert "s2ft_nf4/frozen_nf4" in results["ratios"]["memory"][0] and "s2ft_nf4/qlora" in results["ratios"]["memory"][0]
     described = results["trainable"]["memory_1_layers"]
     assert described["lora"]["what"].startswith("LoRA(") and described["s2ft"]["what"].startswith("S2FT(")
     assert row["s2ft"]["gradients"] * 1.0 == results["trainable"]["memory_1_layers"]["s2ft"]["parameters"] * 2  # bf16
