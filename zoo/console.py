@@ -6,6 +6,9 @@ Silenced, each by its exact message (nothing else from these sources is):
   ``lightning.pytorch.utilities.rank_zero`` at every ``fit``;
 * the ``isinstance(treespec, LeafSpec)`` deprecation warning that Lightning's own pytree
   helper triggers in recent torch (Lightning's code, not the user's);
+* bitsandbytes' notice, at import on CPUs with AVX512-BF16, that it could not fetch an optional
+  kernel from the Hugging Face hub (``pip install kernels``): ftzoo never downloads at run time,
+  and bitsandbytes falls back to its own CPU kernels;
 * the progress bars of loading a base model (transformers' "Loading weights" and the GGUF
   de-quantization bar) are switched off for the load (:func:`zoo.loading.load_model`).
 """
@@ -16,21 +19,32 @@ import logging
 import warnings
 
 TIP_PREFIX = "💡 Tip:"
+BNB_KERNEL_PREFIX = "Failed to load CPU gemm_4bit_forward from kernels-community"
 LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
-class _DropTips(logging.Filter):
+class _DropPrefix(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(TIP_PREFIX)
+        return not str(record.getMessage()).startswith(self.prefix)
 
 
-_TIPS = _DropTips()
+_TIPS = _DropPrefix(TIP_PREFIX)
+_BNB_KERNEL = _DropPrefix(BNB_KERNEL_PREFIX)
+FILTERS = {
+    "lightning.pytorch.utilities.rank_zero": _TIPS,
+    "pytorch_lightning.utilities.rank_zero": _TIPS,
+    "bitsandbytes.backends.cpu.ops": _BNB_KERNEL,
+}
 
 
 def quiet() -> None:
-    """Install the filters (idempotent)."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero"):
+    """Install the filters (idempotent; before the sources are imported: ``zoo/__init__.py``)."""
+    for name, drop in FILTERS.items():
         logger = logging.getLogger(name)
-        if _TIPS not in logger.filters:
-            logger.addFilter(_TIPS)
+        if drop not in logger.filters:
+            logger.addFilter(drop)
     warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING)

@@ -21,6 +21,16 @@ def test_lightning_tips_are_dropped_and_other_info_kept(caplog):
     assert [r.getMessage() for r in caplog.records] == ["Loaded s2ft adapter runs/x"]
 
 
+def test_the_bitsandbytes_kernel_notice_is_dropped_and_its_other_warnings_kept(caplog):
+    import zoo  # noqa: F401  (importing ftzoo installs the filters, before peft imports bitsandbytes)
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING, logger="bitsandbytes.backends.cpu.ops"):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "No module named 'kernels'")
+        logger.warning("something else from bitsandbytes")
+    assert [r.getMessage() for r in caplog.records] == ["something else from bitsandbytes"]
+
+
 def test_only_the_leafspec_deprecation_is_silenced():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
