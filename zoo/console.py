@@ -8,7 +8,8 @@ Silenced, each by its exact message (nothing else from these sources is):
   helper triggers in recent torch (Lightning's code, not the user's);
 * bitsandbytes' notice, at import on CPUs with AVX512-BF16, that it could not fetch an optional
   kernel from the Hugging Face hub (``pip install kernels``): ftzoo never downloads at run time,
-  and bitsandbytes falls back to its own CPU kernels;
+  and bitsandbytes falls back to its own CPU kernels; and the ``kernels`` package's notice,
+  on the same attempt offline, that it skips its publisher check for that kernel;
 * the progress bars of loading a base model (transformers' "Loading weights" and the GGUF
   de-quantization bar) are switched off for the load (:func:`zoo.loading.load_model`).
 """
@@ -20,6 +21,7 @@ import warnings
 
 TIP_PREFIX = "💡 Tip:"
 BNB_KERNEL_PREFIX = "Failed to load CPU gemm_4bit_forward from kernels-community"
+BNB_KERNEL_TRUST_PREFIX = "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'"
 LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
@@ -38,6 +40,7 @@ FILTERS = {
     "lightning.pytorch.utilities.rank_zero": _TIPS,
     "pytorch_lightning.utilities.rank_zero": _TIPS,
     "bitsandbytes.backends.cpu.ops": _BNB_KERNEL,
+    "kernels._internals.hf_hub": _DropPrefix(BNB_KERNEL_TRUST_PREFIX),
 }
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -29,6 +32,31 @@ def test_the_bitsandbytes_kernel_notice_is_dropped_and_its_other_warnings_kept(c
         logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "No module named 'kernels'")
         logger.warning("something else from bitsandbytes")
     assert [r.getMessage() for r in caplog.records] == ["something else from bitsandbytes"]
+
+
+def test_the_kernels_trust_notice_for_that_kernel_is_dropped_and_others_kept(caplog):
+    import zoo  # noqa: F401
+
+    name = "kernels._internals.hf_hub"
+    with caplog.at_level(logging.WARNING, logger=name):
+        logging.getLogger(name).warning(
+            "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because Hugging "
+            "Face Hub is in offline mode."
+        )
+        logging.getLogger(name).warning("Skipping publisher trust check for 'someone/else' because ...")
+    assert [r.getMessage() for r in caplog.records] == ["Skipping publisher trust check for 'someone/else' because ..."]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes (quantization extra) is absent")
+def test_importing_bitsandbytes_after_ftzoo_prints_nothing_offline():
+    """What users saw at every run: bitsandbytes tries an optional hub kernel at import (on CPUs
+    with AVX512-BF16), and both it and the ``kernels`` package log about it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import zoo, bitsandbytes"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "kernels-community" not in done.stderr + done.stdout, done.stderr
 
 
 def test_only_the_leafspec_deprecation_is_silenced():
