@@ -25,7 +25,7 @@ BOUND = 20.0
 
 @pytest.fixture
 def server(tiny_llama_dir) -> Iterator[ServerProcess]:
-    process = ServerProcess(["--base_model", str(tiny_llama_dir), "--threads", "1", "--max_tokens_limit", "1000"])
+    process = ServerProcess(["--base_model", str(tiny_llama_dir), "--threads", "1", "--max_tokens_limit", "1000", "--shutdown_timeout", "1"])
     yield process
     process.stop(timeout=1)
 
@@ -69,7 +69,8 @@ def test_sigint_stops_a_server_started_with_sigint_ignored(server):
 
 
 def test_ctrl_c_with_a_stream_in_flight(server):
-    """Ctrl+C signals the whole process group; the stream finishes or is cut, but it ends."""
+    """Ctrl+C signals the whole process group; the stream ends within the grace, with its last
+    events: the finish reason, or the worker's shutdown error (never a connection cut half-way)."""
     server.start()
     first, ended = threading.Event(), {}
 
@@ -87,6 +88,7 @@ def test_ctrl_c_with_a_stream_in_flight(server):
         except OSError as err:  # the connection closed half-way
             ended["error"] = repr(err)
         ended["done"] = b"data: [DONE]\n" in lines
+        ended["lines"] = lines
         ended["at"] = time.monotonic()
         first.set()
 
@@ -98,8 +100,16 @@ def test_ctrl_c_with_a_stream_in_flight(server):
     seconds = stop_seconds(server, lambda: os.killpg(server.proc.pid, signal.SIGINT))
     client.join(BOUND)
     assert "at" in ended, "the stream was still open after the server stopped"
-    outcome = "finished ([DONE])" if ended["done"] else f"cut ({ended.get('error', 'closed')})"
-    print(f"the stream {outcome} {ended['at'] - signalled:.2f} s after Ctrl+C")
+    assert "error" not in ended and ended["done"], f"the stream was cut: {ended}"
+    events = [json.loads(line[6:]) for line in ended["lines"] if line.startswith(b"data: {")]
+    last = events[-1]
+    if "error" in last:
+        assert last["error"]["code"] == "server_shutdown", last
+        outcome = "ended by the shutdown error"
+    else:
+        assert last["choices"][0]["finish_reason"] == "length", last
+        outcome = "finished"
+    print(f"the stream {outcome} {ended['at'] - signalled:.2f} s after Ctrl+C, then [DONE]")
     check_stopped(server, seconds, "Ctrl+C, a stream in flight")
 
 

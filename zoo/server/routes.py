@@ -149,7 +149,7 @@ class OpenAIRoutes(LitSpec):
                     message, _status = item.response_queue.popleft()
                     if "error" in message:
                         pending.finished = True
-                        raise ApiError(message.get("status", 500), message["error"])
+                        raise ApiError(message.get("status", 500), message["error"], code=message.get("code"))
                     pending.finished = "finish_reason" in message
                     yield message
                     if pending.finished:

@@ -21,6 +21,10 @@ What :func:`stop_on_signals` adds, and why:
 * the signal is delivered again every ``REPEAT`` seconds until LitServe's shutdown has begun:
   Python drops a ``KeyboardInterrupt`` that lands in a callback (an at-fork hook while
   LitServe forks its processes); later signals change nothing, the shutdown being bounded;
+* the inference worker is told how long requests in flight have (``{"shutdown": grace}`` on
+  its request queue, :mod:`zoo.server.worker`), so that it answers those it cannot finish
+  with an error before uvicorn closes their connections: a stream ends with an error event
+  and ``[DONE]``, not cut half-way;
 * LitServe's worker monitor (a thread of the main process) is told the server is stopping,
   so it does not report the worker that the shutdown ends as crashed and start a second
   shutdown;
@@ -33,6 +37,7 @@ decodes the requests in flight until the main process ends it.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -43,6 +48,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import litserve as ls
+
+log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 UVICORN_EXIT = 5.0
@@ -101,9 +108,23 @@ class _Stop:
             stopping = threading.Event()
             stopping.set()
             self.server._shutdown_event = stopping  # the monitor thread looks at this one from now on
+            grace = self.server.uvicorn_graceful_timeout
             self.server.uvicorn_graceful_timeout += UVICORN_EXIT  # uvicorn has its wait; this is the join's
+            threading.Thread(target=self._tell_worker, args=(grace, time.monotonic()), daemon=True).start()
             threading.Thread(target=self._repeat, name="ftzoo-stop", daemon=True).start()
         raise KeyboardInterrupt(f"signal {signum}")
+
+    def _tell_worker(self, grace: float, signalled: float) -> None:
+        """Tell the worker requests in flight have ``grace`` seconds from ``signalled``.
+
+        From a thread: the queue is a manager's proxy, whose calls must not run inside a
+        signal handler that may have interrupted another call on it.
+        """
+        for request_queue in self.server.litapi_request_queues.values():
+            try:
+                request_queue.put((None, "shutdown", signalled, {"shutdown": grace}))
+            except Exception:  # the queue manager is gone: so is every request
+                log.debug("could not tell the worker the server is stopping", exc_info=True)
 
     def _repeat(self) -> None:
         """Deliver the signal again until the main thread acts on it.

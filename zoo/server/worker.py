@@ -15,8 +15,14 @@ is a ``LitLoop`` that batches per decoding step instead:
   message when they finish.
 
 A message back is a dict: ``{"text"}`` while streaming, then ``{"text", "finish_reason",
-"prompt_tokens", "completion_tokens"}``; ``{"error", "status"}`` if the request failed. A
+"prompt_tokens", "completion_tokens"}``; ``{"error", "status", "code"}`` if the request failed. A
 ``{"load": true}`` message is answered at once with the batcher's state (``GET /load``).
+
+When the server is stopped, its main process sends ``{"shutdown": grace}``
+(:mod:`zoo.server.stopping`): the worker goes on decoding, and the requests still unfinished
+``grace - SHUTDOWN_MARGIN`` seconds later get a 503 error (``code: "server_shutdown"``), so
+that a stream ends with an error event and ``[DONE]`` before the HTTP side closes its
+connection at ``grace``, instead of being cut with no last event.
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ from zoo.loading import load_tokenizer
 from zoo.server.config import ServerConfig
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_MARGIN = 0.5
+"""Seconds before the HTTP side's end of the shutdown grace at which unfinished requests get
+their error: time for the message to reach the client (at most half the grace)."""
 
 
 class BatchingAPI(ls.LitAPI):
@@ -106,6 +116,9 @@ class BatcherLoop(LitLoop):
         super().__init__()
         self.routes: dict[Hashable, tuple[int, bool, int]] = {}  # uid → (response queue, streamed, prompt tokens)
         self.counts = {"finished": 0, "cancelled": 0, "peak_running": 0}
+        self.shutdown_at: float | None = None
+        """When the server is stopping: the moment unfinished requests get their error."""
+        self.shutdown_message = ""
 
     def run(
         self,
@@ -122,6 +135,9 @@ class BatcherLoop(LitLoop):
         while True:
             if not self._receive(lit_api, request_queue, transport) or os.getppid() != server_pid:
                 return  # the server stops, or its main process is gone (killed): nobody is left to answer
+            if self.shutdown_at is not None and time.monotonic() >= self.shutdown_at and self.routes:
+                self._fail_all(transport, self.shutdown_message, 503, "server_shutdown")
+                lit_api.batcher = batcher = _emptied(batcher)
             if not batcher.busy:
                 continue
             try:
@@ -129,9 +145,7 @@ class BatcherLoop(LitLoop):
             except Exception as err:  # a failed step fails its batch, not the server
                 log.exception("decoding step failed")
                 self._fail_all(transport, f"the model failed on this batch: {type(err).__name__}: {err}")
-                lit_api.batcher = batcher = ContinuousBatcher(
-                    batcher.server, batcher.tokenizer, batcher.max_batch_size, False, batcher.max_batch_tokens
-                )
+                lit_api.batcher = batcher = _emptied(batcher)
                 continue
             self.counts["peak_running"] = max(self.counts["peak_running"], len(batcher.rows))
             for update in updates:
@@ -178,10 +192,20 @@ class BatcherLoop(LitLoop):
         except (EOFError, OSError):
             return [*messages, _SENTINEL_VALUE]
 
-    def _handle(self, batcher: ContinuousBatcher, transport: Any, queue_id: int, uid: str, _: float, job: dict) -> None:
+    def _handle(
+        self, batcher: ContinuousBatcher, transport: Any, queue_id: int, uid: str, sent: float, job: dict
+    ) -> None:
         if job.get("cancel"):
             self.counts["cancelled"] += batcher.cancel(uid)
             self.routes.pop(uid, None)
+            return
+        if "shutdown" in job:
+            grace = float(job["shutdown"])
+            self.shutdown_at = sent + max(grace - SHUTDOWN_MARGIN, grace / 2)  # one monotonic clock for all processes
+            self.shutdown_message = (
+                f"the server was stopped before this answer finished (requests in flight get "
+                f"{grace:g} s: its --shutdown_timeout)"
+            )
             return
         if job.get("load"):
             load = {"running": len(batcher.rows), "waiting": len(batcher.waiting), **self.counts}
@@ -223,11 +247,16 @@ class BatcherLoop(LitLoop):
         del self.routes[update.uid]
         self.counts["finished"] += 1
 
-    def _fail_all(self, transport: Any, message: str) -> None:
+    def _fail_all(self, transport: Any, message: str, status: int = 500, code: str | None = None) -> None:
         for uid in list(self.routes):
-            self._send(transport, uid, {"error": message, "status": 500})
+            self._send(transport, uid, {"error": message, "status": status, "code": code})
         self.routes.clear()
 
     def _send(self, transport: Any, uid: Hashable, message: dict[str, Any]) -> None:
         queue_id = self.routes[uid][0]
         self.put_response(transport, queue_id, uid, message, LitAPIStatus.OK, LoopResponseType.STREAMING)
+
+
+def _emptied(batcher: ContinuousBatcher) -> ContinuousBatcher:
+    """A batcher like ``batcher`` with no requests (after its requests were answered with an error)."""
+    return ContinuousBatcher(batcher.server, batcher.tokenizer, batcher.max_batch_size, False, batcher.max_batch_tokens)
