@@ -108,6 +108,7 @@ def atomic_file(target: str | Path, mode: str = "w", fsync: bool = False) -> Ite
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private; the file is the user's, as open() makes it
         with os.fdopen(fd, mode) as handle:
             yield handle
             if fsync:
@@ -146,10 +147,14 @@ def temporary_folder(target: Path) -> Path:
     """A new empty sibling of ``target`` with ordinary permissions (mkdtemp makes it private)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
+
+
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    return tmp
+    return umask
 
 
 def replace_folder(new: Path, target: Path) -> None:
