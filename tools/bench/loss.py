@@ -32,7 +32,7 @@ import torch
 import yaml
 from torch import nn
 
-from tools.bench.measure import storage_key
+from tools.bench.measure import SavedForBackward, storage_key
 from tools.bench.shapes import SMOLLM2_135M, TOKEN_IDS, llama_config, random_llama, replace_docs_section
 from zoo.loss import IGNORE_INDEX, response_loss
 from zoo.outputs import atomic_file
@@ -77,16 +77,11 @@ def quickstart_method(config: Path = REPO / "configs" / "quickstart.yaml") -> An
 def saved_bytes(model: nn.Module, loss: Loss, batch: dict[str, torch.Tensor]) -> int:
     """Bytes autograd saves for backward in one forward pass (weights and buffers left out)."""
     skip = {storage_key(t) for t in [*model.parameters(), *model.buffers()]}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if storage_key(t) not in skip:
-            saved[storage_key(t)] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
-        loss(model, batch)
-    return sum(saved.values())
+    with SavedForBackward(skip) as saved, torch.autocast("cpu", dtype=torch.bfloat16):
+        kept = loss(model, batch)  # the graph, alive while counting
+    count = saved.nbytes()
+    del kept
+    return count
 
 
 def bench_loss(

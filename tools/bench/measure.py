@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
+import weakref
 from typing import Any
 
 import torch
@@ -28,26 +29,54 @@ def nbytes(tensors: Any) -> int:
     return sum(seen.values())
 
 
+class SavedForBackward:
+    """Inside ``with``: records the tensors autograd saves for backward. :meth:`nbytes` then
+    counts the distinct storages that are *still* saved, ``skip`` (weights) left out.
+
+    A tensor saved by a part of the graph that the forward pass itself drops (a norm computed
+    with autograd and then detached, as peft's DoRA does) is freed again at once: it is no
+    memory at backward time. Two things made such tensors count before: a pack hook that
+    returns the tensor itself ties an op's saved *output* to its own node (a reference cycle
+    that not even ``gc`` frees, so the dropped branch stayed alive only because it was being
+    measured), and counts keyed by storage address saw addresses reused. The hook stores a
+    detached view (same storage, no ``grad_fn``) and keeps only a weak reference to it, so
+    what is counted is what the graph holds when the forward pass returns.
+    """
+
+    def __init__(self, skip: set[int] | None = None) -> None:
+        self.skip = skip or set()
+        self.saved: list[weakref.ref] = []
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        packed = t.detach()
+        self.saved.append(weakref.ref(packed))
+        return packed
+
+    def __enter__(self) -> SavedForBackward:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+    def nbytes(self) -> int:
+        alive = (ref() for ref in self.saved)
+        return nbytes(t for t in alive if t is not None and storage_key(t) not in self.skip)
+
+
 def count_memory(model: nn.Module, trainable: list[nn.Parameter], batch: dict[str, torch.Tensor]) -> dict[str, int]:
     """Bytes of weights, gradients, AdamW state and saved activations of one training step."""
     state = list(model.parameters()) + list(model.buffers()) + state_tensors(model)  # + NF4/int8 scales
-    skip = {storage_key(t) for t in state}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        key = storage_key(t)
-        if key not in skip:
-            saved[key] = t.untyped_storage().nbytes()
-        return t
-
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedForBackward(skip={storage_key(t) for t in state}) as saved:
         loss = model(**batch).loss
+    activations = saved.nbytes()
     loss.backward()
     grads = nbytes(p.grad for p in trainable)
     optimizer.step()
     optim = nbytes(v for s in optimizer.state.values() for v in s.values())
-    memory = {"weights": nbytes(state), "gradients": grads, "optimizer": optim, "activations": sum(saved.values())}
+    memory = {"weights": nbytes(state), "gradients": grads, "optimizer": optim, "activations": activations}
     memory["total"] = sum(memory.values())
     return memory
 

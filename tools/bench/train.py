@@ -29,8 +29,9 @@ Memory is *counted*, exactly, at the real Llama-2-7B layer shapes (hidden 4096,
 intermediate 11008, 32 heads, vocabulary 32000) with a few layers in bf16, built on the
 ``meta`` device so no weight is allocated: bytes of parameters and buffers, gradients and
 AdamW state, plus the bytes autograd saves for backward (a ``saved_tensors_hooks`` that
-counts each storage once, so views of one tensor count once, and leaves out the weights
-themselves). Their sum is the step's footprint; the real peak can only be lower (the
+counts each storage once, so views of one tensor count once, counts only what the graph
+still holds when the forward pass returns, and leaves out the weights themselves:
+:class:`tools.bench.measure.SavedForBackward`). Their sum is the step's footprint; the real peak can only be lower (the
 gradients grow while the saved activations are freed). Attention is the fused kernel
 (``aten._scaled_dot_product_flash_attention_for_cpu``: it saves q, k, v, the output and
 the log-sum-exp, like flash attention on a GPU), registered as a transformers attention
@@ -47,7 +48,7 @@ Usage::
     python -m tools.bench.train                       # CPU; writes docs/bench/train_cpu.json
     python -m tools.bench.train --device cuda --output docs/bench/train_cuda.json
     python -m tools.bench.train --methods '[s2ft, frozen, s2ft_nf4, qlora, qlora_d0, frozen_nf4]' \\
-        --output docs/bench/train_cpu_nf4.json --docs docs/benchmarks.md --section '## Training on an NF4 base'
+        --output nf4.json --docs my_notes.md --section '## NF4 only'   # some rows, into a section of their own
 """
 
 from __future__ import annotations

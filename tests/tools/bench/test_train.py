@@ -37,6 +37,29 @@ def test_count_memory_is_exact_on_a_hand_built_model():
     assert memory["activations"] == (3 * 16 + 3 * 4) * 4
 
 
+def test_tensors_saved_by_a_branch_the_forward_pass_drops_are_not_counted():
+    """As peft's DoRA does with its weight norm: computed with autograd, then detached. Those saved
+    tensors are freed before backward (and their addresses reused, which made the count vary)."""
+    weight = torch.nn.Parameter(torch.randn(64, 32))
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = weight
+
+        def forward(self, x):
+            for _ in range(20):  # each branch saves a [64, 32] tensor (pow's input), then is dropped
+                norm = (self.weight * 3).pow(2).sum(dim=1).sqrt().detach()
+            h = x @ self.weight.t() / norm
+            return type("Out", (), {"loss": h.square().mean()})
+
+    x = torch.randn(5, 32)
+    memory = count_memory(Model(), [weight], {"x": x})
+    # Saved by the kept graph: x (for the weight's gradient), the last norm (the divisor) and h
+    # (the square's input); before, all 20 dropped branches counted too (170,880 bytes).
+    assert memory["activations"] == (5 * 32 + 64 + 5 * 64) * 4
+
+
 def test_bench_train_runs_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     results = bench_train(
