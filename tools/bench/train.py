@@ -429,13 +429,11 @@ def _target_table(results: dict[str, Any]) -> list[str]:
         met = sum(r[key] <= limit for r in rows)
         cells = [text, f"{worst[key]:.3f}{shape}", "yes" if worst[key] <= limit else "NO", floor, f"{met}/{len(rows)}"]
         lines.append(_row(cells))
-    counts = [
-        f"{info['s2ft']['parameters']:,} at {name.replace('_', ' ')} ({info['s2ft']['what']})"
-        for name, info in results["trainable"].items()
-        if "s2ft" in info
-    ]
-    if counts:
-        lines += ["", "S²FT trains exactly " + "; ".join(counts) + "."]
+    s2ft = {name: info["s2ft"] for name, info in results["trainable"].items() if "s2ft" in info}
+    if s2ft:
+        counts = "; ".join(f"{info['parameters']:,} at {name.replace('_', ' ')}" for name, info in s2ft.items())
+        configs = " / ".join(dict.fromkeys(info["what"] for info in s2ft.values()))
+        lines += ["", f"S²FT trains exactly {counts} (`{configs}`)."]
     return lines
 
 
