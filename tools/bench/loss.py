@@ -78,10 +78,8 @@ def saved_bytes(model: nn.Module, loss: Loss, batch: dict[str, torch.Tensor]) ->
     """Bytes autograd saves for backward in one forward pass (weights and buffers left out)."""
     skip = {storage_key(t) for t in [*model.parameters(), *model.buffers()]}
     with SavedForBackward(skip) as saved, torch.autocast("cpu", dtype=torch.bfloat16):
-        kept = loss(model, batch)  # the graph, alive while counting
-    count = saved.nbytes()
-    del kept
-    return count
+        value = loss(model, batch)  # holds the graph while it is counted
+    return saved.nbytes()
 
 
 def bench_loss(
