@@ -78,8 +78,10 @@ def saved_bytes(model: nn.Module, loss: Loss, batch: dict[str, torch.Tensor]) ->
     """Bytes autograd saves for backward in one forward pass (weights and buffers left out)."""
     skip = {storage_key(t) for t in [*model.parameters(), *model.buffers()]}
     with SavedForBackward(skip) as saved, torch.autocast("cpu", dtype=torch.bfloat16):
-        value = loss(model, batch)  # holds the graph while it is counted
-    return saved.nbytes()
+        value = loss(model, batch)
+    count = saved.nbytes()  # while `value` holds the graph
+    del value
+    return count
 
 
 def bench_loss(

@@ -10,7 +10,7 @@ import itertools
 import statistics
 import time
 import weakref
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ class SavedForBackward:
         self.saved.append(weakref.ref(packed))
         return packed
 
-    def __enter__(self) -> SavedForBackward:
+    def __enter__(self) -> Self:
         self._hooks.__enter__()
         return self
 

@@ -6,7 +6,6 @@ import os
 import queue
 import signal
 import time
-
 from types import SimpleNamespace
 
 import pytest
@@ -49,7 +48,7 @@ def test_sigint_stops_the_block_even_where_it_was_ignored(sigint_ignored):
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN, "the previous handler is back"
     assert server._shutdown_event.is_set(), "LitServe's worker monitor is told"
     assert server.uvicorn_graceful_timeout == 2.0 + UVICORN_EXIT
-    queue_id, uid, signalled, job = server.litapi_request_queues["/v1/chat/completions"].get(timeout=5)
+    _queue_id, _uid, signalled, job = server.litapi_request_queues["/v1/chat/completions"].get(timeout=5)
     assert job == {"shutdown": 2.0}, "the worker is told the grace requests in flight have"
     assert 0 <= time.monotonic() - signalled < 6
 
