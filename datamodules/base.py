@@ -288,8 +288,9 @@ class FineTuneDataModule(LightningDataModule):
         data = self._split(split)
         if not data:
             return []
-        group = self.group_by_length and split != "predict"  # predictions stay in file order
-        sampler = self._sampler(data, self.eval_batch_size, shuffle=False, group=group)
+        # predict batches as test does (the same padding, so the same greedy answers); the
+        # PredictionWriter puts its rows back in file order
+        sampler = self._sampler(data, self.eval_batch_size, shuffle=False, group=self.group_by_length)
         return DataLoader(
             data,
             batch_size=self.eval_batch_size,

@@ -14,8 +14,11 @@ class PredictionWriter(BasePredictionWriter):
     """Write what ``lightning predict`` generates to a JSONL file, one record per prompt.
 
     Each line holds the task, prompt, generation and, where the data has answers, the
-    extracted answer and whether it is correct. The file appears only once every batch is
-    written (a temporary sibling is renamed into place).
+    extracted answer and whether it is correct. Lines are in the data's order, whatever order
+    the batches ran in (the data modules batch predictions by length exactly as they batch
+    ``test``, so that each answer is the one ``test`` scored: padding changes a few greedy
+    answers in bf16). The file appears only once every batch is written (a temporary sibling
+    is renamed into place).
 
     Args:
         output_file: the JSONL file to write.
@@ -28,10 +31,13 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
         if not trainer.is_global_zero:
             return
+        rows = [row for batch in predictions for row in batch]
+        indices = [i for batch in (batch_indices[0] if batch_indices else []) for i in batch]
+        if len(indices) == len(rows):  # each row's index in the data: back to the data's order
+            rows = [row for _, row in sorted(zip(indices, rows), key=lambda pair: pair[0])]
         with atomic_file(self.output_file) as handle:
-            for batch in predictions:
-                for row in batch:
-                    handle.write(json.dumps(row) + "\n")
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
 
 
 class TokenCounter(Callback):

@@ -179,3 +179,17 @@ def test_lightning_validate_test_and_predict(tiny_tokenizer):
     assert model.correct == [True] * 12
     predictions = trainer.predict(model, datamodule=data)
     assert [p for batch in predictions for p in batch] == [e.prompt for e in data._split("predict")]
+
+
+def test_predict_batches_exactly_as_test(tiny_tokenizer):
+    """The same records in the same padded batches (grouped by length), so that a prediction is
+    the answer that ``test`` scored; the PredictionWriter restores file order."""
+    data = ArithmeticDataModule(num_train=8, num_val=0, num_test=40, tokenizer=tiny_tokenizer, eval_batch_size=8,
+                                group_by_length=True)  # fmt: skip
+    data.setup("test")
+    test = list(data.test_dataloader())
+    predict = list(data.predict_dataloader())
+    assert len(test) == len(predict) == 5
+    for a, b in zip(test, predict):
+        assert torch.equal(a["prompt_input_ids"], b["prompt_input_ids"]) and a["answers"] == b["answers"]
+    assert list(data.predict_dataloader().sampler) != list(range(40)), "grouping reorders: the check means something"

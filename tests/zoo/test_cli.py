@@ -158,6 +158,26 @@ def test_predict_writes_jsonl(tiny_llama_dir, tmp_path):
     assert len(rows) == 3 and {"task", "prompt", "generation", "answer", "correct"} <= set(rows[0])
 
 
+def test_predictions_batched_by_length_are_written_in_file_order(tiny_llama_dir, tmp_path):
+    import json
+
+    from datamodules import ArithmeticDataModule
+
+    out = tmp_path / "predictions.jsonl"
+    data = ["--data", "datamodules.ArithmeticDataModule", "--data.num_train", "8", "--data.num_test", "24",
+            "--data.eval_batch_size", "4", "--data.group_by_length", "true", "--data.max_new_tokens", "2"]  # fmt: skip
+    cli = build_cli(
+        ["predict", "--model.model", str(tiny_llama_dir), *data, "--trainer.accelerator", "cpu",
+         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir",
+         str(tmp_path), "--trainer.callbacks", "zoo.callbacks.PredictionWriter", "--trainer.callbacks.output_file",
+         str(out)]  # fmt: skip
+    )
+    prompts = [json.loads(line)["prompt"] for line in out.read_text().splitlines()]
+    module: ArithmeticDataModule = cli.datamodule
+    assert list(module.predict_dataloader().sampler) != list(range(24)), "batched out of file order"
+    assert prompts == [e.prompt for e in module._split("predict")]
+
+
 def test_short_optimizer_names_mean_torch_optim():
     """bitsandbytes (imported by peft when installed) defines AdamW too; a short name is torch.optim's."""
     from zoo.cli import resolve_optimizer_names
