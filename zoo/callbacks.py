@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
 from zoo.outputs import atomic_file
@@ -17,7 +18,8 @@ class PredictionWriter(BasePredictionWriter):
     extracted answer and whether it is correct. Lines are in the data's order, whatever order
     the batches ran in (the data modules batch predictions by length exactly as they batch
     ``test``, so that each answer is the one ``test`` scored: padding changes a few greedy
-    answers in bf16). The file appears only once every batch is written (a temporary sibling
+    answers in bf16). Under DDP each rank predicts its shard and rank 0 writes every rank's
+    rows, each record once. The file appears only once every batch is written (a temporary sibling
     is renamed into place).
 
     Args:
@@ -29,14 +31,20 @@ class PredictionWriter(BasePredictionWriter):
         self.output_file = output_file
 
     def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
-        if not trainer.is_global_zero:
-            return
         rows = [row for batch in predictions for row in batch]
         indices = [i for batch in (batch_indices[0] if batch_indices else []) for i in batch]
-        if len(indices) == len(rows):  # each row's index in the data: back to the data's order
-            rows = [row for _, row in sorted(zip(indices, rows), key=lambda pair: pair[0])]
+        indexed = len(indices) == len(rows)  # each row's index in the data (Lightning tracks them)
+        pairs = list(zip(indices, rows)) if indexed else list(enumerate(rows))
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(gathered, pairs)  # every rank predicted its shard: rank 0 writes them all
+            pairs = [pair for part in gathered for pair in part]
+        if not trainer.is_global_zero:
+            return
+        if indexed:  # the data's order; a record the sampler repeated to even out the ranks, once
+            pairs = sorted(dict(pairs).items(), key=lambda pair: pair[0])
         with atomic_file(self.output_file) as handle:
-            for row in rows:
+            for _, row in pairs:
                 handle.write(json.dumps(row) + "\n")
 
 
