@@ -24,7 +24,7 @@ class InstructionDataModule(FineTuneDataModule):
     the shared arguments (tokenizer, prompt_style, max_length, batch sizes, seed, ...).
 
     Args:
-        train_files: Files to train on.
+        train_files: Files to train on (``fit`` only: ``test`` and ``predict`` need none).
         val_files: Files to validate on.
         test_files: Files for ``trainer.test`` (and, by default, ``trainer.predict``).
         val_fraction: Share of the training records held out for validation when ``val_files`` is empty
@@ -38,7 +38,7 @@ class InstructionDataModule(FineTuneDataModule):
 
     def __init__(
         self,
-        train_files: list[str],
+        train_files: Optional[list[str]] = None,
         val_files: Optional[list[str]] = None,
         test_files: Optional[list[str]] = None,
         val_fraction: float = 0.0,
@@ -49,9 +49,9 @@ class InstructionDataModule(FineTuneDataModule):
         super().__init__(max_new_tokens=max_new_tokens, **kwargs)
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if not train_files:
-            raise ValueError("train_files is empty")
-        self.train_files = list(train_files)
+        if val_fraction > 0 and not train_files and not val_files:
+            raise ValueError("val_fraction holds out training records, but no train_files are given")
+        self.train_files = list(train_files or [])
         self.val_files = list(val_files or [])
         self.test_files = list(test_files or [])
         self.val_fraction = val_fraction
@@ -82,6 +82,11 @@ class InstructionDataModule(FineTuneDataModule):
     def _train_val_split(self) -> tuple[list[Record], list[Record]]:
         """(train, held-out) records; the held-out ones keep file order, grouped by task."""
         if self._held_out is None:
+            if not self.train_files:
+                raise ValueError(
+                    "no train_files: fit needs training files (--data.train_files); test and predict read "
+                    "only test_files (and predict_files)"
+                )
             records = load_files(self.train_files, self.train_output_policy)
             held: set[int] = set()
             if self.val_fraction > 0 and not self.val_files:

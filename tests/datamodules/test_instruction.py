@@ -104,7 +104,7 @@ def test_all_records_dropped_is_an_error(files, tiny_tokenizer):
     ("kwargs", "message"),
     [
         ({"val_fraction": 1.0}, "val_fraction must be in"),
-        ({"train_files": []}, "train_files is empty"),
+        ({"train_files": [], "val_fraction": 0.1}, "val_fraction holds out training records, but no train_files"),
         ({"prompt_style": "llama"}, "unknown prompt_style 'llama'"),
         ({"answer_format": "fuzzy"}, "unknown answer_format 'fuzzy'"),
         ({"empty_outputs": "skip"}, "unknown empty_outputs 'skip'"),
@@ -113,3 +113,15 @@ def test_all_records_dropped_is_an_error(files, tiny_tokenizer):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         InstructionDataModule(**{"train_files": ["x.json"], **kwargs})
+
+
+def test_test_and_predict_need_no_training_files(files, tiny_tokenizer):
+    test = files.jsonl("sums.jsonl", [files.record("Add 2 and 1.", "2 + 1 = 3. The answer is 3.")])
+    data = InstructionDataModule(test_files=[str(test)], tokenizer=tiny_tokenizer, answer_format="number")
+    data.setup("test")
+    (batch,) = list(data.test_dataloader())
+    assert batch["tasks"] == ["sums"] and batch["answers"] == ["3"]
+    data.setup("predict")
+    assert len(list(data.predict_dataloader())) == 1
+    with pytest.raises(ValueError, match="no train_files: fit needs training files"):
+        data.setup("fit")

@@ -17,7 +17,6 @@ def test_two_ranks_write_every_prediction_once_in_file_order(tmp_path, tiny_llam
         "predict",
         "--model.model", str(tiny_llama_dir),
         "--data", "datamodules.InstructionDataModule",
-        "--data.train_files", f"[{varied_length_data}]",
         "--data.predict_files", f"[{varied_length_data}]",
         "--data.prompt_style", "chat",
         "--data.eval_batch_size", "2",
