@@ -214,7 +214,7 @@ def bench_train(
         seed: seed of the weights, batches and S²FT's random selection.
         quiet: do not print the tables.
         section: the Markdown heading of the section of ``docs`` to rewrite (another heading
-            keeps the Training section as it is, e.g. ``"## Training on an NF4 base"``).
+            keeps the Training section as it is, e.g. ``"## NF4 only"`` for a run of some rows).
 
     Returns:
         The results written to ``output``.
