@@ -25,7 +25,7 @@ BOUND = 20.0
 
 @pytest.fixture
 def server(tiny_llama_dir) -> Iterator[ServerProcess]:
-    process = ServerProcess(["--base_model", str(tiny_llama_dir), "--threads", "1", "--max_tokens_limit", "1000", "--shutdown_timeout", "1"])
+    process = ServerProcess(["--base_model", str(tiny_llama_dir), "--threads", "1", "--max_tokens_limit", "1000"])
     yield process
     process.stop(timeout=1)
 

@@ -39,7 +39,7 @@ class ServerConfig:
         body_timeout: seconds a client has to send its request body (then 408).
         max_body_bytes: the largest request body (then 413).
         shutdown_timeout: seconds requests in flight get to finish when the server is stopped
-            (SIGINT, SIGTERM); those still decoding half a second before the end (at the
+            (SIGINT, SIGTERM); those still decoding a second before the end (at the
             latest half-way) are answered with a 503 ``server_shutdown`` error (a stream: an
             error event and ``[DONE]``), then the connections are closed.
         api_key: when set, every request needs ``Authorization: Bearer <api_key>`` (``tools.serve``:

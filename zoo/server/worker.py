@@ -56,9 +56,9 @@ from zoo.server.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_MARGIN = 0.5
+SHUTDOWN_MARGIN = 1.0
 """Seconds before the HTTP side's end of the shutdown grace at which unfinished requests get
-their error: time for the message to reach the client (at most half the grace)."""
+their error: time for the message to reach the client on a busy machine (at most half the grace)."""
 
 
 class BatchingAPI(ls.LitAPI):

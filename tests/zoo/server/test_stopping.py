@@ -122,7 +122,7 @@ def test_the_worker_answers_what_it_cannot_finish_before_the_grace_ends():
         return {"ids": ids, "adapter": None, "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0,
                 "seed": None, "stop": [], "stream": stream}  # fmt: skip
 
-    grace = 1.0
+    grace = 3.0  # the cut at grace - SHUTDOWN_MARGIN (more than half the grace)
     signalled = time.monotonic() - (grace - SHUTDOWN_MARGIN) + 0.2  # the cut comes 0.2 s from now
     for uid, payload in [("short", job(2, False)), ("long", job(1000, True)), ("long-whole", job(1000, False))]:
         requests.put((0, uid, time.monotonic(), payload))
