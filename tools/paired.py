@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from tools.evaluate import markdown_report, score_entries
+from zoo.inference import parse_named
 from zoo.outputs import atomic_file
 
 
@@ -62,19 +63,6 @@ def read_predictions(path: str | Path, entry: str | None = None) -> list[dict[st
     return rows
 
 
-def _named(specs: list[str]) -> dict[str, str]:
-    """``["name=path", "path"]`` → ``{name: path}``; a bare path is named by its file's folder."""
-    named: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = Path(spec).parent.name, spec
-        if not name or not path or name in named:
-            raise PredictionsError(f"prediction file {spec!r}: give each file a distinct name, as name=path")
-        named[name] = path
-    return named
-
-
 def _item_key(row: dict[str, Any]) -> tuple[str, Any]:
     return row["task"], row.get("prompt", row.get("item"))
 
@@ -89,8 +77,9 @@ def paired(predictions: list[str], output: str | None = None, title: str = "Pair
 
     Raises:
         PredictionsError: a file is missing or malformed, or its items differ from the first file's.
+        ValueError: two files get the same name.
     """
-    named = _named(predictions)
+    named = parse_named(predictions, what="prediction file", by_parent=True)
     if len(named) < 2:
         raise PredictionsError("give at least two prediction files to compare")
     rows = {name: read_predictions(path, entry=name) for name, path in named.items()}

@@ -74,5 +74,5 @@ def test_bad_files_are_refused_naming_line_and_field(tmp_path):
         paired([str(good), str(tmp_path / "b" / "p.jsonl")])
     with pytest.raises(PredictionsError, match="no such prediction file"):
         paired([str(good), str(tmp_path / "missing.jsonl")])
-    with pytest.raises(PredictionsError, match="distinct name"):
+    with pytest.raises(ValueError, match="two prediction files are named 'a'"):
         paired([str(good), str(good)])

@@ -25,21 +25,22 @@ FIT_ERRORS = (RuntimeError, KeyError, AttributeError, ValueError, IndexError)
 """What a method raises when an adapter does not fit a base (turned into :class:`AdapterError`)."""
 
 
-def parse_named(specs: list[str]) -> dict[str, str]:
-    """``["name=path", "path"]`` → ``{name: path}``; a bare path is named by its folder.
+def parse_named(specs: list[str], what: str = "adapter", by_parent: bool = False) -> dict[str, str]:
+    """``["name=path", "path"]`` → ``{name: path}``; a bare path is named by its folder
+    (``by_parent``: by the folder that holds it, for files such as ``run/predictions.jsonl``).
 
     Raises:
-        ValueError: two adapters get the same name, or a name is empty.
+        ValueError: two entries get the same name, or a name is empty.
     """
     named: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
-            name, path = Path(spec).name, spec
+            name, path = (Path(spec).parent.name if by_parent else Path(spec).name), spec
         if not name or not path:
-            raise ValueError(f"adapter {spec!r}: give it as name=path")
+            raise ValueError(f"{what} {spec!r}: give it as name=path")
         if name in named:
-            raise ValueError(f"two adapters are named {name!r}; name them with name=path")
+            raise ValueError(f"two {what}s are named {name!r}; name them with name=path")
         named[name] = path
     return named
 

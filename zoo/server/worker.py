@@ -118,7 +118,7 @@ class BatcherLoop(LitLoop):
         self.counts = {"finished": 0, "cancelled": 0, "peak_running": 0}
         self.shutdown_at: float | None = None
         """When the server is stopping: the moment unfinished requests get their error."""
-        self.shutdown_message = ""
+        self.shutdown_grace = 0.0
 
     def run(
         self,
@@ -136,7 +136,11 @@ class BatcherLoop(LitLoop):
             if not self._receive(lit_api, request_queue, transport) or os.getppid() != server_pid:
                 return  # the server stops, or its main process is gone (killed): nobody is left to answer
             if self.shutdown_at is not None and time.monotonic() >= self.shutdown_at and self.routes:
-                self._fail_all(transport, self.shutdown_message, 503, "server_shutdown")
+                stopped = (
+                    f"the server was stopped before this answer finished (requests in flight get "
+                    f"{self.shutdown_grace:g} s: its --shutdown_timeout)"
+                )
+                self._fail_all(transport, stopped, 503, "server_shutdown")
                 lit_api.batcher = batcher = _emptied(batcher)
             if not batcher.busy:
                 continue
@@ -200,12 +204,8 @@ class BatcherLoop(LitLoop):
             self.routes.pop(uid, None)
             return
         if "shutdown" in job:
-            grace = float(job["shutdown"])
+            self.shutdown_grace = grace = float(job["shutdown"])
             self.shutdown_at = sent + max(grace - SHUTDOWN_MARGIN, grace / 2)  # one monotonic clock for all processes
-            self.shutdown_message = (
-                f"the server was stopped before this answer finished (requests in flight get "
-                f"{grace:g} s: its --shutdown_timeout)"
-            )
             return
         if job.get("load"):
             load = {"running": len(batcher.rows), "waiting": len(batcher.waiting), **self.counts}
