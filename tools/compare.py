@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from datamodules.base import FineTuneDataModule
-from tools.evaluate import evaluate, markdown_report, plot_results
+from tools.evaluate import evaluate
 from zoo.callbacks import TokenCounter
 from zoo.cli import build_cli
 from zoo.evaluation import mean_response_loss
 from zoo.outputs import atomic_file
 from zoo.plugins import available_methods
+from zoo.report import markdown_report, plot_results
 
 
 @dataclass

@@ -18,66 +18,18 @@ its test split is evaluated and no training file is read.
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
-from collections import defaultdict
-from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
 from datamodules.base import FineTuneDataModule
 from datamodules.encode import Example
-from zoo.evaluation import Score, generate_answers, macro_average, mcnemar
+from zoo.evaluation import generate_answers, sample_items
 from zoo.inference import BASE, AdapterSwitcher, load_base, parse_named, pick_device, read_adapter
 from zoo.loading import load_tokenizer
 from zoo.outputs import atomic_file
-
-
-def sample_items(examples: list[Example], max_records: int | None, seed: int) -> list[Example]:
-    """At most ``max_records`` examples per task: a seeded sample kept in file order, so every
-    entry (and every rerun) is scored on the same items."""
-    if max_records is None:
-        return examples
-    by_task: dict[str, list[int]] = defaultdict(list)
-    for i, example in enumerate(examples):
-        by_task[example.task].append(i)
-    keep: set[int] = set()
-    for task, indices in by_task.items():
-        keep.update(indices if len(indices) <= max_records else random.Random(f"{seed}:{task}").sample(indices, max_records))
-    return [e for i, e in enumerate(examples) if i in keep]
-
-
-def score_entries(
-    items: list[Example], correct: dict[str, list[bool]], tasks: list[str]
-) -> dict[str, Any]:
-    """Per-task and average accuracy of each entry, and McNemar's test between every two.
-
-    Args:
-        items: the evaluated examples (item ``i`` is the same for every entry).
-        correct: entry name → per-item correctness.
-        tasks: task names in report order.
-    """
-    scores: dict[str, Any] = {}
-    for entry, flags in correct.items():
-        per_task = {t: Score(sum(f for f, e in zip(flags, items) if e.task == t), sum(e.task == t for e in items)) for t in tasks}
-        scores[entry] = {
-            "tasks": {t: s.as_dict() for t, s in per_task.items()},
-            "average": macro_average(list(per_task.values())),
-            "pooled": Score(sum(flags), len(flags)).as_dict(),
-        }
-    pairs = []
-    for first, second in combinations(correct, 2):
-        test = mcnemar(correct[first], correct[second])
-        per_task = {
-            t: mcnemar(
-                [f for f, e in zip(correct[first], items) if e.task == t],
-                [f for f, e in zip(correct[second], items) if e.task == t],
-            ).as_dict()
-            for t in tasks
-        }
-        pairs.append({"first": first, "second": second, **test.as_dict(), "tasks": per_task})
-    return {"scores": scores, "mcnemar": pairs}
+from zoo.report import markdown_report, score_entries, write_results
 
 
 def evaluate(
@@ -179,93 +131,12 @@ def write_report(
     folder: Path,
 ) -> None:
     """``results.json``, ``results.md`` and ``generations.jsonl`` (one line per entry and item)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_file(folder / "results.json") as handle:
-        json.dump(results, handle, indent=2)
-    with atomic_file(folder / "results.md") as handle:
-        handle.write(markdown_report(results))
+    write_results(results, folder)
     with atomic_file(folder / "generations.jsonl") as handle:
         for entry, texts in generations.items():
             for i, (example, text, ok) in enumerate(zip(items, texts, correct[entry])):
                 row = {"entry": entry, "item": i, "task": example.task, "answer": example.answer, "correct": ok}
                 handle.write(json.dumps({**row, "generation": text}) + "\n")
-
-
-def _cell(score: dict[str, float]) -> str:
-    return f"{100 * score['accuracy']:.1f} [{100 * score['low']:.1f}, {100 * score['high']:.1f}]"
-
-
-def markdown_report(results: dict[str, Any], extra_columns: dict[str, dict[str, str]] | None = None) -> str:
-    """The accuracy table (per task and average, 95% intervals) and the paired tests, in Markdown.
-
-    Args:
-        results: as returned by :func:`evaluate`.
-        extra_columns: column title → entry → cell, shown after the entry's name.
-    """
-    extra_columns = extra_columns or {}
-    tasks, scores = results["tasks"], results["scores"]
-    head = ["entry", *extra_columns, *(f"{t} (n={results['items'][t]})" for t in tasks), "average"]
-    lines = [
-        f"### {results['title']}",
-        "",
-        "Accuracy in % with 95% intervals (Wilson per task; the average is the unweighted mean over tasks).",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + " --- |" * len(head),
-    ]
-    for entry in results["entries"]:
-        cells = [entry, *(col.get(entry, "") for col in extra_columns.values())]
-        cells += [_cell(scores[entry]["tasks"][t]) for t in tasks] + [f"**{_cell(scores[entry]['average'])}**"]
-        lines.append("| " + " | ".join(cells) + " |")
-    if results["mcnemar"]:
-        lines += [
-            "",
-            "Paired McNemar tests on all items (exact; a p-value of 0.05 or more is a tie):",
-            "",
-            "| first | second | only first right | only second right | p | verdict |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for pair in results["mcnemar"]:
-            verdict = {"first": f"{pair['first']} better", "second": f"{pair['second']} better", "tie": "tie"}
-            lines.append(
-                f"| {pair['first']} | {pair['second']} | {pair['only_first']} | {pair['only_second']} "
-                f"| {pair['p_value']:.3g} | {verdict[pair['verdict']]} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def plot_results(results: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
-    """A grouped bar chart: accuracy per task and on average, one bar per entry, 95% intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = [*results["tasks"], "average"]
-    entries = results["entries"]
-    width = 0.8 / len(entries)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups) * max(1, len(entries)) / 3), 4))
-    for k, entry in enumerate(entries):
-        score = results["scores"][entry]
-        cells = [score["tasks"][t] for t in results["tasks"]] + [score["average"]]
-        values = [100 * c["accuracy"] for c in cells]
-        errors = [  # clipped at 0: at 0% or 100% the bound equals the value up to rounding
-            [max(0.0, 100 * (c["accuracy"] - c["low"])) for c in cells],
-            [max(0.0, 100 * (c["high"] - c["accuracy"])) for c in cells],
-        ]
-        positions = [g + (k - (len(entries) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(positions, values, width, yerr=errors, capsize=2, label=entry)
-    ax.set_xticks(range(len(groups)), groups)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(title or results["title"])
-    ax.legend(fontsize="small", ncols=min(len(entries), 6))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def main() -> None:

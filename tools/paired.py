@@ -21,9 +21,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tools.evaluate import markdown_report, score_entries
 from zoo.inference import parse_named
-from zoo.outputs import atomic_file
+from zoo.report import markdown_report, score_entries, write_results
 
 
 class PredictionsError(ValueError):
@@ -108,11 +107,7 @@ def paired(predictions: list[str], output: str | None = None, title: str = "Pair
         **score_entries(items, correct, tasks),
     }
     if output is not None:
-        folder = Path(output)
-        with atomic_file(folder / "results.json") as handle:
-            json.dump(results, handle, indent=2)
-        with atomic_file(folder / "results.md") as handle:
-            handle.write(markdown_report(results))
+        write_results(results, output)
     return results
 
 

@@ -10,9 +10,11 @@ fair coin. A difference whose p-value is above 0.05 is a tie.
 from __future__ import annotations
 
 import math
+import random
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -24,6 +26,15 @@ from zoo.loss import IGNORE_INDEX, response_loss
 Z95 = 1.959963984540054
 """The standard normal quantile of 0.975: a two-sided 95% interval."""
 SIGNIFICANCE = 0.05
+
+
+class HasTask(Protocol):
+    """An evaluated item: anything with the name of its task."""
+
+    task: str
+
+
+ItemT = TypeVar("ItemT", bound=HasTask)
 
 
 def greedy_config(tokenizer: Any, max_new_tokens: int, **overrides: Any) -> GenerationConfig:
@@ -126,6 +137,21 @@ def mcnemar(first: Sequence[bool], second: Sequence[bool]) -> McNemar:
         return McNemar(b, c, 1.0)
     tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n  # exact: Python integers
     return McNemar(b, c, min(1.0, 2 * tail))
+
+
+def sample_items(examples: list[ItemT], max_records: int | None, seed: int) -> list[ItemT]:
+    """At most ``max_records`` examples per task: a seeded sample kept in file order, so every
+    entry (and every rerun) is scored on the same items."""
+    if max_records is None:
+        return examples
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, example in enumerate(examples):
+        by_task[example.task].append(i)
+    keep: set[int] = set()
+    for task, indices in by_task.items():
+        keep.update(indices if len(indices) <= max_records else random.Random(f"{seed}:{task}").sample(indices, max_records))
+    return [e for i, e in enumerate(examples) if i in keep]
+
 
 
 def batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -6,15 +6,16 @@ import math
 
 import pytest
 import torch
+from tiny_adapters import train_adapter
+from tiny_models import tiny_tokenizer
 
 from datamodules import ArithmeticDataModule
 from datamodules.encode import Example
-from tiny_adapters import train_adapter
-from tiny_models import tiny_tokenizer
-from tools.evaluate import evaluate, markdown_report, plot_results, sample_items, score_entries
+from tools.evaluate import evaluate
 from zoo.adapter import BaseModelInfo, save_adapter
-from zoo.evaluation import Score, macro_average, mcnemar, wilson_interval
+from zoo.evaluation import Score, macro_average, mcnemar, sample_items, wilson_interval
 from zoo.loading import load_model
+from zoo.report import markdown_report, plot_results, score_entries
 
 
 @pytest.mark.parametrize(
