@@ -130,20 +130,12 @@ def _decode_json_lines(text: str, name: str) -> list[tuple[str, Any]]:
     return items
 
 
-def load_records(path: PathLike, task: Optional[str] = None, output_policy: OutputPolicy = "required") -> list[Record]:
-    """Reads and validates every record of a ``.json`` or ``.jsonl`` file.
-
-    Args:
-        path: The file.
-        task: Task name for its records; defaults to the file's stem (``boolq.json`` -> ``boolq``).
-        output_policy: What an empty ``output`` means (see the module docstring).
-
-    Returns:
-        The records, in file order.
+def read_objects(path: PathLike) -> list[tuple[str, Any]]:
+    """The decoded JSON values of a ``.json`` list or ``.jsonl`` file, each with where it is
+    (``"data/train.json: record 17"``), before any record is validated.
 
     Raises:
-        DataError: If the file is missing, unreadable, empty, malformed, any record is invalid, or no
-            record is left.
+        DataError: the file is missing, unreadable, empty, not JSON, or holds no value.
     """
     path = Path(path)
     name = str(path)
@@ -161,6 +153,27 @@ def load_records(path: PathLike, task: Optional[str] = None, output_policy: Outp
     items = decode(text, name)
     if not items:
         raise DataError(f"{name}: contains no records")
+    return items
+
+
+def load_records(path: PathLike, task: Optional[str] = None, output_policy: OutputPolicy = "required") -> list[Record]:
+    """Reads and validates every record of a ``.json`` or ``.jsonl`` file.
+
+    Args:
+        path: The file.
+        task: Task name for its records; defaults to the file's stem (``boolq.json`` -> ``boolq``).
+        output_policy: What an empty ``output`` means (see the module docstring).
+
+    Returns:
+        The records, in file order.
+
+    Raises:
+        DataError: If the file is missing, unreadable, empty, malformed, any record is invalid, or no
+            record is left.
+    """
+    path = Path(path)
+    name = str(path)
+    items = read_objects(path)
     task = task or path.stem
     records, dropped = [], []
     for index, (where, obj) in enumerate(items):
