@@ -21,12 +21,13 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from datamodules.answers import AnswerExtractor
+from datamodules.choices import ChoiceItem, load_choice_items, parse_record
 from datamodules.collate import Collator
 from datamodules.encode import Example, encode_records
 from datamodules.errors import DataError
 from datamodules.loader import ResumableDataLoader
 from datamodules.prompts import PromptStyle, PromptTemplate, get_template
-from datamodules.records import OutputPolicy, Record, load_files
+from datamodules.records import OutputPolicy, PathLike, Record, load_files
 from datamodules.sampler import ShardedSampler
 
 EVAL_STAGES = {"fit": "validate", "validate": "validate", "sanity_check": "validate", "test": "test"}
@@ -194,6 +195,43 @@ class FineTuneDataModule(LightningDataModule):
             raise ValueError("no records are held out: set holdout to a number of training records")
         return DataLoader(data, batch_size=self.eval_batch_size, collate_fn=Collator(self._pad_id(), "train"))
 
+    def choice_items(self, split: str = "test") -> list[ChoiceItem]:
+        """The records of an evaluation split ("validate" or "test") as multiple-choice items, for
+        log-likelihood scoring: the tasks of :meth:`eval_tasks`, each in file order.
+
+        Items are read from the split's files (:func:`datamodules.choices.load_choice_items`:
+        LLM-Adapters records, or records with ``choices`` and ``gold``) when the module names
+        them (:meth:`_eval_files`), else parsed from its records.
+
+        Raises:
+            DataError: a record that is not multiple choice (its task and record are named).
+        """
+        split = eval_stage(split)
+        files = self._eval_files(split)
+        try:
+            if files is not None:
+                return [item for path, task in files for item in self._eval_subset(load_choice_items(path, task), task)]
+            return [parse_record(record) for record in self._eval_records(split)]
+        except DataError as err:
+            raise DataError(
+                f"{type(self).__name__} has a task that is not multiple choice, so it cannot be scored by "
+                f"log-likelihood (score it by generation): {err}"
+            ) from None
+
+    def prompt_template(self) -> PromptTemplate:
+        """The template prompts are rendered in (``prompt_style``, ``system_prompt``; needs the tokenizer)."""
+        return get_template(self.prompt_style, self.tokenizer, self.system_prompt)
+
+    def _eval_files(self, split: str) -> Optional[list[tuple[PathLike, str]]]:
+        """``(file, task)`` of each evaluation file of ``split``, for subclasses whose evaluation
+        records come from files (their extra fields, such as ``choices``, are read from there);
+        ``None``: the records are made otherwise."""
+        return None
+
+    def _eval_subset(self, items: list[Any], task: str) -> list[Any]:
+        """The part of a task's evaluation items the module evaluates (all; a subclass may subsample)."""
+        return items
+
     def examples(self, split: str) -> list[Example]:
         """The tokenized examples of ``split`` ("train", "holdout", "validate", "test" or "predict"),
         in the fixed order the evaluation loaders use (before any length grouping)."""
@@ -215,8 +253,6 @@ class FineTuneDataModule(LightningDataModule):
         pad = self.tokenizer.pad_token_id
         return self.tokenizer.eos_token_id if pad is None else pad
 
-    def _template(self) -> PromptTemplate:
-        return get_template(self.prompt_style, self.tokenizer, self.system_prompt)
 
     def _records(self, split: str) -> list[Record]:
         if split in ("train", "holdout"):
@@ -253,7 +289,7 @@ class FineTuneDataModule(LightningDataModule):
                     raise DataError(f"{record.source}: no 'answer' and an empty 'output': nothing to evaluate against")
         with_response = not (split == "predict" and self.predict_files)
         examples, stats = encode_records(
-            records, answers, self.tokenizer, self._template(), self.max_length, split, with_response
+            records, answers, self.tokenizer, self.prompt_template(), self.max_length, split, with_response
         )
         if split == "train" and not examples:
             raise DataError(

@@ -63,6 +63,15 @@ class ChoiceItem:
     source: str = ""
     answer_template: str = "the correct answer is {label}"
     """How the record's training output names the right choice (the adapter form's continuation)."""
+    instruction: str = ""
+    """The record's ``instruction`` field (``prompt`` when empty): the adapter form renders
+    instruction and input apart in the template, as training did."""
+    input: str = ""
+    """The record's ``input`` field (often empty)."""
+
+    def template_fields(self) -> tuple[str, str]:
+        """``(instruction, input)`` as a prompt template renders them for the adapter form."""
+        return (self.instruction or self.prompt, self.input)
 
     def requests(self, form: PromptForm) -> list[tuple[str, str]]:
         """``(context, continuation)`` for each choice, in choice order.
@@ -110,7 +119,10 @@ def parse_record(record: Record) -> ChoiceItem:
         if answer.lower() not in folded:
             raise DataError(f"{where}: field 'answer' is {answer!r}, expected one of {labels}")
         gold = folded.index(answer.lower())
-        return ChoiceItem(record.task, question.strip(), tuple(choices), tuple(labels), gold, prompt, kind, where, **template)
+        fields = {"instruction": record.instruction, "input": record.input}
+        return ChoiceItem(
+            record.task, question.strip(), tuple(choices), tuple(labels), gold, prompt, kind, where, **template, **fields
+        )
 
     if text.startswith(_BOOLQ):
         question = _FORMAT.sub("", text[len(_BOOLQ) :]).strip()
@@ -155,7 +167,10 @@ def parse_object(obj: Any, where: str, task: str) -> ChoiceItem:
         record = validate_record(obj, where, task, require_output=False)
         prompt = f"{record.instruction}\n\n{record.input}" if record.input.strip() else record.instruction
         labels = tuple(f"answer{i + 1}" for i in range(len(choices)))
-        return ChoiceItem(task, prompt.strip(), tuple(c.strip() for c in choices), labels, gold, prompt, "question", where)
+        return ChoiceItem(
+            task, prompt.strip(), tuple(c.strip() for c in choices), labels, gold, prompt, "question", where,
+            instruction=record.instruction, input=record.input,
+        )
     return parse_record(validate_record(obj, where, task, require_output=False))
 
 

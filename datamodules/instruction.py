@@ -79,6 +79,14 @@ class InstructionDataModule(FineTuneDataModule):
             return load_files(self.val_files, output_policy="optional")
         return self._train_val_split()[1]
 
+    def _eval_files(self, split: str) -> Optional[list[tuple[str, str]]]:
+        """The test or validation files; ``None`` when validation holds out training records."""
+        if eval_stage(split) == "test":
+            return [(path, Path(path).stem) for path in self.test_files]
+        if self.val_files:
+            return [(path, Path(path).stem) for path in self.val_files]
+        return None
+
     def _train_val_split(self) -> tuple[list[Record], list[Record]]:
         """(train, held-out) records; the held-out ones keep file order, grouped by task."""
         if self._held_out is None:

@@ -161,11 +161,16 @@ class ReasoningDataModule(FineTuneDataModule):
 
     def _eval_records(self, stage: str) -> list[Record]:
         files = self.test_files if eval_stage(stage) == "test" else self.val_files
-        return [r for f in files for r in self._subset(load_records(f.path, f.task, "optional"), f.task)]
+        return [r for f in files for r in self._eval_subset(load_records(f.path, f.task, "optional"), f.task)]
 
-    def _subset(self, records: list[Record], task: str) -> list[Record]:
+    def _eval_files(self, split: str) -> list[tuple[Path, str]]:
+        files = self.test_files if eval_stage(split) == "test" else self.val_files
+        return [(f.path, f.task) for f in files]
+
+    def _eval_subset(self, items: list[Any], task: str) -> list[Any]:
+        """``max_eval_records`` of a task's records: a seeded sample kept in file order."""
         limit = self.max_eval_records
-        if limit is None or len(records) <= limit:
-            return records
-        keep = sorted(random.Random(f"{self.seed}:{task}").sample(range(len(records)), limit))
-        return [records[i] for i in keep]
+        if limit is None or len(items) <= limit:
+            return items
+        keep = sorted(random.Random(f"{self.seed}:{task}").sample(range(len(items)), limit))
+        return [items[i] for i in keep]

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from datamodules.base import FineTuneDataModule
-from tools.evaluate import evaluate
+from datamodules.choices import PromptForm
+from tools.evaluate import Scoring, evaluate
 from zoo.callbacks import TokenCounter
 from zoo.cli import build_cli
 from zoo.evaluation import mean_response_loss
@@ -118,6 +119,8 @@ def compare(
     eval_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     extra_args: list[str] | None = None,
     title: str = "Comparison",
+    scoring: Scoring = "generation",
+    prompt_form: PromptForm = "cloze",
 ) -> dict[str, Any]:
     """Train, select and evaluate every contender; write the table and the chart.
 
@@ -137,6 +140,9 @@ def compare(
         eval_dtype: dtype of the base weights during evaluation.
         extra_args: further ``lightning fit`` flags for every run.
         title: heading of the report.
+        scoring: how the evaluation scores: ``generation`` or ``loglikelihood`` (what the
+            models know of multiple-choice items; :func:`tools.evaluate.evaluate`).
+        prompt_form: the log-likelihood prompt form, ``cloze`` or ``adapter``.
     """
     out = Path(output)
     names = [c.name for c in contenders]
@@ -164,6 +170,8 @@ def compare(
         dtype=eval_dtype,
         output=str(out / "eval"),
         title=title,
+        scoring=scoring,
+        prompt_form=prompt_form,
     )
     results = {
         "title": title,

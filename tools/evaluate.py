@@ -13,6 +13,18 @@ McNemar's paired test between every two entries, each generation, as JSON and Ma
 ``--data`` is any ftzoo data module (a YAML file with ``class_path``/``init_args``, or flags
 ``--data.class_path datamodules.ArithmeticDataModule --data.init_args.prompt_style chat``);
 its test split is evaluated and no training file is read.
+
+``--scoring loglikelihood`` measures what a model knows rather than whether it writes the
+answer format: each choice of a multiple-choice item is scored by its log-likelihood
+(:mod:`zoo.loglikelihood`, lm-evaluation-harness's rules), and ``acc`` and ``acc_norm`` are
+reported, with ``choices.jsonl`` holding every choice's log-probability::
+
+    python -m tools.evaluate --scoring loglikelihood --data configs/data/commonsense_test.yaml \
+        --output runs/eval/knowledge
+
+``--prompt_form cloze`` (default) asks lm-eval's "Question: ...\nAnswer:" and scores each
+choice's text; ``--prompt_form adapter`` scores "the correct answer is answerK" after the
+record's prompt in the data module's template, the format LLM-Adapters adapters are trained on.
 """
 
 from __future__ import annotations
@@ -24,12 +36,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from datamodules.base import FineTuneDataModule
+from datamodules.choices import ChoiceItem, PromptForm
 from datamodules.encode import Example
 from zoo.evaluation import generate_answers, sample_items
 from zoo.inference import BASE, AdapterSwitcher, load_base, parse_named, pick_device, read_adapter
 from zoo.loading import load_tokenizer
+from zoo.loglikelihood import ItemScore, score_items
 from zoo.outputs import atomic_file
-from zoo.report import markdown_report, score_entries, write_results
+from zoo.report import markdown_report, score_entries, score_metrics, write_results
+
+Scoring = Literal["generation", "loglikelihood"]
 
 
 def evaluate(
@@ -46,6 +62,8 @@ def evaluate(
     device: str = "auto",
     output: str | None = None,
     title: str = "Evaluation",
+    scoring: Scoring = "generation",
+    prompt_form: PromptForm = "cloze",
 ) -> dict[str, Any]:
     """Evaluate the base model and adapters on the data module's test split.
 
@@ -58,16 +76,25 @@ def evaluate(
         include_base: also evaluate the base model itself (entry ``base``).
         max_records: evaluate at most this many items per task (seeded sample, same for every entry).
         seed: seed of that sample.
-        batch_size: prompts generated together.
+        batch_size: prompts generated together (log-likelihood: choices scored together).
         max_new_tokens: generation length; default: the data module's.
         dtype: dtype of the base weights.
         device: ``auto``, ``cpu``, ``cuda``, ...
-        output: folder for ``results.json``, ``results.md`` and ``generations.jsonl``.
+        output: folder for ``results.json``, ``results.md`` and ``generations.jsonl`` (log-likelihood:
+            ``choices.jsonl``).
         title: heading of the Markdown report.
+        scoring: ``generation`` (greedy answers, scored by the data module's answer extraction) or
+            ``loglikelihood`` (each choice of a multiple-choice item scored; ``acc`` and ``acc_norm``).
+        prompt_form: with log-likelihood: ``cloze`` (lm-eval's question/answer text) or ``adapter``
+            (the record's prompt in the data module's template, the answer sentence scored).
 
     Returns:
-        ``{"entries", "tasks", "items", "scores", "mcnemar", "seconds", ...}`` (also ``results.json``).
+        ``{"entries", "tasks", "items", "scores", "mcnemar", "seconds", ...}`` (also ``results.json``);
+        with log-likelihood, ``"metrics"`` holds ``scores`` and ``mcnemar`` of ``acc`` and of
+        ``acc_norm``, and ``scores``/``mcnemar`` are those of ``acc``.
     """
+    if scoring not in ("generation", "loglikelihood"):
+        raise ValueError(f"unknown scoring {scoring!r}; choose 'generation' or 'loglikelihood'")
     paths = parse_named(adapters or [])
     if adapters_from is not None:
         kept = json.loads(Path(adapters_from).read_text())["chosen"]
@@ -81,6 +108,11 @@ def evaluate(
     model.to(pick_device(device))
     tokenizer = load_tokenizer(info.name_or_path)
     data.tokenizer = tokenizer
+    if scoring == "loglikelihood":
+        choice_items = sample_items(data.choice_items("test"), max_records, seed)
+        common = {"title": title, "base_model": info.name_or_path, "adapters": paths, "max_records": max_records, "seed": seed}
+        return evaluate_choices(data, model, tokenizer, AdapterSwitcher(model, info), loaded, choice_items,
+                                include_base, prompt_form, batch_size, common, output)  # fmt: skip
     items = sample_items(data.examples("test"), max_records, seed)
     if not items:
         raise ValueError(f"{type(data).__name__} has no test items to evaluate")
@@ -120,6 +152,67 @@ def evaluate(
     }
     if output is not None:
         write_report(results, items, generations, correct, Path(output))
+    return results
+
+
+def evaluate_choices(
+    data: FineTuneDataModule,
+    model: Any,
+    tokenizer: Any,
+    switcher: AdapterSwitcher,
+    loaded: dict[str, Any],
+    items: list[ChoiceItem],
+    include_base: bool,
+    prompt_form: PromptForm,
+    batch_size: int,
+    common: dict[str, Any],
+    output: str | None,
+) -> dict[str, Any]:
+    """:func:`evaluate` by log-likelihood: every entry scores every choice of the same items."""
+    if not items:
+        raise ValueError(f"{type(data).__name__} has no test items to evaluate")
+    tasks = list(dict.fromkeys(item.task for item in items))
+    for name, adapter in loaded.items():
+        switcher.add(name, adapter)
+    entries = ([BASE] if include_base else []) + list(loaded)
+    template = data.prompt_template() if prompt_form == "adapter" else None
+    scored: dict[str, list[ItemScore]] = {}
+    seconds: dict[str, float] = {}
+    for entry in entries:
+        switcher.activate(entry)
+        started = time.monotonic()
+        scored[entry] = score_items(model, tokenizer, items, prompt_form, template, batch_size, description=entry)
+        seconds[entry] = round(time.monotonic() - started, 1)
+        acc = sum(s.acc for s in scored[entry])
+        norm = sum(s.acc_norm for s in scored[entry])
+        print(f"{entry}: acc {acc}/{len(items)}, acc_norm {norm}/{len(items)} ({seconds[entry]:.0f} s)", file=sys.stderr)
+    switcher.activate(BASE)
+    outcomes = {
+        "acc": {entry: [s.acc for s in scores] for entry, scores in scored.items()},
+        "acc_norm": {entry: [s.acc_norm for s in scores] for entry, scores in scored.items()},
+    }
+    results = {
+        **common,
+        "scoring": "loglikelihood",
+        "prompt_form": prompt_form,
+        "prompt_style": data.prompt_style if prompt_form == "adapter" else None,
+        "entries": entries,
+        "tasks": tasks,
+        "items": {t: sum(item.task == t for item in items) for t in tasks},
+        "seconds": seconds,
+        **score_metrics(items, outcomes, tasks),
+    }
+    if output is not None:
+        folder = Path(output)
+        write_results(results, folder, markdown_report(results, {"seconds": {e: f"{s:.0f}" for e, s in seconds.items()}}))
+        with atomic_file(folder / "choices.jsonl") as handle:
+            for entry, scores in scored.items():
+                for i, (item, score) in enumerate(zip(items, scores)):
+                    row = {"entry": entry, "item": i, "task": item.task, "source": item.source, "gold": item.gold,
+                           "logprobs": score.logprobs, "greedy": score.greedy, "lengths": score.lengths,
+                           "prediction": score.prediction, "prediction_norm": score.prediction_norm,
+                           "acc": score.acc, "acc_norm": score.acc_norm}  # fmt: skip
+                    handle.write(json.dumps(row) + "\n")
     return results
 
 

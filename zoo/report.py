@@ -3,7 +3,9 @@
 One results dictionary (``entries``, ``tasks``, ``items``, ``scores``, ``mcnemar``, ``title``)
 is what every evaluation in ftzoo produces (``tools.evaluate``, ``tools.compare``,
 ``tools.paired``, the lm-evaluation-harness bridge); the tools only gather outcomes and
-call these to score and render them.
+call these to score and render them. An evaluation with several metrics (log-likelihood
+scoring: ``acc`` and ``acc_norm``) also holds ``metrics``, metric → ``{"scores", "mcnemar"}``;
+its ``scores`` and ``mcnemar`` are those of the first metric, which charts and comparisons read.
 """
 
 from __future__ import annotations
@@ -50,24 +52,45 @@ def score_entries(
     return {"scores": scores, "mcnemar": pairs}
 
 
+def score_metrics(
+    items: Sequence[HasTask], outcomes: dict[str, dict[str, list[bool]]], tasks: list[str]
+) -> dict[str, Any]:
+    """:func:`score_entries` for each metric (metric → entry → per-item correctness): ``metrics``,
+    and the first metric's ``scores`` and ``mcnemar`` at the top level."""
+    metrics = {metric: score_entries(items, correct, tasks) for metric, correct in outcomes.items()}
+    first = next(iter(metrics.values()))
+    return {"metric": next(iter(metrics)), "metrics": metrics, "scores": first["scores"], "mcnemar": first["mcnemar"]}
+
+
 def _cell(score: dict[str, float]) -> str:
     return f"{100 * score['accuracy']:.1f} [{100 * score['low']:.1f}, {100 * score['high']:.1f}]"
 
 
 def markdown_report(results: dict[str, Any], extra_columns: dict[str, dict[str, str]] | None = None) -> str:
-    """The accuracy table (per task and average, 95% intervals) and the paired tests, in Markdown.
+    """The accuracy table (per task and average, 95% intervals) and the paired tests, in Markdown;
+    one table and one list of tests per metric when the results have several (``metrics``).
 
     Args:
         results: as returned by :func:`evaluate`.
         extra_columns: column title → entry → cell, shown after the entry's name.
     """
-    extra_columns = extra_columns or {}
-    tasks, scores = results["tasks"], results["scores"]
+    lines = [f"### {results['title']}", ""]
+    metrics = results.get("metrics") or {"": {"scores": results["scores"], "mcnemar": results["mcnemar"]}}
+    for metric, scored in metrics.items():
+        lines += _metric_section(results, metric, scored["scores"], scored["mcnemar"], extra_columns or {})
+    return "\n".join(lines[:-1]) + "\n"
+
+
+def _metric_section(
+    results: dict[str, Any], metric: str, scores: dict[str, Any], pairs: list[dict[str, Any]],
+    extra_columns: dict[str, dict[str, str]],
+) -> list[str]:  # fmt: skip
+    """One metric's table and paired tests (``metric`` empty: the results' only accuracy)."""
+    tasks = results["tasks"]
+    named = f"`{metric}`: accuracy" if metric else "Accuracy"
     head = ["entry", *extra_columns, *(f"{t} (n={results['items'][t]})" for t in tasks), "average"]
     lines = [
-        f"### {results['title']}",
-        "",
-        "Accuracy in % with 95% intervals (Wilson per task; the average is the unweighted mean over tasks).",
+        f"{named} in % with 95% intervals (Wilson per task; the average is the unweighted mean over tasks).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + " --- |" * len(head),
@@ -76,21 +99,21 @@ def markdown_report(results: dict[str, Any], extra_columns: dict[str, dict[str, 
         cells = [entry, *(col.get(entry, "") for col in extra_columns.values())]
         cells += [_cell(scores[entry]["tasks"][t]) for t in tasks] + [f"**{_cell(scores[entry]['average'])}**"]
         lines.append("| " + " | ".join(cells) + " |")
-    if results["mcnemar"]:
+    if pairs:
         lines += [
             "",
-            "Paired McNemar tests on all items (exact; a p-value of 0.05 or more is a tie):",
+            f"Paired McNemar tests{f' of `{metric}`' if metric else ''} on all items (exact; a p-value of 0.05 or more is a tie):",
             "",
             "| first | second | only first right | only second right | p | verdict |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
-        for pair in results["mcnemar"]:
+        for pair in pairs:
             verdict = {"first": f"{pair['first']} better", "second": f"{pair['second']} better", "tie": "tie"}
             lines.append(
                 f"| {pair['first']} | {pair['second']} | {pair['only_first']} | {pair['only_second']} "
                 f"| {pair['p_value']:.3g} | {verdict[pair['verdict']]} |"
             )
-    return "\n".join(lines) + "\n"
+    return lines + [""]
 
 
 def plot_results(results: dict[str, Any], path: str | Path, title: str | None = None) -> Path:

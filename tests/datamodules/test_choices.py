@@ -102,3 +102,27 @@ def test_bad_records_are_named(tmp_path, line, message):
     path.write_text('{"instruction": "ok?", "choices": ["a", "b"], "gold": 0}\n' + line + "\n")
     with pytest.raises(DataError, match=re.escape(f"{path}: record 1 (line 2): ") + ".*" + re.escape(message)):
         load_choice_items(path)
+
+
+def test_a_data_module_hands_out_its_test_split_as_choice_items(tmp_path):
+    from datamodules import ReasoningDataModule
+
+    extra = tmp_path / "commonsense" / "quiz.jsonl"
+    extra.parent.mkdir()
+    extra.write_text(json.dumps({"instruction": "Is ice cold?", "input": "In winter.", "choices": ["yes", "no"], "gold": 0}))
+    data = ReasoningDataModule(
+        data_dir=str(REASONING_DATA), test_tasks=["commonsense/piqa", "commonsense/arc_easy", str(extra)], max_eval_records=4
+    )
+    items = data.choice_items("test")
+    assert [i.task for i in items] == ["piqa"] * 4 + ["arc_easy"] * 4 + ["quiz"]
+    records = data._eval_records("test")  # the same seeded subset as generation scores
+    assert [i.source for i in items[:8]] == [r.source for r in records[:8]]
+    assert items[-1].template_fields() == ("Is ice cold?", "In winter.") and items[-1].choices == ("yes", "no")
+
+
+def test_a_data_module_that_is_not_multiple_choice_says_which_record():
+    from datamodules import ReasoningDataModule
+
+    data = ReasoningDataModule(data_dir=str(REASONING_DATA), test_tasks=["commonsense/boolq", "math/gsm8k"])
+    with pytest.raises(DataError, match=r"not multiple choice.*gsm8k.json: record 0: no multiple-choice layout"):
+        data.choice_items("test")

@@ -142,3 +142,90 @@ def test_evaluate_batching_does_not_change_answers(tiny_llama_dir, two_adapters,
 def test_evaluate_refuses_an_adapter_named_base(tiny_llama_dir, two_adapters):
     with pytest.raises(ValueError, match="base"):
         evaluate(_arithmetic(), adapters=[f"base={two_adapters['lora']}"])
+
+
+# ----- log-likelihood scoring ---------------------------------------------------------------------
+
+
+def _choice_files(folder):
+    """A file with ``choices`` + ``gold`` and one in the LLM-Adapters layout (choices in the text)."""
+    rows = [
+        {"instruction": "Which is red?", "choices": ["a rose", "the sky", "grass"], "gold": 0},
+        {"instruction": "Is ice cold?", "input": "Think of winter.", "choices": ["yes", "no"], "gold": 0},
+        {"instruction": "Pick a number", "choices": ["one", "two", "three", "four", "five"], "gold": 3},
+    ]
+    quiz = folder / "quiz.jsonl"
+    quiz.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    arc = folder / "arc.json"
+    arc.write_text(json.dumps([
+        {"instruction": "Please choose the correct answer to the question: What falls? Answer1: rain Answer2: smoke "
+                        "Answer3: steam\n\nAnswer format: answer1/answer2/answer3", "output": "", "answer": "answer1"},
+        {"instruction": "Please choose the correct answer to the question: What is hot? Answer1: ice Answer2: fire"
+                        "\n\nAnswer format: answer1/answer2", "output": "", "answer": "answer2"},
+    ]))  # fmt: skip
+    return [str(quiz), str(arc)]
+
+
+def _naive(model, context, continuation):
+    ids = torch.tensor([context + continuation])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    return float(sum(logprobs[len(context) - 1 + j, t] for j, t in enumerate(continuation)))
+
+
+@pytest.mark.parametrize("form", ["cloze", "adapter"])
+def test_evaluate_by_loglikelihood_scores_every_choice_of_the_same_items(tiny_llama_dir, two_adapters, tmp_path, form):
+    from datamodules import InstructionDataModule
+    from zoo.loglikelihood import encode_pair
+
+    data = InstructionDataModule(test_files=_choice_files(tmp_path), prompt_style="alpaca")
+    out = tmp_path / f"eval-{form}"
+    results = evaluate(
+        data, adapters=[f"{m}={p}" for m, p in two_adapters.items()], base_model=str(tiny_llama_dir),
+        scoring="loglikelihood", prompt_form=form, batch_size=3, output=str(out),
+    )  # fmt: skip
+    assert results["entries"] == ["base", "s2ft", "lora"] and results["items"] == {"quiz": 3, "arc": 2}
+    assert set(results["metrics"]) == {"acc", "acc_norm"} and results["scores"] == results["metrics"]["acc"]["scores"]
+    assert len(results["metrics"]["acc_norm"]["mcnemar"]) == 3
+    rows = [json.loads(line) for line in (out / "choices.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 5 and [len(r["logprobs"]) for r in rows[:5]] == [3, 2, 5, 3, 2]
+    for entry in results["entries"]:
+        mine = [r for r in rows if r["entry"] == entry]
+        for metric in ("acc", "acc_norm"):
+            assert sum(r[metric] for r in mine) == results["metrics"][metric]["scores"][entry]["pooled"]["correct"]
+    logprobs = {e: [r["logprobs"] for r in rows if r["entry"] == e] for e in results["entries"]}
+    assert logprobs["s2ft"] != logprobs["base"] and logprobs["lora"] != logprobs["base"]
+    report = (out / "results.md").read_text()
+    assert "`acc`: accuracy" in report and "`acc_norm`: accuracy" in report and "| seconds |" in report
+
+    # the base entry (after adapters were switched in and out) is the base model's own log-likelihood
+    model, tokenizer = load_model(str(tiny_llama_dir)), tiny_tokenizer()
+    items = data.choice_items("test")
+    for item, scored in zip(items, logprobs["base"]):
+        if form == "cloze":
+            pairs = [encode_pair(tokenizer, c, x) for c, x in item.requests("cloze")]
+        else:  # as the adapter was trained: the record in the alpaca template, then the answer sentence
+            instruction, extra = item.template_fields()
+            prompt = data.prompt_template().render(instruction, extra)
+            assert ("### Input:\nThink of winter." in prompt) == (extra != "")
+            pairs = [(tokenizer.encode(prompt), tokenizer.encode(x, add_special_tokens=False)) for _, x in item.requests("adapter")]
+        assert scored == pytest.approx([_naive(model, *pair) for pair in pairs], abs=1e-4)
+
+
+def test_evaluate_by_loglikelihood_subsamples_the_same_items_for_every_entry(tiny_llama_dir, two_adapters, tmp_path):
+    from datamodules import InstructionDataModule
+
+    data = InstructionDataModule(test_files=_choice_files(tmp_path))
+    results = evaluate(data, adapters=[str(two_adapters["lora"])], base_model=str(tiny_llama_dir),
+                       scoring="loglikelihood", max_records=2, seed=3, output=str(tmp_path / "out"))  # fmt: skip
+    assert results["items"] == {"quiz": 2, "arc": 2}
+    rows = [json.loads(line) for line in (tmp_path / "out" / "choices.jsonl").read_text().splitlines()]
+    sources = {e: [r["source"] for r in rows if r["entry"] == e] for e in results["entries"]}
+    assert sources["base"] == sources["lora"] and len(sources["base"]) == 4
+
+
+def test_evaluate_by_loglikelihood_refuses_a_task_that_is_not_multiple_choice(tiny_llama_dir):
+    from datamodules.errors import DataError
+
+    with pytest.raises(DataError, match="ArithmeticDataModule has a task that is not multiple choice.*task arithmetic"):
+        evaluate(_arithmetic(), base_model=str(tiny_llama_dir), scoring="loglikelihood")
