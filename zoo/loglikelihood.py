@@ -19,6 +19,7 @@ score does not depend on its batch mates (up to float rounding).
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -171,29 +172,56 @@ def _score_batch(model: nn.Module, requests: list[Pair]) -> list[LogLikelihood]:
     targets = [torch.tensor(x, device=device) for x in continuations]
     logprobs = [first[r, t[0]] for r, t in enumerate(targets)]
     greedy = [first[r].argmax() == t[0] for r, t in enumerate(targets)]
-    rest = max(len(x) for x in continuations) - 1
-    if rest > 0:
-        cache = getattr(out, _cache_arg(model))
-        cache.batch_select_indices(rows)  # one cache row per request
-        inputs = torch.zeros(len(requests), rest, dtype=torch.long, device=device)
-        real = torch.zeros(len(requests), rest, dtype=torch.bool, device=device)
-        for r, t in enumerate(targets):  # right padding: feeds tokens 0..n-2 to predict 1..n-1
-            inputs[r, : len(t) - 1] = t[:-1]
-            real[r, : len(t) - 1] = True
-        lengths = mask.sum(-1)[rows]
-        positions = lengths[:, None] + torch.arange(rest, device=device)
-        full_mask = torch.cat([mask[rows], real.long()], dim=1)
-        logits = _logits(model, inputs, full_mask, positions, cache, real)  # (real positions, vocab), row-major
+    cache = getattr(out, _cache_arg(model))
+    lengths = mask.sum(-1)
+    for chunk in _by_length([len(t) - 1 for t in targets]):
+        if len(chunk) < len(requests):  # each chunk extends its own copy of the contexts' cache
+            chunk_cache = copy.deepcopy(cache)
+        else:
+            chunk_cache = cache
+        picked = rows[chunk]
+        chunk_cache.batch_select_indices(picked)  # one cache row per request
+        rest = len(targets[chunk[0]]) - 1
+        inputs = torch.zeros(len(chunk), rest, dtype=torch.long, device=device)
+        real = torch.zeros(len(chunk), rest, dtype=torch.bool, device=device)
+        for k, r in enumerate(chunk):  # right padding: feeds tokens 0..n-2 to predict 1..n-1
+            inputs[k, : len(targets[r]) - 1] = targets[r][:-1]
+            real[k, : len(targets[r]) - 1] = True
+        positions = lengths[picked][:, None] + torch.arange(rest, device=device)
+        full_mask = torch.cat([mask[picked], real.long()], dim=1)
+        logits = _logits(model, inputs, full_mask, positions, chunk_cache, real)  # (real positions, vocab), row-major
         scores = torch.log_softmax(logits.float(), dim=-1)
         offset = 0
-        for r, t in enumerate(targets):
-            n = len(t) - 1
-            if n:
-                part = scores[offset : offset + n]
-                logprobs[r] = logprobs[r] + part.gather(1, t[1:, None]).sum()
-                greedy[r] = greedy[r] & bool((part.argmax(-1) == t[1:]).all())
-                offset += n
+        for r in chunk:
+            t = targets[r]
+            part = scores[offset : offset + len(t) - 1]
+            logprobs[r] = logprobs[r] + part.gather(1, t[1:, None]).sum()
+            greedy[r] = greedy[r] & bool((part.argmax(-1) == t[1:]).all())
+            offset += len(t) - 1
     return [LogLikelihood(float(lp), bool(g)) for lp, g in zip(logprobs, greedy)]
+
+
+FORWARD_COST = 64
+"""What one more forward pass costs, in padded tokens: each pass reads every weight once,
+which on a CPU costs about as much as computing 50-100 tokens of SmolLM2-135M."""
+
+
+def _by_length(lengths: list[int], overhead: int = FORWARD_COST) -> list[list[int]]:
+    """Indices of the non-zero ``lengths`` in chunks, longest first, that cost the fewest padded
+    tokens plus ``overhead`` per chunk (an exact partition of the sorted lengths): the
+    continuations of a batch differ in length (ARC's choices: 1 to 30 tokens), and padding all
+    to the longest would triple the work, while many small passes would each reread the weights."""
+    order = sorted((i for i, n in enumerate(lengths) if n), key=lambda i: -lengths[i])
+    best = [0] + [0] * len(order)  # best[j]: cost of the first j, chunked
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        # the last chunk is order[i:j], padded to its longest, order[i]
+        best[j], cut[j] = min((best[i] + overhead + lengths[order[i]] * (j - i), i) for i in range(j))
+    chunks, j = [], len(order)
+    while j:
+        chunks.append(order[cut[j] : j])
+        j = cut[j]
+    return chunks[::-1]
 
 
 def _cache_arg(model: nn.Module) -> str:

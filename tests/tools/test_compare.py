@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from datamodules import ArithmeticDataModule
+from datamodules import ArithmeticDataModule, InstructionDataModule
 from tools.compare import Contender, compare
 
 
@@ -69,6 +69,15 @@ def test_compare_same_budget_same_items(recipe, tmp_path):
     again = compare(str(recipe), CONTENDERS, eval_data, str(out), steps=3, holdout=8, max_records=6)
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/run.json")} == stamps
     assert again["chosen"] == results["chosen"]
+
+    # The same adapters scored by log-likelihood on a multiple-choice file (nothing trained again).
+    quiz = tmp_path / "quiz.jsonl"
+    quiz.write_text("\n".join(json.dumps({"instruction": f"Pick {k}", "choices": ["a", "bb", "ccc"], "gold": k}) for k in range(3)))
+    knowledge = compare(str(recipe), CONTENDERS, InstructionDataModule(test_files=[str(quiz)]), str(out), steps=3,
+                        holdout=8, scoring="loglikelihood")  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/run.json")} == stamps
+    assert knowledge["evaluation"]["scoring"] == "loglikelihood" and set(knowledge["evaluation"]["metrics"]) == {"acc", "acc_norm"}
+    assert len((out / "eval" / "choices.jsonl").read_text().splitlines()) == 4 * 3
 
 
 def test_compare_refuses_duplicate_names(recipe, tmp_path):
