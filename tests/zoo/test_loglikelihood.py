@@ -127,3 +127,15 @@ def test_score_items_sums_each_choice_after_its_items_context():
         for (context, continuation), logprob in zip(item.requests("cloze"), score.logprobs):
             expected, _ = naive(model, *encode_pair(tokenizer, context, continuation))
             assert logprob == pytest.approx(expected, abs=1e-4)
+
+
+def test_continuations_are_chunked_by_length_without_losing_one():
+    from zoo.loglikelihood import _by_length
+
+    lengths = [9, 1, 0, 1, 2, 2, 30, 2, 3, 0, 12] + [2] * 40
+    chunks = _by_length(lengths, overhead=8)
+    assert sorted(i for c in chunks for i in c) == [i for i, n in enumerate(lengths) if n]
+    assert chunks[0] == [6]  # the one long continuation is not allowed to pad 45 others to 30
+    for chunk in chunks:  # longest first: each chunk's first sets its padding
+        assert lengths[chunk[0]] == max(lengths[i] for i in chunk)
+    assert _by_length([3, 3, 3], overhead=0) == [[0, 1, 2]] and _by_length([0, 0]) == []
