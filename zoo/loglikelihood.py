@@ -12,6 +12,7 @@ The context of an item is computed once for all its choices::
     contexts, left-padded      [pad pad c0 c1 c2 c3]  -> KV cache, log p(x0 | c)
     cache rows picked per choice  (one row per request, ``batch_select_indices``)
     continuations, right-padded            [x0 x1 x2 pad]  -> log p(x1 | c x0), log p(x2 | c x0 x1)
+    (in groups of similar length, each on its own copy of the cache: :func:`_by_length`)
 
 Position ids are counted from each row's first real token, and padding is masked, so a row's
 score does not depend on its batch mates (up to float rounding).

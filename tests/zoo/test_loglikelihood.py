@@ -48,9 +48,9 @@ def test_batched_cached_scores_equal_each_request_forwarded_alone(arch):
 
 def test_scores_do_not_depend_on_batch_size_or_batch_mates():
     model = tiny_model("llama-gqa", seed=3)
-    pairs = _requests(seed=4, items=12)
+    pairs = _requests(seed=4, items=8)
     alone = [s.logprob for s in loglikelihoods(model, pairs, batch_size=1)]
-    for batch_size in (2, 5, 64):
+    for batch_size in (3, 64):
         together = [s.logprob for s in loglikelihoods(model, pairs, batch_size=batch_size)]
         assert together == pytest.approx(alone, abs=1e-5)
     # other company: the first half scored among different requests, in reverse order
