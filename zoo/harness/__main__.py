@@ -1,6 +1,6 @@
 """lm-eval's own command line with ftzoo's model registered (``--model ftzoo``)::
 
-    python -m zoo.harness --model ftzoo --model_args adapter=runs/s2ft/adapter \\
+    python -m zoo.harness run --model ftzoo --model_args adapter=runs/s2ft/adapter --device cpu \\
         --tasks llm_adapters_arc_easy --include_path zoo/harness/tasks \\
         --metadata '{"data_dir": "../shared/data/reasoning"}' --output_path runs/lm_eval --log_samples
 

@@ -16,8 +16,10 @@ Registered as lm-eval's model ``ftzoo``::
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
+import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
@@ -26,6 +28,18 @@ from zoo.loading import load_tokenizer
 
 DEFAULT_BASE = "smollm2-135m"
 """The base model when neither a base nor an adapter is given."""
+
+log = logging.getLogger(__name__)
+
+
+def _device(name: str) -> torch.device:
+    """``pick_device``, but a GPU that is not there means the CPU, as lm-eval's ``hf`` model takes it
+    (its command line passes ``cuda:0`` unless told ``--device``)."""
+    device = pick_device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        log.warning("device %s is not available; evaluating on the CPU", name)
+        return torch.device("cpu")
+    return device
 
 
 @register_model("ftzoo")
@@ -38,7 +52,7 @@ class FtzooLM(HFLM):
         base_model: the base model; default: the one the first adapter records, else
             ``smollm2-135m``.
         dtype: dtype of the base weights.
-        device: ``auto``, ``cpu``, ``cuda``, ...
+        device: ``auto``, ``cpu``, ``cuda``, ... (a missing GPU means the CPU).
         batch_size: requests per forward pass (lm-eval's: an int, ``auto`` or ``auto:N``).
         kwargs: HFLM's other arguments (``max_length``, ``add_bos_token``, ``softmax_dtype``, ...).
     """
@@ -59,7 +73,7 @@ class FtzooLM(HFLM):
             raise ValueError(f"the name {BASE!r} is the base model; name the adapter otherwise")
         loaded = {name: read_adapter(path) for name, path in self.adapter_paths.items()}
         model, info = load_base(base_model or (None if loaded else DEFAULT_BASE), loaded, dtype)
-        model.to(pick_device(device))
+        model.to(_device(device))
         super().__init__(pretrained=model, tokenizer=load_tokenizer(info.name_or_path), batch_size=batch_size, **kwargs)
         self.base_info = info
         self.methods = {name: one.method for name, one in loaded.items()}
