@@ -8,10 +8,12 @@ into those weights and unfused again by :class:`zoo.inference.AdapterSwitcher`; 
 state that depends on the weights between calls (its logits cache lives inside one call), so
 after :meth:`FtzooLM.activate` every request sees the newly fused model.
 
-Registered as lm-eval's model ``ftzoo``::
+Registered as lm-eval's model ``ftzoo`` once this module is imported::
 
-    lm_eval --model ftzoo --model_args adapter=runs/s2ft/adapter --tasks llm_adapters_arc_easy \\
-        --include_path zoo/harness/tasks --metadata '{"data_dir": "../shared/data/reasoning"}'
+    import zoo.harness.model  # noqa: F401
+    lm_eval.simple_evaluate(model="ftzoo", model_args="adapter=runs/s2ft/adapter", tasks=[...])
+
+and on lm-eval's command line through ``python -m zoo.harness`` (which imports it first).
 """
 
 from __future__ import annotations
