@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zoo.inference import BASE, parse_named
+from zoo.outputs import check_writable
 from zoo.report import markdown_report, score_entries, write_results
 
 
@@ -78,7 +79,11 @@ def harness(
 
     Raises:
         ImportError: lm-eval is not installed (``pip install 'ftzoo[eval]'``).
-        ValueError: no task, an entry named ``base``, or entries that logged different documents.
+        ValueError: no task, an unknown task, an entry named ``base``, or entries that logged
+            different documents.
+        DataError: an ``llm_adapters_*`` task's data is missing or malformed (checked before
+            the model loads).
+        OutputPathError: ``output`` cannot be written (checked before anything is loaded).
     """
     from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
@@ -89,8 +94,15 @@ def harness(
         raise ValueError("name at least one task (--tasks '[llm_adapters_arc_easy]')")
     metrics = metrics or ["acc", "acc_norm"]
     paths = parse_named(adapters or [])
-    lm = FtzooLM(adapters=paths, base_model=base_model, dtype=dtype, device=device, batch_size=batch_size)
+    if output is not None:
+        check_writable(output)  # before the model loads; lm-eval only warns when it cannot save
     manager = task_manager(tasks, data_dir, include_path)
+    unknown = [task for task in tasks if task not in manager.all_tasks]
+    if unknown:
+        ours = ", ".join(t for t in manager.all_tasks if t.startswith("llm_adapters"))
+        raise ValueError(f"unknown task(s) {', '.join(unknown)}: not in lm-eval's registry nor in ftzoo's ({ours})")
+    manager.load(list(tasks))  # the data is there and parses, before the model loads
+    lm = FtzooLM(adapters=paths, base_model=base_model, dtype=dtype, device=device, batch_size=batch_size)
     entries = ([BASE] if include_base else []) + list(paths)
     outcomes: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
     aggregates: dict[str, dict[str, Any]] = {}

@@ -153,3 +153,18 @@ def test_registered_as_ftzoo_in_lm_evals_registry(setup, bridge_run):
     results = simple_evaluate(model="ftzoo", model_args=args, tasks=TASKS, task_manager=manager, batch_size=4)
     assert results["config"]["adapter_method"] == "s2ft"
     assert results["results"] == bridge_run[0]["lm_eval"]["s2ft"]
+
+
+def test_bad_input_is_refused_before_the_model_loads(setup, tmp_path, monkeypatch):
+    from datamodules.errors import DataError
+    from zoo.harness import model as harness_model
+    from zoo.outputs import OutputPathError
+
+    monkeypatch.setattr(harness_model, "load_base", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputPathError, match="is a file"):
+        harness(tasks=TASKS, base_model=str(setup["base"]), output=str(tmp_path / "file" / "out"))
+    with pytest.raises(ValueError, match="at least one task"):
+        harness(tasks=[], base_model=str(setup["base"]))
+    with pytest.raises(DataError, match="no LLM-Adapters data folder"):
+        harness(tasks=TASKS, base_model=str(setup["base"]), data_dir=str(tmp_path / "nowhere"))
