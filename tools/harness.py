@@ -79,8 +79,8 @@ def harness(
 
     Raises:
         ImportError: lm-eval is not installed (``pip install 'ftzoo[eval]'``).
-        ValueError: no task, an unknown task, an entry named ``base``, or entries that logged
-            different documents.
+        ValueError: no task, an unknown task, no entry, an entry named ``base``, or entries that
+            logged different documents.
         DataError: an ``llm_adapters_*`` task's data is missing or malformed (checked before
             the model loads).
         OutputPathError: ``output`` cannot be written (checked before anything is loaded).
@@ -94,6 +94,8 @@ def harness(
         raise ValueError("name at least one task (--tasks '[llm_adapters_arc_easy]')")
     metrics = metrics or ["acc", "acc_norm"]
     paths = parse_named(adapters or [])
+    if not include_base and not paths:
+        raise ValueError("nothing to evaluate: give adapters, or leave include_base on")
     if output is not None:
         check_writable(output)  # before the model loads; lm-eval only warns when it cannot save
     manager = task_manager(tasks, data_dir, include_path)

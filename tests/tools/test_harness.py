@@ -166,5 +166,7 @@ def test_bad_input_is_refused_before_the_model_loads(setup, tmp_path, monkeypatc
         harness(tasks=TASKS, base_model=str(setup["base"]), output=str(tmp_path / "file" / "out"))
     with pytest.raises(ValueError, match="at least one task"):
         harness(tasks=[], base_model=str(setup["base"]))
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        harness(tasks=TASKS, base_model=str(setup["base"]), include_base=False)
     with pytest.raises(DataError, match="no LLM-Adapters data folder"):
         harness(tasks=TASKS, base_model=str(setup["base"]), data_dir=str(tmp_path / "nowhere"))
