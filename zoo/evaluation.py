@@ -139,6 +139,47 @@ def mcnemar(first: Sequence[bool], second: Sequence[bool]) -> McNemar:
     return McNemar(b, c, min(1.0, 2 * tail))
 
 
+Z80 = 0.8416212335729143
+"""The standard normal quantile of 0.8: 80% power."""
+
+
+def minimum_detectable_difference(items: int, discordant: float, z_alpha: float = Z95, z_power: float = Z80) -> float:
+    """The smallest difference in accuracy a paired test on ``items`` items detects with 95%
+    confidence and 80% power, when a fraction ``discordant`` of items is right for one model and
+    wrong for the other (Connor 1987's sample size for McNemar's test, solved for the difference).
+
+    With few discordant items even a difference as large as ``discordant`` itself (every
+    disagreement one way) may be out of reach; then ``discordant`` is returned, the most two
+    such models could differ by.
+
+    Raises:
+        ValueError: for no items or a fraction outside (0, 1].
+    """
+    if items <= 0 or not 0 < discordant <= 1:
+        raise ValueError(f"need items > 0 and 0 < discordant <= 1, got {items} and {discordant}")
+
+    def needed(delta: float) -> float:  # items the test needs to detect ``delta``
+        return (z_alpha * math.sqrt(discordant) + z_power * math.sqrt(discordant - delta * delta)) ** 2 / delta**2
+
+    low, high = 0.0, discordant
+    if needed(high) > items:
+        return discordant
+    for _ in range(100):  # needed() falls as delta grows: bisect for needed(delta) == items
+        middle = (low + high) / 2
+        low, high = (middle, high) if needed(middle) > items else (low, middle)
+    return high
+
+
+def mean_and_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``nan`` for fewer than two values) over seeds."""
+    if not values:
+        return float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def sample_items(examples: list[ItemT], max_records: int | None, seed: int) -> list[ItemT]:
     """At most ``max_records`` examples per task: a seeded sample kept in file order, so every
     entry (and every rerun) is scored on the same items."""
