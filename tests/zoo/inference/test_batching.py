@@ -197,7 +197,7 @@ def test_cache_rows_join_leave_and_padding_is_trimmed():
 
 @pytest.mark.parametrize(
     "arch, window",
-    [("mistral", dict(sliding_window=6)), ("qwen2", dict(use_sliding_window=True, sliding_window=6, max_window_layers=1))],
+    [("mistral", {"sliding_window": 6}), ("qwen2", {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1})],
     ids=["mistral", "qwen2-hybrid"],
 )
 def test_sliding_window_rows_see_their_own_window_as_each_alone(arch, window):
