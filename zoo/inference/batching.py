@@ -321,8 +321,9 @@ class ContinuousBatcher:
 
 
 def _no_grad() -> contextlib.AbstractContextManager:
-    """Inference mode, unless the caller turned gradients off already: Lightning evaluates under
-    ``no_grad`` where inference mode breaks collectives (gloo), which FSDP's forward runs."""
+    """Inference mode, unless the caller has turned gradients off already: Lightning evaluates
+    under ``no_grad`` where it judges inference mode unsafe (gloo's collectives, which FSDP's
+    forward passes run), and the batcher keeps that choice."""
     return torch.inference_mode() if torch.is_grad_enabled() else contextlib.nullcontext()
 
 
