@@ -65,9 +65,10 @@ def test_models_rewritten_for_training_answer_as_generate_does(method):
         for _, param in hooks.ftzoo_trainable_parameters(model=model):
             param.add_(0.05 * torch.randn_like(param))  # a trained update, not the identity
     model.train()  # as during fit: the one path answers in eval mode and gives the mode back
-    answers = greedy_answers(model, tokenizer, prompt_ids(tokenizer, PROMPTS, False), NEW_TOKENS, batch_size=4)
+    prompts = PROMPTS[:6]
+    answers = greedy_answers(model, tokenizer, prompt_ids(tokenizer, prompts, False), NEW_TOKENS, batch_size=4)
     assert model.training
-    assert answers == reference(model.eval(), tokenizer, PROMPTS)
+    assert answers == reference(model.eval(), tokenizer, prompts)
 
 
 def test_a_quantized_base_answers_as_generate_does():
