@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from datamodules.base import FineTuneDataModule
 from datamodules.encode import Example
-from zoo.evaluation import generate_answers, sample_items
-from zoo.inference import BASE, AdapterSwitcher, load_base, parse_named, pick_device, read_adapter
+from zoo.evaluation import sample_items
+from zoo.inference import BASE, AdapterSwitcher, greedy_answers, load_base, parse_named, pick_device, read_adapter
 from zoo.loading import load_tokenizer
 from zoo.outputs import atomic_file
 from zoo.report import markdown_report, score_entries, write_results
@@ -98,7 +98,7 @@ def evaluate(
         switcher.activate(entry)
         started = time.monotonic()
         prompts = [e.prompt_ids for e in items]
-        generations[entry] = generate_answers(model, tokenizer, prompts, length, batch_size, description=entry)
+        generations[entry] = greedy_answers(model, tokenizer, prompts, length, batch_size, description=entry)
         seconds[entry] = round(time.monotonic() - started, 1)
         correct[entry] = [data.is_correct(e.task, g, e.answer) for e, g in zip(items, generations[entry])]
         print(f"{entry}: {sum(correct[entry])}/{len(items)} correct ({seconds[entry]:.0f} s)", file=sys.stderr)

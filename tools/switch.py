@@ -20,11 +20,11 @@ from zoo.inference import (
     AdapterSwitcher,
     adapter_system_prompt,
     adapter_template,
-    encode_prompts,
-    generate_greedy,
+    greedy_answers,
     load_base,
     parse_named,
     pick_device,
+    prompt_ids,
     read_adapter,
 )
 from zoo.loading import load_tokenizer
@@ -84,9 +84,7 @@ def switch(
         seconds = switcher.activate(name)
         template = style if style != "adapter" else adapter_template(loaded.get(name))
         system = adapter_system_prompt(loaded.get(name)) if style == "adapter" else None
-        batch = encode_prompts(tokenizer, [prompt], template, model.device, [system])
-        tokens, _ = generate_greedy(model, tokenizer, batch, max_new_tokens)
-        answer = tokenizer.decode(tokens[0], skip_special_tokens=True)
+        answer = greedy_answers(model, tokenizer, prompt_ids(tokenizer, [prompt], template, [system]), max_new_tokens)[0]
         switches.append({"to": name, "seconds": seconds, "answer": answer})
         print(f"{name:<20} {seconds * 1e3:9.2f} ms  {answer!r}")
     report = {"base_model": info.name_or_path, "switches": switches, "latency_ms": latency_summary(switches)}
