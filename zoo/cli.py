@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ import yaml
 from jsonargparse import get_loader, set_loader
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from zoo.adapter import AdapterError
 from zoo.checkpoints import (
@@ -41,6 +43,8 @@ from zoo.plugins import PluginError, available_methods, is_method_reference, unk
 from zoo.targets import UnsupportedWeightError
 
 METHOD_FLAG = "--model.method"
+SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
+"""What ``lightning fit`` exits with after SIGTERM (a shell's convention for death by that signal)."""
 
 
 class ConfigError(ValueError):
@@ -203,6 +207,14 @@ class FtzooCLI(LightningCLI):
                 raise cause from None
             raise ConfigError(f"{type(cause).__name__}: {cause}") from cause
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; SIGTERM (Lightning stops after the step, and the interrupt checkpoint is
+        written) exits with status 143 (128 + SIGTERM), as schedulers expect, not 0."""
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException:
+            raise SystemExit(SIGTERM_EXIT_STATUS) from None
+
     def before_fit(self) -> None:
         """Tell the module which checkpoint it resumes from, so that it rebuilds the stored
         selection instead of selecting anew (and scoring calibration batches) first: Lightning
@@ -274,6 +286,9 @@ def main() -> None:
         build_cli()
     except USER_ERRORS as err:  # a wrong input: its message says what and where, a traceback adds nothing
         sys.exit(f"error: {err}")
+    except KeyboardInterrupt:  # Ctrl-C outside training (Lightning handles it inside, with its checkpoint)
+        print("\nStopped (Ctrl-C) while the run was set up: nothing was written", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,23 @@ class SigintAt(Callback):
             signal.raise_signal(signal.SIGINT)
 
 
+class SigtermAt(SigintAt):
+    """Send this process SIGTERM (what a scheduler or ``kill`` sends) in the middle of step ``step``."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step + 1 == self.step:
+            signal.raise_signal(signal.SIGTERM)
+
+
+class SigintTwiceAt(SigintAt):
+    """Ctrl-C twice in the middle of step ``step`` (before its update), as an impatient user does."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step + 1 == self.step:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+
+
 @contextlib.contextmanager
 def sigint_restored() -> Iterator[None]:
     """Lightning ignores SIGINT after it handles one; give the test process its handler back."""
