@@ -34,7 +34,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from zoo.outputs import atomic_file
 
-
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 """``--ckpt_path`` values that Lightning resolves itself (not file names)."""
 

@@ -18,7 +18,6 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-
 from typing import Any
 
 import yaml

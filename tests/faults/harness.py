@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lightning.pytorch import Callback
-
 from locations import REPO
 
 
