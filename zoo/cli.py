@@ -13,6 +13,7 @@ import paths and short names of imported subclasses), so both happen before it s
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import sys
@@ -23,7 +24,9 @@ from typing import Any
 import yaml
 from jsonargparse import get_loader, set_loader
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from zoo.adapter import AdapterError
@@ -33,6 +36,7 @@ from zoo.checkpoints import (
     CheckpointMismatchError,
     InterruptCheckpoint,
     read_checkpoint,
+    resume_command,
 )
 from zoo.guard import NonFiniteLossError
 from zoo.loading import ModelLoadError
@@ -169,6 +173,60 @@ _YAML_LOAD = get_loader("yaml")  # jsonargparse's own YAML loader, which this on
 set_loader("ftzoo", load_config_with_method_names, exceptions=(yaml.YAMLError,))
 
 
+class RunConfig(SaveConfigCallback):
+    """LightningCLI's config saving, which never writes over a file it did not save itself.
+
+    The full config goes to ``<log_dir>/config.yaml`` as in Lightning, unless that file is one
+    of the run's own ``--config`` inputs (with ``--trainer.logger false`` the log folder is the
+    working directory, where the user's ``config.yaml`` often is) or some other file that no
+    earlier run saved; then it goes beside it as ``run-config.yaml`` (or ``run-config-2.yaml``, ...).
+
+    Args:
+        inputs: the ``--config`` files of this run.
+    """
+
+    def __init__(self, *args: Any, inputs: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inputs = [Path(p) for p in inputs or []]
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if not self.already_saved and self.save_to_log_dir:
+            folder = Path(trainer.log_dir)  # a collective: every rank asks
+            name = self._free_name(folder) if trainer.is_global_zero else None
+            self.config_filename = trainer.strategy.broadcast(name)
+        super().setup(trainer, pl_module, stage)
+
+    def _free_name(self, folder: Path) -> str:
+        names = [self.config_filename] + [f"run-config{f'-{i}' if i > 1 else ''}.yaml" for i in range(1, 100)]
+        for name in names:
+            if self._replaceable(folder / name):
+                if name != self.config_filename:
+                    rank_zero_info(
+                        f"{folder / self.config_filename} is not a config an earlier run saved (it is "
+                        f"{'an input of this run' if self._is_input(folder / self.config_filename) else 'your file'}); "
+                        f"this run's config is saved as {folder / name}"
+                    )
+                return name
+        raise OutputPathError(f"{folder} holds no free name for this run's config; choose another log folder")
+
+    def _replaceable(self, path: Path) -> bool:
+        if not path.exists():
+            return True
+        return path.is_file() and not self._is_input(path) and _saved_by_lightning(path)
+
+    def _is_input(self, path: Path) -> bool:
+        return any(p.exists() and path.exists() and os.path.samefile(p, path) for p in self.inputs)
+
+
+def _saved_by_lightning(path: Path) -> bool:
+    """Whether ``path`` starts with the header LightningCLI writes on the configs it saves."""
+    with path.open("rb") as handle:
+        return handle.read(len(SAVED_CONFIG_HEADER)) == SAVED_CONFIG_HEADER
+
+
+SAVED_CONFIG_HEADER = b"# lightning.pytorch=="
+
+
 class FtzooCLI(LightningCLI):
     """LightningCLI with the model's tokenizer linked into the data module.
 
@@ -218,11 +276,52 @@ class FtzooCLI(LightningCLI):
         """Tell the module which checkpoint it resumes from, so that it rebuilds the stored
         selection instead of selecting anew (and scoring calibration batches) first: Lightning
         knows ``trainer.ckpt_path`` only after ``configure_model`` has built the model. Tell the
-        interrupt checkpoint how this run was started."""
+        interrupt checkpoint how this run was started. Refuse a run folder that holds an
+        earlier run's checkpoints unless ``--ckpt_path`` asks to resume (:func:`refuse_unasked_resume`)."""
         self.model.resume_from = self.config[self.subcommand].get("ckpt_path")
+        if self.model.resume_from is None:
+            refuse_unasked_resume(self.trainer, self.command_line)
         for callback in self.trainer.callbacks:
             if isinstance(callback, InterruptCheckpoint):
                 callback.resume_command = self.command_line
+
+
+def refuse_unasked_resume(trainer: Any, command_line: list[str] | None) -> None:
+    """Lightning resumes ``fit`` from the newest ``last*.ckpt`` or interrupt checkpoint of the
+    run folder whenever an ``OnExceptionCheckpoint`` is configured (as the recipes' is) and
+    no ``--ckpt_path`` is given; ftzoo resumes only when asked.
+
+    Raises:
+        OutputPathError: the run folder holds such a checkpoint: naming it, with the command
+            that resumes it and how to start a new run instead.
+    """
+    interrupt = [c for c in trainer.callbacks if isinstance(c, OnExceptionCheckpoint)]
+    if not interrupt:
+        return
+    # the candidates Lightning's _CheckpointConnector._select_ckpt_path takes for ckpt_path="last"
+    found = {getattr(c, "ckpt_path", None) for c in interrupt}
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            found |= callback._find_last_checkpoints(trainer)
+    found = {p for p in found if p and os.path.isfile(p)}
+    # an interrupt checkpoint learns its folder (the periodic one's) only when training starts
+    found |= {os.path.join(os.path.dirname(p), os.path.basename(c.ckpt_path)) for p in found for c in interrupt}
+    found = sorted(p for p in found if os.path.isfile(p))
+    if found:
+        newest = max(found, key=os.path.getmtime)
+        raise OutputPathError(
+            f"{os.path.dirname(newest) or '.'} holds checkpoints of an earlier run ({', '.join(map(os.path.basename, found))})"
+            f". To resume it, ask for it:\n  {resume_command(command_line, newest)}\nTo start a new run, give it "
+            "another folder (--trainer.logger.init_args.version, --trainer.default_root_dir) or remove them."
+        )
+    for message in LAST_CHECKPOINT_WARNINGS:  # nothing to resume: Lightning's advice about it does not apply
+        warnings.filterwarnings("ignore", message=message)
+
+
+LAST_CHECKPOINT_WARNINGS = (
+    r"`\.fit\(ckpt_path=None\)` was called without a model",
+    r"\.fit\(ckpt_path=\"last\"\) is set, but there is no last checkpoint available",
+)
 
 
 def _constructor_error(err: BaseException) -> BaseException:
@@ -254,7 +353,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
         subclass_mode_data=True,
         args=args,
         run=run,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=RunConfig,
+        save_config_kwargs={"overwrite": True, "inputs": _config_paths(command_line)},
         auto_configure_optimizers=False,  # the module builds its optimizer over the trainable parameters only
         parser_kwargs={"parser_mode": "ftzoo"},
         command_line=command_line,

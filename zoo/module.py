@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from zoo import checkpoints, console
-from zoo.adapter import Adapter, BaseModelInfo, save_adapter
+from zoo.adapter import META_FILE, Adapter, BaseModelInfo, save_adapter
 from zoo.checkpoints import CheckpointMismatchError
 from zoo.distributed import check_strategy, unwrapped, whole_parameters
 from zoo.guard import FitGuard
@@ -30,6 +30,7 @@ from zoo.inference.adapters import load_for_evaluation
 from zoo.inference.generate import prompt_info
 from zoo.loading import load_model, load_tokenizer
 from zoo.method import Method
+from zoo.outputs import check_output_folder
 from zoo.plugins import method_hooks, method_name
 from zoo.prepare import calibration_batches, extract_adapter, freeze, rewrite, select
 from zoo.quantization import Quantization, check_method, dequantize, quantize
@@ -257,6 +258,9 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
         with whole_parameters(self.trainer.strategy, self.model):  # every rank gathers; rank 0 writes
             adapter = self.extract_adapter() if self.trainer.is_global_zero else None
         if adapter is not None:
+            # again: another writer (a tool) may have put something there while this run trained; the
+            # refusal stops fit with an error, so the interrupt checkpoint keeps the trained weights
+            check_output_folder(folder, self.overwrite, META_FILE, flag="--model.overwrite true")
             adapter.info["train_minutes"] = round((time.monotonic() - self._fit_started) / 60, 2)
             save_adapter(adapter, folder, hooks=self.hooks)
             rank_zero_info(f"Adapter written to {folder}")

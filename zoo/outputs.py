@@ -14,9 +14,12 @@ place (:func:`atomic_file`, :func:`atomic_folder`, :func:`replace_folder`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -74,6 +77,74 @@ def check_writable(folder: str | Path) -> None:
             pass
     except OSError as err:
         raise OutputPathError(f"cannot write to {existing} ({err.strerror or err}); choose another output folder") from err
+
+
+CLAIM_STALE_SECONDS = 60.0
+"""An unreadable claim file older than this was left by a writer killed while creating it."""
+
+
+def claim_folder(target: str | Path, owner: str) -> Path:
+    """Claim ``target`` for one writer until :func:`release_claim`: two ``fit`` runs given the
+    same new adapter folder must not both train for it and the later silently replace the other.
+
+    The claim is a small JSON file ``.<name>.claim`` beside ``target`` (its process id, host,
+    start time and ``owner``), created exclusively under :func:`folder_lock` on the parent. A
+    claim whose process is gone (on this host) is stale and taken over.
+
+    Returns:
+        The claim file, for :func:`release_claim`.
+
+    Raises:
+        OutputPathError: a live process holds the claim; the message says which.
+    """
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    claim = target.parent / f".{target.name}.claim"
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "owner": owner}  # fmt: skip
+    with folder_lock(target.parent):
+        holder = _claim_holder(claim)
+        if holder is not None:
+            if holder.get("pid") == os.getpid() and holder.get("host") == record["host"]:
+                who = "another run in this process"
+            else:
+                who = f"another run (process {holder.get('pid', '?')} on {holder.get('host', '?')})"
+            raise OutputPathError(
+                f"{target} is claimed by {who} since {holder.get('since', '?')}: {holder.get('owner', '?')}. Two runs "
+                f"must not write one adapter folder: give this one another --model.adapter_dir (if that run is gone, "
+                f"remove {claim})"
+            )
+        with atomic_file(claim) as handle:
+            json.dump(record, handle)
+    return claim
+
+
+def _claim_holder(claim: Path) -> dict[str, Any] | None:
+    """The record of a live claim on ``claim``; ``None`` if there is none or it is stale."""
+    try:
+        holder = json.loads(claim.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {} if time.time() - claim.stat().st_mtime < CLAIM_STALE_SECONDS else None
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return None  # its process is gone: stale
+        except PermissionError:
+            pass  # another user's live process
+    return holder
+
+
+def release_claim(claim: Path | None) -> None:
+    """Remove a claim made by :func:`claim_folder` in this process (once the adapter is written,
+    or the run stopped)."""
+    if claim is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(claim.read_text()).get("pid") == os.getpid():
+            claim.unlink()
 
 
 @contextlib.contextmanager

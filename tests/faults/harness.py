@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 from lightning.pytorch import Callback
 from locations import REPO
@@ -76,3 +79,20 @@ def sigint_restored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, handler)
+
+
+class FitAnotherAt(Callback):
+    """At step ``step``, run ``lightning fit`` with :attr:`args` in a child process while this
+    run waits, as a second user would; its exit status and stderr go to :attr:`result`."""
+
+    args: ClassVar[list[str]] = []
+    result: ClassVar[dict[str, object]] = {}
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            done = subprocess.run([sys.executable, "-m", "zoo.cli", *self.args], capture_output=True, text=True,
+                                  cwd=REPO, timeout=300, check=False)  # fmt: skip
+            FitAnotherAt.result = {"returncode": done.returncode, "stderr": done.stderr}
