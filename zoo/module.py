@@ -34,7 +34,7 @@ from zoo.outputs import check_output_folder
 from zoo.plugins import method_hooks, method_name
 from zoo.prepare import calibration_batches, extract_adapter, freeze, rewrite, select
 from zoo.quantization import Quantization, check_method, dequantize, quantize
-from zoo.schedule import Decay, parameter_groups, warmup_decay
+from zoo.schedule import Decay, apply_configured_settings, parameter_groups, warmup_decay
 from zoo.loss import response_loss
 from zoo.task_accuracy import EvaluationSteps, TaskAccuracy
 
@@ -172,9 +172,12 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
 
     # ------------------------------------------------------------------ training
 
-    def configure_optimizers(self) -> Any:
+    def _new_optimizer(self) -> torch.optim.Optimizer:
         shapes = {name: self.trainable_shapes.get(unwrapped(name), p.shape) for name, p in self.trainable_parameters()}
-        optimizer = self.optimizer_factory(parameter_groups(self.trainable_parameters(), shapes))
+        return self.optimizer_factory(parameter_groups(self.trainable_parameters(), shapes))
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self._new_optimizer()
         schedule = warmup_decay(
             self.warmup_steps, int(self.trainer.estimated_stepping_batches), self.lr_decay, self.min_lr_ratio
         )
@@ -189,6 +192,20 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
             f"{self.base_parameter_count:,} parameters ({trainable / self.base_parameter_count:.3%})"
         )
         self._fit_started = time.monotonic()
+
+    def on_train_start(self) -> None:
+        """On resume, this run's optimizer settings (learning rate, weight decay, ...) replace
+        the checkpoint's, and the user is told which (:func:`zoo.schedule.apply_configured_settings`)."""
+        if self.trainer.ckpt_path is None or not self.trainer.lr_scheduler_configs:
+            return
+        changed = apply_configured_settings(
+            self.trainer.optimizers[0], self._new_optimizer(), self.trainer.lr_scheduler_configs[0].scheduler
+        )
+        if changed:
+            rank_zero_info(
+                f"Resuming with this run's optimizer settings, not the checkpoint's: {', '.join(changed)} (the "
+                "optimizer's moments, the step count and the schedule's position are the checkpoint's)"
+            )
 
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)

@@ -96,3 +96,12 @@ class FitAnotherAt(Callback):
             done = subprocess.run([sys.executable, "-m", "zoo.cli", *self.args], capture_output=True, text=True,
                                   cwd=REPO, timeout=300, check=False)  # fmt: skip
             FitAnotherAt.result = {"returncode": done.returncode, "stderr": done.stderr}
+
+
+class RecordLr(Callback):
+    """Keep the learning rate of each optimizer step (of the first parameter group) in :attr:`seen`."""
+
+    seen: ClassVar[dict[int, float]] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        RecordLr.seen[trainer.global_step + 1] = optimizer.param_groups[0]["lr"]
