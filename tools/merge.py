@@ -79,10 +79,7 @@ def merge(
     if len(weights) != len(paths):
         raise ValueError(f"{len(paths)} adapters but {len(weights)} weights")
     check_output(output, overwrite, marker="config.json" if fuse else META_FILE)
-    loaded = {label: read_adapter(path) for label, path in paths.items()}
-    if not allow_nonfinite:
-        for label, adapter in loaded.items():
-            check_finite(adapter.tensors, what=f"adapter {label}")
+    loaded = {label: read_adapter(path, allow_nonfinite=allow_nonfinite) for label, path in paths.items()}
     _check_same_base(loaded)
     model, info = load_base(base_model, loaded, dtype)
 

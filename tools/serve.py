@@ -209,6 +209,8 @@ def serve(
     if config.api_key is None and os.environ.get("FTZOO_API_KEY"):
         config = replace(config, api_key=os.environ["FTZOO_API_KEY"])
     if port is not None:
+        for path in config.adapters.values():  # refuse a bad adapter here, not in a worker once the server runs
+            read_adapter(path)
         run_server(config, host, port, log_level)
         return []
     return answer_file(config, requests, output)

@@ -239,12 +239,20 @@ def resolve_base_path(name_or_path: str, folder: Path) -> str:
     return name_or_path
 
 
-def load_adapter(folder: str | Path, map_location: str | torch.device = "cpu") -> Adapter:
+def load_adapter(folder: str | Path, map_location: str | torch.device = "cpu", allow_nonfinite: bool = False) -> Adapter:
     """Read an adapter folder written by :func:`save_adapter`.
+
+    Args:
+        folder: the adapter folder.
+        map_location: where the tensors are loaded.
+        allow_nonfinite: load it even if a tensor holds NaN or infinity (a diverged run,
+            which would serve and test as garbage tokens); every tool refuses such an adapter
+            unless asked.
 
     Raises:
         AdapterError: the folder or a file is missing, the JSON is malformed or of another
             format version, or the tensors file is corrupt or does not match the metadata.
+        NonFiniteError: a tensor holds NaN or infinity (named) and ``allow_nonfinite`` is off.
     """
     folder = Path(folder)
     meta_path, tensors_path = folder / META_FILE, folder / TENSORS_FILE
@@ -271,6 +279,8 @@ def load_adapter(folder: str | Path, map_location: str | torch.device = "cpu") -
                 f"{tensors_path}: tensor {name!r} has shape {list(tensors[name].shape)}, "
                 f"{META_FILE} says {spec['shape']}"
             )
+    if not allow_nonfinite:
+        check_finite(tensors, what=f"adapter {folder}")
     return Adapter(
         method=meta["method"],
         config=meta["config"],
