@@ -61,6 +61,26 @@ def check_output_folder(target: str | Path, overwrite: bool, marker: str, flag: 
     check_writable(target.parent)
 
 
+def check_report_folder(folder: str | Path | None, overwrite: bool, marker: str = "results.json") -> None:
+    """Refuse a tool's report folder before the tool does any work: a file in the way, a folder
+    that cannot be written, a folder of something else, or (unless ``overwrite``) an earlier
+    report; otherwise the results are lost to an ``OSError`` after the work, or silently replace
+    the earlier ones.
+
+    Args:
+        folder: where the tool writes its files (``None``: it writes none).
+        overwrite: replace an earlier report there.
+        marker: a file every report of this tool holds.
+
+    Raises:
+        OutputPathError: naming the folder and what to do instead.
+    """
+    if folder is None:
+        return
+    check_output_folder(folder, overwrite, marker, flag="--overwrite true")
+    check_writable(folder)
+
+
 def check_writable(folder: str | Path) -> None:
     """Refuse a folder that cannot be created or written, by trying: a permission bit says
     nothing to root, and nothing about a read-only mount.

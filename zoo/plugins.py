@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import json
 import logging
 from dataclasses import dataclass
@@ -130,6 +131,25 @@ def method_class(name: str) -> type[Method]:
     if name not in methods:
         raise PluginError(unknown_method_message(name))
     return methods[name].cls
+
+
+def resolve_method_class(reference: str) -> type[Method]:
+    """The method class a registered name (``lora``) or a ``module.Class`` path names, as
+    ``--model.method`` takes it; for tools that check a method before they run ``fit``.
+
+    Raises:
+        PluginError: no installed method has that name, or the path names no :class:`Method` subclass.
+    """
+    if reference in available_methods() or "." not in reference:
+        return method_class(reference)
+    module, _, name = reference.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise PluginError(f"{reference}: cannot import it ({type(err).__name__}: {err})") from err
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise PluginError(f"{reference} is not a zoo.Method subclass")
+    return cls
 
 
 def unknown_method_message(name: str) -> str:
