@@ -29,13 +29,21 @@ from zoo.guard import FitGuard
 from zoo.inference.adapters import load_for_evaluation
 from zoo.inference.generate import prompt_info
 from zoo.loading import load_model, load_tokenizer
+from zoo.loss import response_loss
 from zoo.method import Method
 from zoo.outputs import check_output_folder
 from zoo.plugins import method_hooks, method_name
-from zoo.prepare import calibration_batches, extract_adapter, freeze, rewrite, select
+from zoo.prepare import (
+    calibration_batches,
+    check_untrained_deltas,
+    extract_adapter,
+    freeze,
+    plain_view,
+    rewrite,
+    select,
+)
 from zoo.quantization import Quantization, check_method, dequantize, quantize
 from zoo.schedule import Decay, apply_configured_settings, parameter_groups, warmup_decay
-from zoo.loss import response_loss
 from zoo.task_accuracy import EvaluationSteps, TaskAccuracy
 
 __all__ = ["CheckpointMismatchError", "FineTuneModule"]  # the error, for callers that catch it here
@@ -150,7 +158,10 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
             self.selection = adapter.selection
         elif self.method is not None:
             self.selection = self._select() if selection is None else selection
+            plain = plain_view(model) if stage == "fit" and self.quantization == "none" else None
             trainable = rewrite(self.hooks, self.method, model, self.selection)
+            if plain is not None:  # a method whose deltas are not differences is refused before the first step
+                check_untrained_deltas(self.hooks, self.method, model, self.selection, self.base_info, plain)
             # Shapes before wrapping: FSDP later holds parameters as flat 1-D shards.
             self.trainable_shapes = {name: p.shape for name, p in trainable}
         elif stage == "fit":

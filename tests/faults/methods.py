@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from stub_methods import Norms
+
+from zoo import hookimpl
 
 
 class NormsOfLayers(Norms):
@@ -18,3 +21,23 @@ class Impostor(Norms):
     """A third-party method that registers itself under a built-in name (``lora``)."""
 
     name = "lora"
+
+
+class ValueDeltas(Norms):
+    """Trains the norms, but its deltas are the trained weights, not their differences from the base."""
+
+    name = "value-deltas"
+
+    @hookimpl
+    def ftzoo_adapter_deltas(self, adapter, model):
+        return dict(adapter.tensors)
+
+
+class StrangerDeltas(Norms):
+    """Its deltas name a parameter the base does not have."""
+
+    name = "stranger-deltas"
+
+    @hookimpl
+    def ftzoo_adapter_deltas(self, adapter, model):
+        return {"model.layers.0.nonexistent.weight": torch.zeros(2)}

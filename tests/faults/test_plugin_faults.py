@@ -11,6 +11,12 @@
 | a method whose init argument is a ``set``     | PluginError when the method is loaded (before the model | no run folder       |
 |                                               | loads): "init argument layers={1} is a set, which       |                     |
 |                                               | cannot be stored as JSON ..."                           |                     |
+| ``ftzoo_adapter_deltas`` returns the trained  | PluginError before the first step: "method              | no adapter, no      |
+| values instead of differences (or names a     | 'value-deltas': ftzoo_adapter_deltas gives              | checkpoint          |
+| parameter the base lacks)                     | 'model.norm.weight' a difference of up to 1 before any  |                     |
+|                                               | training step ...; it must return fused - base weights" |                     |
+|                                               | / "... changes 'model.layers.0.nonexistent.weight',     |                     |
+|                                               | which the base model does not have"                     |                     |
 """
 
 from __future__ import annotations
@@ -100,3 +106,19 @@ def test_a_method_argument_that_is_not_json_is_refused_when_the_method_is_loaded
                                           r"stored as JSON .*a list instead of a set"):  # fmt: skip
         build_cli(args)
     assert not (tmp_path / "quickstart").exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [("ValueDeltas", (r"method 'value-deltas': ftzoo_adapter_deltas gives '[\w.]+norm.weight' a difference of up "
+                      r"to [\d.]+ before any training step .*it must return fused - base weights")),
+     ("StrangerDeltas", (r"method 'stranger-deltas': ftzoo_adapter_deltas changes "
+                         r"'model.layers.0.nonexistent.weight', which the base model does not have"))],
+    ids=["values", "stranger-key"],
+)  # fmt: skip
+def test_deltas_that_are_not_differences_are_refused_before_the_first_step(method, message, tiny_llama_dir, tmp_path):
+    args = quickstart_args(tiny_llama_dir, tmp_path, 2, "--model.method", f"faults.methods.{method}")
+    with pytest.raises(PluginError, match=message) as refused:
+        build_cli(args)
+    assert refused.traceback[-1].name == "check_untrained_deltas"  # at the start of fit
+    assert not (run_dir(tmp_path) / "adapter").exists() and not (run_dir(tmp_path) / "checkpoints").exists()
