@@ -173,8 +173,9 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             return
         try:
             super().on_exception(trainer)
-        except Exception as err:  # never hide the error that stopped training
-            print(f"ftzoo: could not write {self.ckpt_path}: {err}", file=sys.stderr)
+        except Exception as err:  # noqa: BLE001  # never hide the error that stopped training
+            if trainer.is_global_zero:
+                print(self.unsaved_message(trainer, exception, err), file=sys.stderr, flush=True)
             return
         if trainer.is_global_zero:
             print(self.message(trainer.global_step, exception), file=sys.stderr, flush=True)
@@ -186,14 +187,20 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
 
     def message(self, step: int, exception: BaseException) -> str:
         """What the user reads: why training stopped, where the checkpoint is, how to resume."""
-        if isinstance(exception, KeyboardInterrupt):
-            why = "interrupted (Ctrl-C)"
-        elif isinstance(exception, SIGTERMException):
-            why = "stopped by SIGTERM (a scheduler or `kill` asked it to stop)"
-        else:
-            why = f"stopped by an error: {exception}"
         command = resume_command(self.resume_command, self.ckpt_path)
-        return f"\nTraining {why}\nCheckpoint at step {step}: {self.ckpt_path}\nResume with:\n  {command}\n"
+        return f"\nTraining {_why(exception)}\nCheckpoint at step {step}: {self.ckpt_path}\nResume with:\n  {command}\n"
+
+    def unsaved_message(self, trainer: L.Trainer, exception: BaseException, err: BaseException) -> str:
+        """When the interrupt checkpoint cannot be written either (the disk is full): the last
+        complete checkpoint, and the command that resumes from it."""
+        lines = [f"\nTraining {_why(exception)}", f"Could not write {self.ckpt_path} either: {err}"]
+        last = latest_checkpoint(trainer)
+        if last is None:
+            lines.append("No complete checkpoint of this run exists.")
+        else:
+            command = resume_command(self.resume_command, last[0])
+            lines += [f"Last complete checkpoint, at step {last[1]}: {last[0]}", "Resume with:", f"  {command}"]
+        return "\n".join(lines) + "\n"
 
     def stopped_now_message(self, trainer: L.Trainer) -> str:
         """One line after a second Ctrl-C: no checkpoint of the cut step, and the last complete one."""
@@ -204,6 +211,14 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         else:
             kept = f"the last complete checkpoint is {last[0]} (step {last[1]}); resume with --ckpt_path {last[0]}"
         return f"\nStopped at once (second Ctrl-C) in step {step}: no checkpoint of that step was written; {kept}"
+
+
+def _why(exception: BaseException) -> str:
+    if isinstance(exception, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(exception, SIGTERMException):
+        return "stopped by SIGTERM (a scheduler or `kill` asked it to stop)"
+    return f"stopped by an error: {exception}"
 
 
 def latest_checkpoint(trainer: L.Trainer) -> tuple[str, int] | None:

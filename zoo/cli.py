@@ -12,6 +12,7 @@ import paths and short names of imported subclasses), so both happen before it s
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -46,6 +47,8 @@ from zoo.plugins import PluginError, available_methods, is_method_reference, unk
 from zoo.targets import UnsupportedWeightError
 
 METHOD_FLAG = "--model.method"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""Write errors that ``lightning`` reports in one line (the checkpoint callbacks name what was kept)."""
 SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
 """What ``lightning fit`` exits with after SIGTERM (a shell's convention for death by that signal)."""
 
@@ -385,6 +388,10 @@ def main() -> None:
         build_cli()
     except USER_ERRORS as err:  # a wrong input: its message says what and where, a traceback adds nothing
         sys.exit(f"error: {err}")
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        sys.exit(f"error: {err}")  # what was kept, and how to resume, is printed above it
     except KeyboardInterrupt:  # Ctrl-C outside training (Lightning handles it inside, with its checkpoint)
         print("\nStopped (Ctrl-C) while the run was set up: nothing was written", file=sys.stderr)
         sys.exit(130)
