@@ -255,6 +255,13 @@ def load_adapter(folder: str | Path, map_location: str | torch.device = "cpu", a
         NonFiniteError: a tensor holds NaN or infinity (named) and ``allow_nonfinite`` is off.
     """
     folder = Path(folder)
+    if not folder.parent.is_dir():
+        raise AdapterError(f"{folder}: no such adapter folder")
+    with folder_lock(folder.parent, shared=True):  # never between the two renames of a save replacing it
+        return _read_adapter(folder, map_location, allow_nonfinite)
+
+
+def _read_adapter(folder: Path, map_location: str | torch.device, allow_nonfinite: bool) -> Adapter:
     meta_path, tensors_path = folder / META_FILE, folder / TENSORS_FILE
     if not folder.is_dir():
         raise AdapterError(f"{folder}: no such adapter folder")

@@ -168,8 +168,10 @@ def release_claim(claim: Path | None) -> None:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``folder`` (a directory) for the duration.
+def folder_lock(folder: str | Path, shared: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on ``folder`` (a directory) for the duration: exclusive for a
+    writer that swaps a folder in it, ``shared`` for readers of such a folder (they read
+    together, and never between a writer's two renames).
 
     The lock is taken on the directory itself, so it leaves no lock file behind; it
     excludes other processes and other threads alike (each holds its own descriptor).
@@ -179,7 +181,7 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock
