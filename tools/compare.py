@@ -28,7 +28,7 @@ from typing import Any, Literal
 from datamodules.base import FineTuneDataModule
 from tools.evaluate import evaluate
 from zoo.callbacks import TokenCounter
-from zoo.cli import build_cli
+from zoo.cli import build_cli, one_line_errors
 from zoo.evaluation import mean_response_loss
 from zoo.outputs import atomic_file
 from zoo.plugins import PluginError, available_methods, method_hooks, resolve_method_class
@@ -243,7 +243,8 @@ def comparison_report(results: dict[str, Any]) -> str:
 def main() -> None:
     from jsonargparse import CLI
 
-    results = CLI(compare, as_positional=False)
+    with one_line_errors():
+        results = CLI(compare, as_positional=False)
     print(comparison_report(results))
 
 

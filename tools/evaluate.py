@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from datamodules.base import FineTuneDataModule
 from datamodules.encode import Example
+from zoo.cli import one_line_errors
 from zoo.evaluation import generate_answers, sample_items
 from zoo.inference import BASE, AdapterSwitcher, load_base, parse_named, pick_device, read_adapter
 from zoo.loading import load_tokenizer
@@ -146,7 +147,8 @@ def write_report(
 def main() -> None:
     from jsonargparse import CLI
 
-    results = CLI(evaluate, as_positional=False)
+    with one_line_errors():
+        results = CLI(evaluate, as_positional=False)
     print(markdown_report(results))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from zoo.cli import one_line_errors
 from zoo.inference import fuse_into, load_base, read_adapter, save_model_folder
 from zoo.loading import load_tokenizer
 from zoo.outputs import check_output
@@ -55,7 +56,12 @@ def export(
     return folder
 
 
-if __name__ == "__main__":
+def main(args: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
-    CLI(export, as_positional=False)
+    with one_line_errors():
+        CLI(export, as_positional=False, args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import torch
 
+from zoo.cli import one_line_errors
 from zoo.inference import (
     ContinuousBatcher,
     GenerationRequest,
@@ -258,7 +259,8 @@ def main(args: list[str] | None = None) -> None:
     """The command line: :func:`serve`'s parameters and :class:`zoo.server.ServerConfig`'s fields as flags."""
     from jsonargparse import CLI
 
-    CLI(serve, as_positional=False, args=args)
+    with one_line_errors():
+        CLI(serve, as_positional=False, args=args)
 
 
 if __name__ == "__main__":

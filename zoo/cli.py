@@ -12,6 +12,7 @@ import paths and short names of imported subclasses), so both happen before it s
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -379,15 +380,34 @@ USER_ERRORS = (
 without a traceback."""
 
 
+DEBUG_ENV = "FTZOO_DEBUG"
+"""Set (``FTZOO_DEBUG=1``) to see the traceback of an error ``lightning`` and the tools print in one line."""
+
+TOOL_ERRORS = (*USER_ERRORS, FileExistsError, FileNotFoundError, ValueError)
+"""What the tools (``python -m tools.*``) print as one line: wrong inputs (a bad option is a
+``ValueError``), outputs in the way, missing files."""
+
+
+@contextlib.contextmanager
+def one_line_errors(errors: tuple[type[BaseException], ...] = TOOL_ERRORS) -> Iterator[None]:
+    """Turn a user error into one ``error: <message>`` line and exit status 1, as ``lightning``
+    prints them; the traceback only with ``FTZOO_DEBUG=1``. For the tools' command lines."""
+    try:
+        yield
+    except errors as err:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        sys.exit(f"error: {err}")
+
+
 def main() -> None:
     """Entry point of the ``lightning`` console script."""
     logging.basicConfig(format="%(message)s")
     for name in ("zoo", "datamodules", "plugins"):  # data summaries and method reports
         logging.getLogger(name).setLevel(logging.INFO)
     try:
-        build_cli()
-    except USER_ERRORS as err:  # a wrong input: its message says what and where, a traceback adds nothing
-        sys.exit(f"error: {err}")
+        with one_line_errors(USER_ERRORS):  # a wrong input: its message says what and where, a traceback adds nothing
+            build_cli()
     except OSError as err:
         if err.errno not in DISK_FULL:
             raise
