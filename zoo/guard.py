@@ -43,10 +43,10 @@ class FitGuard(Callback):
         if stage == "fit":
             folder = pl_module.adapter_output()  # a collective: every rank asks
             check_output_folder(folder, pl_module.overwrite, META_FILE, flag="--model.overwrite true")
-            refusal = None
+            log_dir, refusal = trainer.log_dir, None  # log_dir is a collective too: every rank, in the same order
             if trainer.is_global_zero:
                 try:
-                    self.claim = claim_folder(folder, owner=f"lightning fit, logging to {trainer.log_dir}")
+                    self.claim = claim_folder(folder, owner=f"lightning fit, logging to {log_dir}")
                 except OutputPathError as err:
                     refusal = str(err)
             refusal = trainer.strategy.broadcast(refusal)  # every rank stops, not only the one that knows
