@@ -15,6 +15,7 @@ import statistics
 from typing import Any, Literal
 
 from zoo.adapter import AdapterError
+from zoo.cli import one_line_errors
 from zoo.inference import (
     BASE,
     AdapterSwitcher,
@@ -102,7 +103,12 @@ def latency_summary(switches: list[dict[str, Any]]) -> dict[str, dict[str, float
     return {name: {"mean": statistics.fmean(v), "median": statistics.median(v)} for name, v in per.items()}
 
 
-if __name__ == "__main__":
+def main(args: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
-    CLI(switch, as_positional=False)
+    with one_line_errors():
+        CLI(switch, as_positional=False, args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -221,6 +221,7 @@ def test_serve_builds_the_server_config_from_its_options(monkeypatch):
 
     seen = {}
     monkeypatch.setattr("tools.serve.run_server", lambda config, host, port, log_level: seen.update(config=config))
+    monkeypatch.setattr("tools.serve.read_adapter", lambda path: None)  # the adapters are checked before serving
     monkeypatch.setenv("FTZOO_API_KEY", "from-env")
     serve(["a=x"], port=8000, batch_size=4, chat=True, shutdown_timeout=0.5)
     expected = ServerConfig(
