@@ -25,10 +25,11 @@ from typing import Any, Literal
 
 from datamodules.base import FineTuneDataModule
 from datamodules.encode import Example
-from zoo.evaluation import generate_answers, sample_items
-from zoo.inference import BASE, AdapterSwitcher, load_base, parse_named, pick_device, read_adapter
+from zoo.cli import one_line_errors
+from zoo.evaluation import sample_items
+from zoo.inference import BASE, AdapterSwitcher, greedy_answers, load_base, parse_named, pick_device, read_adapter
 from zoo.loading import load_tokenizer
-from zoo.outputs import atomic_file
+from zoo.outputs import atomic_file, check_report_folder
 from zoo.report import markdown_report, score_entries, write_results
 
 
@@ -45,6 +46,7 @@ def evaluate(
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     device: str = "auto",
     output: str | None = None,
+    overwrite: bool = False,
     title: str = "Evaluation",
 ) -> dict[str, Any]:
     """Evaluate the base model and adapters on the data module's test split.
@@ -62,12 +64,15 @@ def evaluate(
         max_new_tokens: generation length; default: the data module's.
         dtype: dtype of the base weights.
         device: ``auto``, ``cpu``, ``cuda``, ...
-        output: folder for ``results.json``, ``results.md`` and ``generations.jsonl``.
+        output: folder for ``results.json``, ``results.md`` and ``generations.jsonl``; checked
+            before anything is evaluated.
+        overwrite: replace an earlier report in ``output``.
         title: heading of the Markdown report.
 
     Returns:
         ``{"entries", "tasks", "items", "scores", "mcnemar", "seconds", ...}`` (also ``results.json``).
     """
+    check_report_folder(output, overwrite)
     paths = parse_named(adapters or [])
     if adapters_from is not None:
         kept = json.loads(Path(adapters_from).read_text())["chosen"]
@@ -98,7 +103,7 @@ def evaluate(
         switcher.activate(entry)
         started = time.monotonic()
         prompts = [e.prompt_ids for e in items]
-        generations[entry] = generate_answers(model, tokenizer, prompts, length, batch_size, description=entry)
+        generations[entry] = greedy_answers(model, tokenizer, prompts, length, batch_size, description=entry)
         seconds[entry] = round(time.monotonic() - started, 1)
         correct[entry] = [data.is_correct(e.task, g, e.answer) for e, g in zip(items, generations[entry])]
         print(f"{entry}: {sum(correct[entry])}/{len(items)} correct ({seconds[entry]:.0f} s)", file=sys.stderr)
@@ -142,7 +147,8 @@ def write_report(
 def main() -> None:
     from jsonargparse import CLI
 
-    results = CLI(evaluate, as_positional=False)
+    with one_line_errors():
+        results = CLI(evaluate, as_positional=False)
     print(markdown_report(results))
 
 
