@@ -324,8 +324,9 @@ class FineTuneDataModule(LightningDataModule):
         data = self._split(split)
         if not data:
             return []
-        # predict batches as test does (the same padding, so the same greedy answers); the
-        # PredictionWriter puts its rows back in file order
+        # predict batches as test does: an answer depends on its prompt only, but in bf16 a batch
+        # of other shapes can round a near-tie the other way, so the same batches give exactly
+        # the answers test scored; the PredictionWriter puts its rows back in file order
         sampler = self._sampler(data, self.eval_batch_size, shuffle=False, group=self.group_by_length)
         return DataLoader(
             data,

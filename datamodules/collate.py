@@ -5,7 +5,8 @@ Keys by mode (B = batch size, T = longest example, P = longest prompt):
 * ``train``: ``input_ids``, ``attention_mask``, ``labels`` (long, B x T, right-padded). ``labels`` is
   -100 on prompt tokens and padding, so the loss covers the response and its EOS only.
 * ``eval``: the train keys, plus ``prompt_input_ids`` / ``prompt_attention_mask`` (B x P, the prompt
-  alone, LEFT-padded so that ``model.generate`` continues every row right after its prompt),
+  alone, left-padded; the evaluation steps strip the padding and answer through
+  :func:`zoo.inference.greedy_answers`),
   ``answers: list[str]`` and ``tasks: list[str]``.
 * ``predict``: ``prompt_input_ids``, ``prompt_attention_mask``, ``tasks``, ``answers`` (possibly empty
   strings) and ``prompts: list[str]`` (the prompt text).

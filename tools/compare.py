@@ -17,6 +17,7 @@ Output folder: ``results.json``, ``results.md``, ``accuracy.png``, and ``runs/<m
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -28,10 +29,10 @@ from datamodules.base import FineTuneDataModule
 from datamodules.choices import PromptForm
 from tools.evaluate import Scoring, evaluate
 from zoo.callbacks import TokenCounter
-from zoo.cli import build_cli
+from zoo.cli import build_cli, one_line_errors
 from zoo.evaluation import mean_response_loss
 from zoo.outputs import atomic_file
-from zoo.plugins import available_methods
+from zoo.plugins import PluginError, available_methods, method_hooks, resolve_method_class
 from zoo.report import markdown_report, plot_results
 
 
@@ -50,6 +51,34 @@ class Contender:
     method: str
     config: dict[str, Any] = field(default_factory=dict)
     lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
+
+
+def check_contenders(contenders: list[Contender]) -> None:
+    """Check every contender before the first run, so that a mistake in the last one does not
+    surface after the others have trained: at least one, distinct names, a non-empty grid of
+    positive learning rates, and a method that is installed and accepts the config.
+
+    Raises:
+        ValueError: naming the contender (its position and name) and the problem.
+    """
+    if not contenders:
+        raise ValueError("give at least one contender (--contenders): there is nothing to compare")
+    names = [c.name for c in contenders]
+    if len(set(names)) != len(names):
+        raise ValueError(f"contender names must differ: {names}")
+    for i, contender in enumerate(contenders, 1):
+        which = f"contender {i} ({contender.name!r})"
+        if not contender.lrs:
+            raise ValueError(f"{which}: its learning-rate list (lrs) is empty; give at least one rate")
+        bad = [lr for lr in contender.lrs if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0)]
+        if bad:
+            raise ValueError(f"{which}: learning rates must be positive numbers, got {bad}")
+        try:
+            method_hooks(resolve_method_class(contender.method)(**contender.config))
+        except (PluginError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"{which}: method {contender.method!r} with config {contender.config}: {err}"
+            ) from err
 
 
 def fit_flags(contender: Contender, lr: float) -> list[str]:
@@ -144,10 +173,8 @@ def compare(
             models know of multiple-choice items; :func:`tools.evaluate.evaluate`).
         prompt_form: the log-likelihood prompt form, ``cloze`` or ``adapter``.
     """
+    check_contenders(contenders)
     out = Path(output)
-    names = [c.name for c in contenders]
-    if len(set(names)) != len(names):
-        raise ValueError(f"contender names must differ: {names}")
     runs: dict[str, list[dict[str, Any]]] = {}
     for contender in contenders:
         runs[contender.name] = []
@@ -169,6 +196,7 @@ def compare(
         max_new_tokens=max_new_tokens,
         dtype=eval_dtype,
         output=str(out / "eval"),
+        overwrite=True,  # a resumed comparison evaluates again
         title=title,
         scoring=scoring,
         prompt_form=prompt_form,
@@ -223,7 +251,8 @@ def comparison_report(results: dict[str, Any]) -> str:
 def main() -> None:
     from jsonargparse import CLI
 
-    results = CLI(compare, as_positional=False)
+    with one_line_errors():
+        results = CLI(compare, as_positional=False)
     print(comparison_report(results))
 
 

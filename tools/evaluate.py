@@ -38,11 +38,12 @@ from typing import Any, Literal
 from datamodules.base import FineTuneDataModule
 from datamodules.choices import ChoiceItem, PromptForm
 from datamodules.encode import Example
-from zoo.evaluation import generate_answers, sample_items
-from zoo.inference import BASE, AdapterSwitcher, load_base, parse_named, pick_device, read_adapter
+from zoo.cli import one_line_errors
+from zoo.evaluation import sample_items
+from zoo.inference import BASE, AdapterSwitcher, greedy_answers, load_base, parse_named, pick_device, read_adapter
 from zoo.loading import load_tokenizer
 from zoo.loglikelihood import ItemScore, score_items
-from zoo.outputs import atomic_file
+from zoo.outputs import atomic_file, check_report_folder
 from zoo.report import markdown_report, score_entries, score_metrics, write_results
 
 Scoring = Literal["generation", "loglikelihood"]
@@ -61,6 +62,7 @@ def evaluate(
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     device: str = "auto",
     output: str | None = None,
+    overwrite: bool = False,
     title: str = "Evaluation",
     scoring: Scoring = "generation",
     prompt_form: PromptForm = "cloze",
@@ -81,7 +83,8 @@ def evaluate(
         dtype: dtype of the base weights.
         device: ``auto``, ``cpu``, ``cuda``, ...
         output: folder for ``results.json``, ``results.md`` and ``generations.jsonl`` (log-likelihood:
-            ``choices.jsonl``).
+            ``choices.jsonl``); checked before anything is evaluated.
+        overwrite: replace an earlier report in ``output``.
         title: heading of the Markdown report.
         scoring: ``generation`` (greedy answers, scored by the data module's answer extraction) or
             ``loglikelihood`` (each choice of a multiple-choice item scored; ``acc`` and ``acc_norm``).
@@ -95,6 +98,7 @@ def evaluate(
     """
     if scoring not in ("generation", "loglikelihood"):
         raise ValueError(f"unknown scoring {scoring!r}; choose 'generation' or 'loglikelihood'")
+    check_report_folder(output, overwrite)
     paths = parse_named(adapters or [])
     if adapters_from is not None:
         kept = json.loads(Path(adapters_from).read_text())["chosen"]
@@ -130,7 +134,7 @@ def evaluate(
         switcher.activate(entry)
         started = time.monotonic()
         prompts = [e.prompt_ids for e in items]
-        generations[entry] = generate_answers(model, tokenizer, prompts, length, batch_size, description=entry)
+        generations[entry] = greedy_answers(model, tokenizer, prompts, length, batch_size, description=entry)
         seconds[entry] = round(time.monotonic() - started, 1)
         correct[entry] = [data.is_correct(e.task, g, e.answer) for e, g in zip(items, generations[entry])]
         print(f"{entry}: {sum(correct[entry])}/{len(items)} correct ({seconds[entry]:.0f} s)", file=sys.stderr)
@@ -235,7 +239,8 @@ def write_report(
 def main() -> None:
     from jsonargparse import CLI
 
-    results = CLI(evaluate, as_positional=False)
+    with one_line_errors():
+        results = CLI(evaluate, as_positional=False)
     print(markdown_report(results))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from zoo.adapter import check_finite
+from zoo.cli import one_line_errors
 from zoo.inference import fuse_into, load_base, read_adapter, save_model_folder
 from zoo.loading import load_tokenizer
 from zoo.outputs import check_output
@@ -48,9 +48,7 @@ def export(
         FileExistsError: ``output`` exists and ``overwrite`` is off.
     """
     check_output(output, overwrite, marker="config.json")
-    loaded = read_adapter(adapter)
-    if not allow_nonfinite:
-        check_finite(loaded.tensors, what=f"adapter {adapter}")
+    loaded = read_adapter(adapter, allow_nonfinite=allow_nonfinite)
     model, info = load_base(base_model, {adapter: loaded}, dtype)
     fuse_into(model, loaded, what=f"adapter {adapter}")
     folder = save_model_folder(model, load_tokenizer(info.name_or_path), output, overwrite)
@@ -58,7 +56,12 @@ def export(
     return folder
 
 
-if __name__ == "__main__":
+def main(args: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
-    CLI(export, as_positional=False)
+    with one_line_errors():
+        CLI(export, as_positional=False, args=args)
+
+
+if __name__ == "__main__":
+    main()

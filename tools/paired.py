@@ -21,6 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from zoo.cli import one_line_errors
 from zoo.inference import parse_named
 from zoo.report import markdown_report, score_entries, write_results
 
@@ -114,7 +115,8 @@ def paired(predictions: list[str], output: str | None = None, title: str = "Pair
 def main() -> None:
     from jsonargparse import CLI
 
-    print(markdown_report(CLI(paired, as_positional=False)))
+    with one_line_errors():
+        print(markdown_report(CLI(paired, as_positional=False)))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import torch
 
+from zoo.cli import one_line_errors
 from zoo.inference import (
     ContinuousBatcher,
     GenerationRequest,
@@ -209,6 +210,8 @@ def serve(
     if config.api_key is None and os.environ.get("FTZOO_API_KEY"):
         config = replace(config, api_key=os.environ["FTZOO_API_KEY"])
     if port is not None:
+        for path in config.adapters.values():  # refuse a bad adapter here, not in a worker once the server runs
+            read_adapter(path)
         run_server(config, host, port, log_level)
         return []
     return answer_file(config, requests, output)
@@ -256,7 +259,8 @@ def main(args: list[str] | None = None) -> None:
     """The command line: :func:`serve`'s parameters and :class:`zoo.server.ServerConfig`'s fields as flags."""
     from jsonargparse import CLI
 
-    CLI(serve, as_positional=False, args=args)
+    with one_line_errors():
+        CLI(serve, as_positional=False, args=args)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,17 @@ import statistics
 from typing import Any, Literal
 
 from zoo.adapter import AdapterError
+from zoo.cli import one_line_errors
 from zoo.inference import (
     BASE,
     AdapterSwitcher,
     adapter_system_prompt,
     adapter_template,
-    encode_prompts,
-    generate_greedy,
+    greedy_answers,
     load_base,
     parse_named,
     pick_device,
+    prompt_ids,
     read_adapter,
 )
 from zoo.loading import load_tokenizer
@@ -84,9 +85,7 @@ def switch(
         seconds = switcher.activate(name)
         template = style if style != "adapter" else adapter_template(loaded.get(name))
         system = adapter_system_prompt(loaded.get(name)) if style == "adapter" else None
-        batch = encode_prompts(tokenizer, [prompt], template, model.device, [system])
-        tokens, _ = generate_greedy(model, tokenizer, batch, max_new_tokens)
-        answer = tokenizer.decode(tokens[0], skip_special_tokens=True)
+        answer = greedy_answers(model, tokenizer, prompt_ids(tokenizer, [prompt], template, [system]), max_new_tokens)[0]
         switches.append({"to": name, "seconds": seconds, "answer": answer})
         print(f"{name:<20} {seconds * 1e3:9.2f} ms  {answer!r}")
     report = {"base_model": info.name_or_path, "switches": switches, "latency_ms": latency_summary(switches)}
@@ -104,7 +103,12 @@ def latency_summary(switches: list[dict[str, Any]]) -> dict[str, dict[str, float
     return {name: {"mean": statistics.fmean(v), "median": statistics.median(v)} for name, v in per.items()}
 
 
-if __name__ == "__main__":
+def main(args: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
-    CLI(switch, as_positional=False)
+    with one_line_errors():
+        CLI(switch, as_positional=False, args=args)
+
+
+if __name__ == "__main__":
+    main()

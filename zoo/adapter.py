@@ -4,7 +4,8 @@ An adapter folder holds::
 
     adapter.safetensors   the method's tensors (``Adapter.tensors``)
     adapter.json          format, version, method name and config, selection, base model
-                          identity, and free-form ``info`` (steps trained, metrics, ...)
+                          identity, free-form ``info`` (steps trained, metrics, ...) and
+                          the SHA-256 of each ``.safetensors`` file (checked on load)
     (extra files)         whatever the method writes in ``ftzoo_save_adapter_files``
 
 The update is decoupled from the base: tensors are in the base model's coordinates, so an
@@ -165,11 +166,12 @@ def save_adapter(adapter: Adapter, folder: str | Path, hooks: Any = None, allow_
     try:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter.tensors.items()}
         save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": FORMAT})
-        metadata = adapter.metadata()
-        metadata["base"]["name_or_path"] = _portable_base_path(adapter.base.name_or_path, folder)
-        (tmp / META_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         if hooks is not None:
             hooks.ftzoo_save_adapter_files(adapter=adapter, folder=str(tmp))
+        metadata = adapter.metadata()
+        metadata["base"]["name_or_path"] = _portable_base_path(adapter.base.name_or_path, folder)
+        metadata[CHECKSUMS] = {p.name: file_sha256(p) for p in sorted(tmp.glob("*.safetensors"))}
+        (tmp / META_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         with folder_lock(folder.parent):
             _refuse_non_adapter(folder)  # again: another writer may have put something there
             replace_folder(tmp, folder)
@@ -239,14 +241,29 @@ def resolve_base_path(name_or_path: str, folder: Path) -> str:
     return name_or_path
 
 
-def load_adapter(folder: str | Path, map_location: str | torch.device = "cpu") -> Adapter:
+def load_adapter(folder: str | Path, map_location: str | torch.device = "cpu", allow_nonfinite: bool = False) -> Adapter:
     """Read an adapter folder written by :func:`save_adapter`.
+
+    Args:
+        folder: the adapter folder.
+        map_location: where the tensors are loaded.
+        allow_nonfinite: load it even if a tensor holds NaN or infinity (a diverged run,
+            which would serve and test as garbage tokens); every tool refuses such an adapter
+            unless asked.
 
     Raises:
         AdapterError: the folder or a file is missing, the JSON is malformed or of another
             format version, or the tensors file is corrupt or does not match the metadata.
+        NonFiniteError: a tensor holds NaN or infinity (named) and ``allow_nonfinite`` is off.
     """
     folder = Path(folder)
+    if not folder.parent.is_dir():
+        raise AdapterError(f"{folder}: no such adapter folder")
+    with folder_lock(folder.parent, shared=True):  # never between the two renames of a save replacing it
+        return _read_adapter(folder, map_location, allow_nonfinite)
+
+
+def _read_adapter(folder: Path, map_location: str | torch.device, allow_nonfinite: bool) -> Adapter:
     meta_path, tensors_path = folder / META_FILE, folder / TENSORS_FILE
     if not folder.is_dir():
         raise AdapterError(f"{folder}: no such adapter folder")
@@ -254,10 +271,16 @@ def load_adapter(folder: str | Path, map_location: str | torch.device = "cpu") -
         if not path.is_file():
             raise AdapterError(f"{folder}: not an ftzoo adapter folder ({path.name} is missing)")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise AdapterError(f"{meta_path}: malformed JSON at line {err.lineno}: {err.msg}") from err
+    except UnicodeDecodeError as err:
+        raise AdapterError(
+            f"{meta_path}: not UTF-8 text (byte {err.start} is {err.object[err.start:err.start + 1]!r}): the file was "
+            "damaged or replaced; an adapter's metadata is UTF-8 JSON"
+        ) from err
     _check_metadata(meta, meta_path)
+    check_checksums(folder, meta.get(CHECKSUMS, {}))
     try:
         tensors = load_file(str(tensors_path), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as err:
@@ -271,6 +294,8 @@ def load_adapter(folder: str | Path, map_location: str | torch.device = "cpu") -
                 f"{tensors_path}: tensor {name!r} has shape {list(tensors[name].shape)}, "
                 f"{META_FILE} says {spec['shape']}"
             )
+    if not allow_nonfinite:
+        check_finite(tensors, what=f"adapter {folder}")
     return Adapter(
         method=meta["method"],
         config=meta["config"],
@@ -279,6 +304,40 @@ def load_adapter(folder: str | Path, map_location: str | torch.device = "cpu") -
         tensors=tensors,
         info=meta.get("info", {}),
     )
+
+
+CHECKSUMS = "sha256"
+"""The ``adapter.json`` field with the SHA-256 of each tensor file of the folder (written by
+:func:`save_adapter`, checked by :func:`load_adapter`; older adapters have none)."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_checksums(folder: Path, checksums: Any) -> None:
+    """Refuse a tensor file whose bytes are not those :func:`save_adapter` wrote (flipped bits
+    on a disk, a copy cut short, an edit): safetensors would load changed values silently.
+
+    Raises:
+        AdapterError: naming the file, and whether it is missing or differs.
+    """
+    if not isinstance(checksums, dict):
+        raise AdapterError(f"{folder / META_FILE}: field {CHECKSUMS!r} must map file names to SHA-256 digests")
+    for name, expected in checksums.items():
+        path = folder / name
+        if not path.is_file():
+            raise AdapterError(f"{path}: missing; {META_FILE} records it")
+        actual = file_sha256(path)
+        if actual != expected:
+            raise AdapterError(
+                f"{path}: its SHA-256 is {actual[:16]}..., {META_FILE} records {str(expected)[:16]}...: the file was "
+                "changed or damaged after it was saved (a disk error, a copy cut short); save or copy the adapter again"
+            )
 
 
 def _check_metadata(meta: Any, path: Path) -> None:

@@ -16,9 +16,9 @@ class PredictionWriter(BasePredictionWriter):
 
     Each line holds the task, prompt, generation and, where the data has answers, the
     extracted answer and whether it is correct. Lines are in the data's order, whatever order
-    the batches ran in (the data modules batch predictions by length exactly as they batch
-    ``test``, so that each answer is the one ``test`` scored: padding changes a few greedy
-    answers in bf16). Under DDP each rank predicts its shard and rank 0 writes every rank's
+    the batches ran in (both answer through :func:`zoo.inference.greedy_answers`, and the data
+    modules batch predictions exactly as they batch ``test``, so that each answer is the one
+    ``test`` scored even where bf16 rounding in a batch of other shapes could flip a near-tie). Under DDP each rank predicts its shard and rank 0 writes every rank's
     rows, each record once. The file appears only once every batch is written (a temporary sibling
     is renamed into place).
 

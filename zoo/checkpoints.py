@@ -30,9 +30,9 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from zoo.outputs import atomic_file
-
 
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 """``--ckpt_path`` values that Lightning resolves itself (not file names)."""
@@ -108,9 +108,12 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
 
     Ctrl-C (SIGINT) during training does not cut a step in half: the current step finishes,
     then training stops and the checkpoint is written, so resuming continues exactly as an
-    uninterrupted run would. A second Ctrl-C stops at once (Lightning's own handling).
-    Nothing is saved when the error comes before the first training step (nothing is lost
-    then, and the model may not be built).
+    uninterrupted run would. SIGTERM (what a scheduler or ``kill`` sends) does the same
+    (Lightning finishes the step); the CLI then exits with status 143. A second Ctrl-C stops
+    at once, in the middle of the step: nothing is written then (a half-updated step is no
+    checkpoint), and one line names the last complete checkpoint. Nothing is saved when the
+    error comes before the first training step (nothing is lost then, and the model may not
+    be built).
 
     Args:
         dirpath: where to write it; default: the ``ModelCheckpoint``'s folder, else
@@ -124,6 +127,8 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         """The ``lightning`` command line of this run (set by the CLI), to print with ``--ckpt_path``."""
         self._started = False
         self._stop_requested = False
+        self._stopped_now = False
+        self._step_finished = False
         self._previous_handler: Any = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -136,8 +141,13 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             self._previous_handler = signal.signal(signal.SIGINT, self._request_stop)
 
     def _request_stop(self, signum: int, frame: Any) -> None:
+        if self._step_finished:  # the checkpoint is being written (whole or not at all): let it finish
+            return
+        if self._stop_requested:  # the second Ctrl-C: stop in the middle of the step
+            self._stopped_now = True
+            self._restore_handler()
+            raise KeyboardInterrupt
         self._stop_requested = True
-        self._restore_handler()  # a second Ctrl-C interrupts at once
         print("\nCtrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to stop now)", file=sys.stderr)
 
     def _restore_handler(self) -> None:
@@ -147,6 +157,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.strategy.reduce_boolean_decision(self._stop_requested, all=False):  # every rank stops together
+            self._step_finished = True
             raise KeyboardInterrupt
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -156,10 +167,15 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         self._restore_handler()
         if not self._started:
             return
+        if self._stopped_now:
+            if trainer.is_global_zero:
+                print(self.stopped_now_message(trainer), file=sys.stderr, flush=True)
+            return
         try:
             super().on_exception(trainer)
-        except Exception as err:  # never hide the error that stopped training
-            print(f"ftzoo: could not write {self.ckpt_path}: {err}", file=sys.stderr)
+        except Exception as err:  # noqa: BLE001  # never hide the error that stopped training
+            if trainer.is_global_zero:
+                print(self.unsaved_message(trainer, exception, err), file=sys.stderr, flush=True)
             return
         if trainer.is_global_zero:
             print(self.message(trainer.global_step, exception), file=sys.stderr, flush=True)
@@ -171,9 +187,52 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
 
     def message(self, step: int, exception: BaseException) -> str:
         """What the user reads: why training stopped, where the checkpoint is, how to resume."""
-        why = "interrupted (Ctrl-C)" if isinstance(exception, KeyboardInterrupt) else f"stopped by an error: {exception}"
         command = resume_command(self.resume_command, self.ckpt_path)
-        return f"\nTraining {why}\nCheckpoint at step {step}: {self.ckpt_path}\nResume with:\n  {command}\n"
+        return f"\nTraining {_why(exception)}\nCheckpoint at step {step}: {self.ckpt_path}\nResume with:\n  {command}\n"
+
+    def unsaved_message(self, trainer: L.Trainer, exception: BaseException, err: BaseException) -> str:
+        """When the interrupt checkpoint cannot be written either (the disk is full): the last
+        complete checkpoint, and the command that resumes from it."""
+        lines = [f"\nTraining {_why(exception)}", f"Could not write {self.ckpt_path} either: {err}"]
+        last = latest_checkpoint(trainer)
+        if last is None:
+            lines.append("No complete checkpoint of this run exists.")
+        else:
+            command = resume_command(self.resume_command, last[0])
+            lines += [f"Last complete checkpoint, at step {last[1]}: {last[0]}", "Resume with:", f"  {command}"]
+        return "\n".join(lines) + "\n"
+
+    def stopped_now_message(self, trainer: L.Trainer) -> str:
+        """One line after a second Ctrl-C: no checkpoint of the cut step, and the last complete one."""
+        step = trainer.global_step + 1
+        last = latest_checkpoint(trainer)
+        if last is None:
+            kept = "no complete checkpoint of this run exists"
+        else:
+            kept = f"the last complete checkpoint is {last[0]} (step {last[1]}); resume with --ckpt_path {last[0]}"
+        return f"\nStopped at once (second Ctrl-C) in step {step}: no checkpoint of that step was written; {kept}"
+
+
+def _why(exception: BaseException) -> str:
+    if isinstance(exception, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(exception, SIGTERMException):
+        return "stopped by SIGTERM (a scheduler or `kill` asked it to stop)"
+    return f"stopped by an error: {exception}"
+
+
+def latest_checkpoint(trainer: L.Trainer) -> tuple[str, int] | None:
+    """The newest checkpoint the run's ``ModelCheckpoint`` callbacks wrote, and its step."""
+    paths = [getattr(c, attr) for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)
+             for attr in ("last_model_path", "best_model_path")]  # fmt: skip
+    paths = [p for p in paths if p and os.path.isfile(p)]
+    if not paths:
+        return None
+    path = max(paths, key=os.path.getmtime)
+    try:
+        return path, int(read_checkpoint(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except (CheckpointError, KeyError):
+        return None
 
 
 def resume_command(args: list[str] | None, ckpt_path: str) -> str:

@@ -12,18 +12,24 @@ import paths and short names of imported subclasses), so both happen before it s
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
-
 from typing import Any
 
 import yaml
 from jsonargparse import get_loader, set_loader
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from zoo.adapter import AdapterError
 from zoo.checkpoints import (
@@ -32,6 +38,7 @@ from zoo.checkpoints import (
     CheckpointMismatchError,
     InterruptCheckpoint,
     read_checkpoint,
+    resume_command,
 )
 from zoo.guard import NonFiniteLossError
 from zoo.loading import ModelLoadError
@@ -41,6 +48,10 @@ from zoo.plugins import PluginError, available_methods, is_method_reference, unk
 from zoo.targets import UnsupportedWeightError
 
 METHOD_FLAG = "--model.method"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""Write errors that ``lightning`` reports in one line (the checkpoint callbacks name what was kept)."""
+SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
+"""What ``lightning fit`` exits with after SIGTERM (a shell's convention for death by that signal)."""
 
 
 class ConfigError(ValueError):
@@ -166,6 +177,60 @@ _YAML_LOAD = get_loader("yaml")  # jsonargparse's own YAML loader, which this on
 set_loader("ftzoo", load_config_with_method_names, exceptions=(yaml.YAMLError,))
 
 
+class RunConfig(SaveConfigCallback):
+    """LightningCLI's config saving, which never writes over a file it did not save itself.
+
+    The full config goes to ``<log_dir>/config.yaml`` as in Lightning, unless that file is one
+    of the run's own ``--config`` inputs (with ``--trainer.logger false`` the log folder is the
+    working directory, where the user's ``config.yaml`` often is) or some other file that no
+    earlier run saved; then it goes beside it as ``run-config.yaml`` (or ``run-config-2.yaml``, ...).
+
+    Args:
+        inputs: the ``--config`` files of this run.
+    """
+
+    def __init__(self, *args: Any, inputs: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inputs = [Path(p) for p in inputs or []]
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if not self.already_saved and self.save_to_log_dir:
+            folder = Path(trainer.log_dir)  # a collective: every rank asks
+            name = self._free_name(folder) if trainer.is_global_zero else None
+            self.config_filename = trainer.strategy.broadcast(name)
+        super().setup(trainer, pl_module, stage)
+
+    def _free_name(self, folder: Path) -> str:
+        names = [self.config_filename] + [f"run-config{f'-{i}' if i > 1 else ''}.yaml" for i in range(1, 100)]
+        for name in names:
+            if self._replaceable(folder / name):
+                if name != self.config_filename:
+                    rank_zero_info(
+                        f"{folder / self.config_filename} is not a config an earlier run saved (it is "
+                        f"{'an input of this run' if self._is_input(folder / self.config_filename) else 'your file'}); "
+                        f"this run's config is saved as {folder / name}"
+                    )
+                return name
+        raise OutputPathError(f"{folder} holds no free name for this run's config; choose another log folder")
+
+    def _replaceable(self, path: Path) -> bool:
+        if not path.exists():
+            return True
+        return path.is_file() and not self._is_input(path) and _saved_by_lightning(path)
+
+    def _is_input(self, path: Path) -> bool:
+        return any(p.exists() and path.exists() and os.path.samefile(p, path) for p in self.inputs)
+
+
+def _saved_by_lightning(path: Path) -> bool:
+    """Whether ``path`` starts with the header LightningCLI writes on the configs it saves."""
+    with path.open("rb") as handle:
+        return handle.read(len(SAVED_CONFIG_HEADER)) == SAVED_CONFIG_HEADER
+
+
+SAVED_CONFIG_HEADER = b"# lightning.pytorch=="
+
+
 class FtzooCLI(LightningCLI):
     """LightningCLI with the model's tokenizer linked into the data module.
 
@@ -203,15 +268,64 @@ class FtzooCLI(LightningCLI):
                 raise cause from None
             raise ConfigError(f"{type(cause).__name__}: {cause}") from cause
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; SIGTERM (Lightning stops after the step, and the interrupt checkpoint is
+        written) exits with status 143 (128 + SIGTERM), as schedulers expect, not 0."""
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException:
+            raise SystemExit(SIGTERM_EXIT_STATUS) from None
+
     def before_fit(self) -> None:
         """Tell the module which checkpoint it resumes from, so that it rebuilds the stored
         selection instead of selecting anew (and scoring calibration batches) first: Lightning
         knows ``trainer.ckpt_path`` only after ``configure_model`` has built the model. Tell the
-        interrupt checkpoint how this run was started."""
+        interrupt checkpoint how this run was started. Refuse a run folder that holds an
+        earlier run's checkpoints unless ``--ckpt_path`` asks to resume (:func:`refuse_unasked_resume`)."""
         self.model.resume_from = self.config[self.subcommand].get("ckpt_path")
+        if self.model.resume_from is None:
+            refuse_unasked_resume(self.trainer, self.command_line)
         for callback in self.trainer.callbacks:
             if isinstance(callback, InterruptCheckpoint):
                 callback.resume_command = self.command_line
+
+
+def refuse_unasked_resume(trainer: Any, command_line: list[str] | None) -> None:
+    """Lightning resumes ``fit`` from the newest ``last*.ckpt`` or interrupt checkpoint of the
+    run folder whenever an ``OnExceptionCheckpoint`` is configured (as the recipes' is) and
+    no ``--ckpt_path`` is given; ftzoo resumes only when asked.
+
+    Raises:
+        OutputPathError: the run folder holds such a checkpoint: naming it, with the command
+            that resumes it and how to start a new run instead.
+    """
+    interrupt = [c for c in trainer.callbacks if isinstance(c, OnExceptionCheckpoint)]
+    if not interrupt:
+        return
+    # the candidates Lightning's _CheckpointConnector._select_ckpt_path takes for ckpt_path="last"
+    found = {getattr(c, "ckpt_path", None) for c in interrupt}
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            found |= callback._find_last_checkpoints(trainer)
+    found = {p for p in found if p and os.path.isfile(p)}
+    # an interrupt checkpoint learns its folder (the periodic one's) only when training starts
+    found |= {os.path.join(os.path.dirname(p), os.path.basename(c.ckpt_path)) for p in found for c in interrupt}
+    found = sorted(p for p in found if os.path.isfile(p))
+    if found:
+        newest = max(found, key=os.path.getmtime)
+        raise OutputPathError(
+            f"{os.path.dirname(newest) or '.'} holds checkpoints of an earlier run ({', '.join(map(os.path.basename, found))})"
+            f". To resume it, ask for it:\n  {resume_command(command_line, newest)}\nTo start a new run, give it "
+            "another folder (--trainer.logger.init_args.version, --trainer.default_root_dir) or remove them."
+        )
+    for message in LAST_CHECKPOINT_WARNINGS:  # nothing to resume: Lightning's advice about it does not apply
+        warnings.filterwarnings("ignore", message=message)
+
+
+LAST_CHECKPOINT_WARNINGS = (
+    r"`\.fit\(ckpt_path=None\)` was called without a model",
+    r"\.fit\(ckpt_path=\"last\"\) is set, but there is no last checkpoint available",
+)
 
 
 def _constructor_error(err: BaseException) -> BaseException:
@@ -243,7 +357,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> FtzooCLI:
         subclass_mode_data=True,
         args=args,
         run=run,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=RunConfig,
+        save_config_kwargs={"overwrite": True, "inputs": _config_paths(command_line)},
         auto_configure_optimizers=False,  # the module builds its optimizer over the trainable parameters only
         parser_kwargs={"parser_mode": "ftzoo"},
         command_line=command_line,
@@ -265,15 +380,41 @@ USER_ERRORS = (
 without a traceback."""
 
 
+DEBUG_ENV = "FTZOO_DEBUG"
+"""Set (``FTZOO_DEBUG=1``) to see the traceback of an error ``lightning`` and the tools print in one line."""
+
+TOOL_ERRORS = (*USER_ERRORS, FileExistsError, FileNotFoundError, ValueError)
+"""What the tools (``python -m tools.*``) print as one line: wrong inputs (a bad option is a
+``ValueError``), outputs in the way, missing files."""
+
+
+@contextlib.contextmanager
+def one_line_errors(errors: tuple[type[BaseException], ...] = TOOL_ERRORS) -> Iterator[None]:
+    """Turn a user error into one ``error: <message>`` line and exit status 1, as ``lightning``
+    prints them; the traceback only with ``FTZOO_DEBUG=1``. For the tools' command lines."""
+    try:
+        yield
+    except errors as err:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        sys.exit(f"error: {err}")
+
+
 def main() -> None:
     """Entry point of the ``lightning`` console script."""
     logging.basicConfig(format="%(message)s")
     for name in ("zoo", "datamodules", "plugins"):  # data summaries and method reports
         logging.getLogger(name).setLevel(logging.INFO)
     try:
-        build_cli()
-    except USER_ERRORS as err:  # a wrong input: its message says what and where, a traceback adds nothing
-        sys.exit(f"error: {err}")
+        with one_line_errors(USER_ERRORS):  # a wrong input: its message says what and where, a traceback adds nothing
+            build_cli()
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        sys.exit(f"error: {err}")  # what was kept, and how to resume, is printed above it
+    except KeyboardInterrupt:  # Ctrl-C outside training (Lightning handles it inside, with its checkpoint)
+        print("\nStopped (Ctrl-C) while the run was set up: nothing was written", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Scoring a model on held-out items: greedy answers, accuracy with intervals, paired tests.
+"""Scoring a model on held-out items: accuracy with intervals, paired tests.
+
+The answers come from :func:`zoo.inference.greedy_answers` (the one generation path).
 
 Accuracy on ``n`` items is a binomial proportion, so every accuracy comes with its 95% Wilson
 score interval (sound at 0% and 100% and for small ``n``, unlike the normal approximation). Two
@@ -18,8 +20,6 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-from transformers import GenerationConfig
 
 from zoo.loss import IGNORE_INDEX, response_loss
 
@@ -35,23 +35,6 @@ class HasTask(Protocol):
 
 
 ItemT = TypeVar("ItemT", bound=HasTask)
-
-
-def greedy_config(tokenizer: Any, max_new_tokens: int, **overrides: Any) -> GenerationConfig:
-    """Greedy decoding with the KV cache, stopping at the tokenizer's EOS: how ftzoo evaluates
-    and serves (the one generation config of the module, the tools and the benchmarks).
-
-    Args:
-        tokenizer: gives the pad and EOS tokens (``None`` when ``overrides`` give them).
-        max_new_tokens: the longest answer.
-        overrides: other ``GenerationConfig`` fields (the serving benchmark fixes
-            ``min_new_tokens`` so that every row decodes the same length).
-    """
-    ids = {}
-    if tokenizer is not None:
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        ids = {"pad_token_id": pad, "eos_token_id": tokenizer.eos_token_id}
-    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, **{**ids, **overrides})
 
 
 @dataclass(frozen=True)
@@ -139,6 +122,47 @@ def mcnemar(first: Sequence[bool], second: Sequence[bool]) -> McNemar:
     return McNemar(b, c, min(1.0, 2 * tail))
 
 
+Z80 = 0.8416212335729143
+"""The standard normal quantile of 0.8: 80% power."""
+
+
+def minimum_detectable_difference(items: int, discordant: float, z_alpha: float = Z95, z_power: float = Z80) -> float:
+    """The smallest difference in accuracy a paired test on ``items`` items detects with 95%
+    confidence and 80% power, when a fraction ``discordant`` of items is right for one model and
+    wrong for the other (Connor 1987's sample size for McNemar's test, solved for the difference).
+
+    With few discordant items even a difference as large as ``discordant`` itself (every
+    disagreement one way) may be out of reach; then ``discordant`` is returned, the most two
+    such models could differ by.
+
+    Raises:
+        ValueError: for no items or a fraction outside (0, 1].
+    """
+    if items <= 0 or not 0 < discordant <= 1:
+        raise ValueError(f"need items > 0 and 0 < discordant <= 1, got {items} and {discordant}")
+
+    def needed(delta: float) -> float:  # items the test needs to detect ``delta``
+        return (z_alpha * math.sqrt(discordant) + z_power * math.sqrt(discordant - delta * delta)) ** 2 / delta**2
+
+    low, high = 0.0, discordant
+    if needed(high) > items:
+        return discordant
+    for _ in range(100):  # needed() falls as delta grows: bisect for needed(delta) == items
+        middle = (low + high) / 2
+        low, high = (middle, high) if needed(middle) > items else (low, middle)
+    return high
+
+
+def mean_and_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``nan`` for fewer than two values) over seeds."""
+    if not values:
+        return float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def sample_items(examples: list[ItemT], max_records: int | None, seed: int) -> list[ItemT]:
     """At most ``max_records`` examples per task: a seeded sample kept in file order, so every
     entry (and every rerun) is scored on the same items."""
@@ -151,47 +175,6 @@ def sample_items(examples: list[ItemT], max_records: int | None, seed: int) -> l
     for task, indices in by_task.items():
         keep.update(indices if len(indices) <= max_records else random.Random(f"{seed}:{task}").sample(indices, max_records))
     return [e for i, e in enumerate(examples) if i in keep]
-
-
-
-def batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Item indices in batches of similar length (longest first), so that padding is small."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-@torch.inference_mode()
-def generate_answers(
-    model: nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    batch_size: int = 32,
-    description: str | None = None,
-) -> list[str]:
-    """Greedy answers to tokenized prompts, in the prompts' order.
-
-    Prompts are batched by length and left-padded, so every row continues right after its
-    own prompt; a batch stops when every row has produced EOS.
-    """
-    from datamodules.collate import pad
-
-    device = next(model.parameters()).device
-    config = greedy_config(tokenizer, max_new_tokens)
-    answers: list[str] = [""] * len(prompts)
-    batches = batches_by_length([len(p) for p in prompts], batch_size)
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in tqdm(batches, desc=description, unit="batch", disable=description is None, leave=False):
-            ids, mask = pad([prompts[i] for i in batch], config.pad_token_id, left=True)
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
-            texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-            for i, text in zip(batch, texts):
-                answers[i] = text
-    finally:
-        model.train(was_training)
-    return answers
 
 
 @torch.inference_mode()

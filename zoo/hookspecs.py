@@ -48,7 +48,10 @@ Order in which ``lightning fit`` calls the hooks
 1. load: the base model is loaded and every parameter frozen (``requires_grad=False``); with a
    quantization, its linear layers are then quantized (:mod:`zoo.quantization`).
 2. ``ftzoo_select_parameters``  -- once, on rank 0; the result is broadcast to all ranks.
-3. ``ftzoo_rewrite_model``      -- every rank, with the same selection.
+3. ``ftzoo_rewrite_model``      -- every rank, with the same selection. Then (not under
+   quantization) ``ftzoo_extract_adapter`` and ``ftzoo_adapter_deltas`` once on the untrained
+   rewrite: every delta must be zero, of a base parameter, of its shape, or the method is
+   refused before the first step (:func:`zoo.prepare.check_untrained_deltas`).
 4. ``ftzoo_trainable_parameters`` -- the optimizer is built over exactly these.
 5. per optimizer step: ``ftzoo_before_backward`` → backward → ``ftzoo_after_backward``
    (per micro-batch), then ``ftzoo_before_optimizer_step`` → step →
@@ -312,8 +315,10 @@ def ftzoo_adapter_deltas(adapter: Adapter, model: nn.Module) -> dict[str, torch.
     """The adapter as dense weight differences of the base model's parameters.
 
     *When*: by the tools and every core default below (merge combines these, fuse adds
-    them, serving slices them, export and serve check their names and shapes). *First
-    result wins. Required*: a method without it is refused when it is loaded. ``model`` is a plain base model (for shapes, dtype, device).
+    them, serving slices them, export and serve check their names and shapes), and once at
+    the start of ``fit`` on the adapter of the untrained rewrite, where every delta must be
+    zero. *First result wins. Required*: a method without it is refused when it is loaded.
+    ``model`` is a plain base model (for shapes, dtype, device).
 
     Returns:
         Base parameter name (as in ``model.named_parameters()``) → tensor of that

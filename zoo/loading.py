@@ -34,6 +34,7 @@ import torch
 import transformers
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HFValidationError
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -205,6 +206,12 @@ def _from_pretrained(auto_cls: Any, source: str, name_or_path: str, **kwargs: An
     try:
         with _hub_offline_mode(offline):  # a hub id on an offline machine: the cache only, no minute of retries
             return auto_cls.from_pretrained(source, **kwargs)
+    except SafetensorError as err:  # a weights file cut short or damaged; safetensors does not say which
+        files = sorted(str(p) for p in Path(source).glob("*.safetensors")) if Path(source).is_dir() else [source]
+        raise ModelLoadError(
+            f"could not load {name_or_path!r}: a weights file is damaged ({err}); its weights files: "
+            f"{', '.join(files) or 'none'}. Copy or export the model again"
+        ) from err
     except (OSError, HFValidationError) as err:  # a missing file, no network, or not a hub id
         where = "The Hugging Face hub is not reachable, so only its local cache was searched. " if offline else ""
         raise ModelLoadError(

@@ -22,19 +22,28 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from zoo import checkpoints, console
-from zoo.adapter import Adapter, BaseModelInfo, save_adapter
+from zoo.adapter import META_FILE, Adapter, BaseModelInfo, save_adapter
 from zoo.checkpoints import CheckpointMismatchError
 from zoo.distributed import check_strategy, unwrapped, whole_parameters
 from zoo.guard import FitGuard
 from zoo.inference.adapters import load_for_evaluation
 from zoo.inference.generate import prompt_info
 from zoo.loading import load_model, load_tokenizer
-from zoo.method import Method
-from zoo.plugins import method_hooks, method_name
-from zoo.prepare import calibration_batches, extract_adapter, freeze, rewrite, select
-from zoo.quantization import Quantization, check_method, dequantize, quantize
-from zoo.schedule import Decay, parameter_groups, warmup_decay
 from zoo.loss import response_loss
+from zoo.method import Method
+from zoo.outputs import check_output_folder
+from zoo.plugins import method_hooks, method_name
+from zoo.prepare import (
+    calibration_batches,
+    check_untrained_deltas,
+    extract_adapter,
+    freeze,
+    plain_view,
+    rewrite,
+    select,
+)
+from zoo.quantization import Quantization, check_method, dequantize, quantize
+from zoo.schedule import Decay, apply_configured_settings, parameter_groups, warmup_decay
 from zoo.task_accuracy import EvaluationSteps, TaskAccuracy
 
 __all__ = ["CheckpointMismatchError", "FineTuneModule"]  # the error, for callers that catch it here
@@ -149,7 +158,10 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
             self.selection = adapter.selection
         elif self.method is not None:
             self.selection = self._select() if selection is None else selection
+            plain = plain_view(model) if stage == "fit" and self.quantization == "none" else None
             trainable = rewrite(self.hooks, self.method, model, self.selection)
+            if plain is not None:  # a method whose deltas are not differences is refused before the first step
+                check_untrained_deltas(self.hooks, self.method, model, self.selection, self.base_info, plain)
             # Shapes before wrapping: FSDP later holds parameters as flat 1-D shards.
             self.trainable_shapes = {name: p.shape for name, p in trainable}
         elif stage == "fit":
@@ -171,9 +183,12 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
 
     # ------------------------------------------------------------------ training
 
-    def configure_optimizers(self) -> Any:
+    def _new_optimizer(self) -> torch.optim.Optimizer:
         shapes = {name: self.trainable_shapes.get(unwrapped(name), p.shape) for name, p in self.trainable_parameters()}
-        optimizer = self.optimizer_factory(parameter_groups(self.trainable_parameters(), shapes))
+        return self.optimizer_factory(parameter_groups(self.trainable_parameters(), shapes))
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self._new_optimizer()
         schedule = warmup_decay(
             self.warmup_steps, int(self.trainer.estimated_stepping_batches), self.lr_decay, self.min_lr_ratio
         )
@@ -188,6 +203,20 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
             f"{self.base_parameter_count:,} parameters ({trainable / self.base_parameter_count:.3%})"
         )
         self._fit_started = time.monotonic()
+
+    def on_train_start(self) -> None:
+        """On resume, this run's optimizer settings (learning rate, weight decay, ...) replace
+        the checkpoint's, and the user is told which (:func:`zoo.schedule.apply_configured_settings`)."""
+        if self.trainer.ckpt_path is None or not self.trainer.lr_scheduler_configs:
+            return
+        changed = apply_configured_settings(
+            self.trainer.optimizers[0], self._new_optimizer(), self.trainer.lr_scheduler_configs[0].scheduler
+        )
+        if changed:
+            rank_zero_info(
+                f"Resuming with this run's optimizer settings, not the checkpoint's: {', '.join(changed)} (the "
+                "optimizer's moments, the step count and the schedule's position are the checkpoint's)"
+            )
 
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)
@@ -257,6 +286,9 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
         with whole_parameters(self.trainer.strategy, self.model):  # every rank gathers; rank 0 writes
             adapter = self.extract_adapter() if self.trainer.is_global_zero else None
         if adapter is not None:
+            # again: another writer (a tool) may have put something there while this run trained; the
+            # refusal stops fit with an error, so the interrupt checkpoint keeps the trained weights
+            check_output_folder(folder, self.overwrite, META_FILE, flag="--model.overwrite true")
             adapter.info["train_minutes"] = round((time.monotonic() - self._fit_started) / 60, 2)
             save_adapter(adapter, folder, hooks=self.hooks)
             rank_zero_info(f"Adapter written to {folder}")

@@ -14,9 +14,12 @@ place (:func:`atomic_file`, :func:`atomic_folder`, :func:`replace_folder`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -58,6 +61,26 @@ def check_output_folder(target: str | Path, overwrite: bool, marker: str, flag: 
     check_writable(target.parent)
 
 
+def check_report_folder(folder: str | Path | None, overwrite: bool, marker: str = "results.json") -> None:
+    """Refuse a tool's report folder before the tool does any work: a file in the way, a folder
+    that cannot be written, a folder of something else, or (unless ``overwrite``) an earlier
+    report; otherwise the results are lost to an ``OSError`` after the work, or silently replace
+    the earlier ones.
+
+    Args:
+        folder: where the tool writes its files (``None``: it writes none).
+        overwrite: replace an earlier report there.
+        marker: a file every report of this tool holds.
+
+    Raises:
+        OutputPathError: naming the folder and what to do instead.
+    """
+    if folder is None:
+        return
+    check_output_folder(folder, overwrite, marker, flag="--overwrite true")
+    check_writable(folder)
+
+
 def check_writable(folder: str | Path) -> None:
     """Refuse a folder that cannot be created or written, by trying: a permission bit says
     nothing to root, and nothing about a read-only mount.
@@ -76,9 +99,79 @@ def check_writable(folder: str | Path) -> None:
         raise OutputPathError(f"cannot write to {existing} ({err.strerror or err}); choose another output folder") from err
 
 
+CLAIM_STALE_SECONDS = 60.0
+"""An unreadable claim file older than this was left by a writer killed while creating it."""
+
+
+def claim_folder(target: str | Path, owner: str) -> Path:
+    """Claim ``target`` for one writer until :func:`release_claim`: two ``fit`` runs given the
+    same new adapter folder must not both train for it and the later silently replace the other.
+
+    The claim is a small JSON file ``.<name>.claim`` beside ``target`` (its process id, host,
+    start time and ``owner``), created exclusively under :func:`folder_lock` on the parent. A
+    claim whose process is gone (on this host) is stale and taken over.
+
+    Returns:
+        The claim file, for :func:`release_claim`.
+
+    Raises:
+        OutputPathError: a live process holds the claim; the message says which.
+    """
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    claim = target.parent / f".{target.name}.claim"
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "owner": owner}  # fmt: skip
+    with folder_lock(target.parent):
+        holder = _claim_holder(claim)
+        if holder is not None:
+            if holder.get("pid") == os.getpid() and holder.get("host") == record["host"]:
+                who = "another run in this process"
+            else:
+                who = f"another run (process {holder.get('pid', '?')} on {holder.get('host', '?')})"
+            raise OutputPathError(
+                f"{target} is claimed by {who} since {holder.get('since', '?')}: {holder.get('owner', '?')}. Two runs "
+                f"must not write one adapter folder: give this one another --model.adapter_dir (if that run is gone, "
+                f"remove {claim})"
+            )
+        with atomic_file(claim) as handle:
+            json.dump(record, handle)
+    return claim
+
+
+def _claim_holder(claim: Path) -> dict[str, Any] | None:
+    """The record of a live claim on ``claim``; ``None`` if there is none or it is stale."""
+    try:
+        holder = json.loads(claim.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {} if time.time() - claim.stat().st_mtime < CLAIM_STALE_SECONDS else None
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return None  # its process is gone: stale
+        except PermissionError:
+            pass  # another user's live process
+    return holder
+
+
+def release_claim(claim: Path | None) -> None:
+    """Remove a claim made by :func:`claim_folder` in this process (once the adapter is written,
+    or the run stopped)."""
+    if claim is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(claim.read_text()).get("pid") == os.getpid():
+            claim.unlink()
+
+
 @contextlib.contextmanager
-def folder_lock(folder: str | Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``folder`` (a directory) for the duration.
+def folder_lock(folder: str | Path, shared: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on ``folder`` (a directory) for the duration: exclusive for a
+    writer that swaps a folder in it, ``shared`` for readers of such a folder (they read
+    together, and never between a writer's two renames).
 
     The lock is taken on the directory itself, so it leaves no lock file behind; it
     excludes other processes and other threads alike (each holds its own descriptor).
@@ -88,7 +181,7 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock

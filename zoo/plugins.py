@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import json
+import logging
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -27,6 +29,7 @@ from zoo.defaults import CoreDefaults
 from zoo.method import Method
 
 ENTRY_POINT_GROUP = "ftzoo.methods"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,37 +58,71 @@ def register_method(cls: type[Method], name: str | None = None) -> None:
     available_methods.cache_clear()
 
 
+CORE_DISTRIBUTION = "ftzoo"
+"""The distribution of this package: its built-in methods keep their names if a third party reuses one."""
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """An entry point in ``ftzoo.methods`` that was skipped: it failed to load, names no
+    :class:`zoo.Method` subclass, or reuses a name already registered."""
+
+    name: str
+    value: str
+    distribution: str
+    version: str
+    error: str
+
+    def describe(self) -> str:
+        source = f"{self.distribution} {self.version}".strip()
+        return f"method plugin {self.name!r} ({self.value}, from {source}): {self.error}"
+
+
+_BROKEN: dict[str, BrokenPlugin] = {}
+
+
 @functools.cache
 def available_methods() -> dict[str, MethodEntry]:
-    """Load every method of the ``ftzoo.methods`` entry point group, by registered name.
+    """Every method of the ``ftzoo.methods`` entry point group that loads, by registered name.
 
-    Raises:
-        PluginError: an entry point does not load, is not a :class:`zoo.Method` subclass,
-            or two distributions register the same name.
+    A broken plugin (see :func:`broken_plugins`) is skipped with a warning that names its
+    package, entry point and error, so it breaks neither the other methods nor the tools.
     """
     found: dict[str, MethodEntry] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist else "?"
-        version = ep.dist.version if ep.dist else ""
+    _BROKEN.clear()
+    # ftzoo's own entry points first, so that a third party reusing a built-in name is the one skipped
+    eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: _dist(ep)[0] != CORE_DISTRIBUTION)
+    for ep in eps:
+        dist, version = _dist(ep)
         try:
             cls = ep.load()
-        except Exception as err:  # a broken third-party plugin must say which one it is
-            raise PluginError(
-                f"method plugin {ep.name!r} ({ep.value}, from {dist}) failed to load: {err}"
-            ) from err
-        if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise PluginError(
-                f"entry point {ep.name!r} = {ep.value} (from {dist}) in group "
-                f"{ENTRY_POINT_GROUP!r} must name a zoo.Method subclass, got {cls!r}"
-            )
-        if ep.name in found and found[ep.name].cls is not cls:
-            raise PluginError(
-                f"method name {ep.name!r} is registered twice: by {found[ep.name].distribution} "
-                f"and by {dist}"
-            )
-        found[ep.name] = MethodEntry(ep.name, cls, dist, version)
+        except Exception as err:  # noqa: BLE001  # a broken third-party plugin is reported, and breaks nothing else
+            error = f"failed to load: {type(err).__name__}: {err}"
+        else:
+            if not (isinstance(cls, type) and issubclass(cls, Method)):
+                error = f"names {cls!r}, not a zoo.Method subclass"
+            elif ep.name in found and found[ep.name].cls is not cls:
+                error = f"reuses the name {ep.name!r}, already registered by {found[ep.name].distribution}"
+            else:
+                found[ep.name] = MethodEntry(ep.name, cls, dist, version)
+                continue
+        plugin = BrokenPlugin(ep.name, ep.value, dist, version, error)
+        _BROKEN.setdefault(ep.name if ep.name not in found else f"{ep.name} ({dist})", plugin)
+        log.warning("ftzoo: skipped %s", plugin.describe())
     found.update(_REGISTERED)
     return found
+
+
+def broken_plugins() -> dict[str, BrokenPlugin]:
+    """The entry points :func:`available_methods` skipped, by registered name (a reused
+    name as ``"name (distribution)"``); ``python -m zoo plugins`` lists them."""
+    available_methods()
+    return dict(_BROKEN)
+
+
+def _dist(ep: Any) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    return (dist.name, dist.version) if dist else ("?", "")
 
 
 def method_class(name: str) -> type[Method]:
@@ -96,9 +133,30 @@ def method_class(name: str) -> type[Method]:
     return methods[name].cls
 
 
+def resolve_method_class(reference: str) -> type[Method]:
+    """The method class a registered name (``lora``) or a ``module.Class`` path names, as
+    ``--model.method`` takes it; for tools that check a method before they run ``fit``.
+
+    Raises:
+        PluginError: no installed method has that name, or the path names no :class:`Method` subclass.
+    """
+    if reference in available_methods() or "." not in reference:
+        return method_class(reference)
+    module, _, name = reference.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise PluginError(f"{reference}: cannot import it ({type(err).__name__}: {err})") from err
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise PluginError(f"{reference} is not a zoo.Method subclass")
+    return cls
+
+
 def unknown_method_message(name: str) -> str:
     """Say that ``name`` is no installed method: list them, and the closest name if any."""
     methods = available_methods()
+    if name in broken_plugins():
+        return f"the {broken_plugins()[name].describe()}; fix or uninstall that package (python -m zoo plugins)"
     known = ", ".join(sorted(methods)) or "none"
     close = difflib.get_close_matches(name, list(methods), n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -165,8 +223,9 @@ def check_method(method: Method) -> None:
     """Check a method as it is loaded, so that its author learns at once what to change.
 
     Raises:
-        PluginError: a required hook is missing, or the config cannot rebuild the method
-            (an ``__init__`` argument not stored as an attribute of the same name).
+        PluginError: a required hook is missing, the config cannot rebuild the method
+            (an ``__init__`` argument not stored as an attribute of the same name), or an
+            argument cannot be stored as JSON (a set, a tensor, a path object).
     """
     cls, who, marker = type(method), f"method {type(method).__qualname__}", HOOKIMPL_MARK
     missing = [name for name in REQUIRED_HOOKS if not hasattr(getattr(cls, name, None), marker)]
@@ -184,6 +243,15 @@ def check_method(method: Method) -> None:
             "as an attribute of the same name (self.x = x), since checkpoints and adapters rebuild the method "
             "from them"
         ) from err
+    for name, value in config.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as err:  # refused now, not when the adapter is written after training
+            raise PluginError(
+                f"{who}: init argument {name}={value!r} is a {type(value).__name__}, which cannot be stored as "
+                f"JSON ({err}); checkpoints and adapters record the config as JSON: give lists, dicts with string "
+                "keys, strings, numbers, booleans or None (e.g. a list instead of a set)"
+            ) from err
 
 
 def method_hooks(method: Method | None) -> pluggy.HookRelay:

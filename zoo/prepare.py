@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import torch
@@ -167,6 +167,72 @@ def extract_adapter(
     tensors = hooks.ftzoo_extract_adapter(model=model, selection=selection)
     tensors = {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
     return Adapter(method_name(method), method.config(), selection, base, tensors, info)
+
+
+def plain_view(model: nn.Module) -> nn.Module:
+    """A tree of empty modules holding ``model``'s parameters under their names (the same
+    tensors, no copy): the plain base as it was before a rewrite, for hooks that read base
+    weights by name (``ftzoo_adapter_deltas``) after the model itself was rewritten."""
+    root = nn.Module()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        *path, leaf = name.split(".")
+        module = root
+        for part in path:
+            if part not in module._modules:
+                module.add_module(part, nn.Module())
+            module = module._modules[part]
+        module.register_parameter(leaf, param)
+    root.config = getattr(model, "config", None)
+    return root
+
+
+START_TOLERANCE = 1e-3
+"""How large, relative to the base weight's largest entry, a delta of the untrained rewrite may
+be (rounding: DoRA's magnitudes recompute the weight); ``16 eps`` of the dtype if larger."""
+
+
+def check_untrained_deltas(
+    hooks: HookRelay, method: Method, model: nn.Module, selection: Any, base: BaseModelInfo, plain: nn.Module
+) -> None:
+    """Check ``ftzoo_adapter_deltas`` on the adapter of the untrained rewrite, at the start of fit.
+
+    Before any step the rewritten model computes what the base does, so every delta must be
+    zero, of a base parameter, of its shape. A method whose deltas are the trained values
+    instead of differences trains to the end, and its export, merge and serving build a
+    wrong model: it is refused here, before the first step.
+
+    Args:
+        hooks, method, selection: the method being trained.
+        model: the rewritten, untrained model.
+        base: the base model's identity.
+        plain: :func:`plain_view` of the base taken before the rewrite.
+
+    Raises:
+        PluginError: naming the hook, the parameter and what is wrong.
+    """
+    who = f"method {method_name(method)!r}: ftzoo_adapter_deltas"
+    adapter = extract_adapter(hooks, method, model, selection, base, {})
+    with torch.no_grad():
+        try:
+            deltas = hooks.ftzoo_adapter_deltas(adapter=adapter, model=plain)
+        except Exception as err:  # the author's code: any failure on its own fresh adapter is the hook's
+            raise PluginError(f"{who} fails on the adapter of the untrained rewrite: {type(err).__name__}: {err}") from err
+        params = dict(plain.named_parameters(remove_duplicate=False))
+        for name, delta in (deltas or {}).items():
+            if name not in params:
+                raise PluginError(f"{who} changes {name!r}, which the base model does not have")
+            weight = params[name]
+            if delta.shape != weight.shape:
+                raise PluginError(f"{who} gives {name!r} shape {list(delta.shape)}; the base has {list(weight.shape)}")
+            largest, scale = float(delta.abs().max()) if delta.numel() else 0.0, float(weight.abs().max())
+            eps = torch.finfo(weight.dtype).eps if weight.is_floating_point() else 0.0
+            if not largest <= max(START_TOLERANCE, 16 * eps) * scale + 1e-12:
+                raise PluginError(
+                    f"{who} gives {name!r} a difference of up to {largest:.4g} before any training step (the base "
+                    f"weight's largest entry is {scale:.4g}); it must return fused - base weights, zero for the "
+                    "untrained rewrite, not the weights themselves: export, merge and serving would build a wrong "
+                    "model from it"
+                )
 
 
 def calibration_batches(datamodule: Any, count: int, model: nn.Module) -> Batches:

@@ -1,9 +1,10 @@
 """Validation, test and predict steps of ``FineTuneModule``: greedy generations, scored per task.
 
 The data module names its evaluation tasks and scores a generation against an answer
-(``eval_tasks``, ``is_correct``, ``extract_answer``); :class:`EvaluationSteps` generates
-greedily (:func:`zoo.evaluation.greedy_config`) and :class:`TaskAccuracy` keeps a mean per
-task, reduced across ranks by torchmetrics, and logs each task's accuracy and their average.
+(``eval_tasks``, ``is_correct``, ``extract_answer``); :class:`EvaluationSteps` answers each
+batch's prompts greedily through :func:`zoo.inference.greedy_answers` (the path ``tools.evaluate``
+and the server take too) and :class:`TaskAccuracy` keeps a mean per task, reduced across ranks
+by torchmetrics, and logs each task's accuracy and their average.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_info
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
-from zoo.evaluation import greedy_config
+from zoo.inference.greedy import greedy_answers
 
 
 def metric_key(task: str) -> str:
@@ -96,10 +97,10 @@ class EvaluationSteps:
         self.accuracy.setup(self.trainer.datamodule, stage)
 
     def _generate(self, batch: dict[str, Any]) -> list[str]:
-        prompt = batch["prompt_input_ids"]
-        config = greedy_config(self.tokenizer, self.trainer.datamodule.max_new_tokens)
-        out = self.model.generate(input_ids=prompt, attention_mask=batch["prompt_attention_mask"], generation_config=config)
-        return self.tokenizer.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=True)
+        """The batch's greedy answers, its prompts decoded together (their padding stripped)."""
+        rows = zip(batch["prompt_input_ids"].tolist(), batch["prompt_attention_mask"].tolist())
+        prompts = [[token for token, real in zip(ids, mask) if real] for ids, mask in rows]
+        return greedy_answers(self.model, self.tokenizer, prompts, self.trainer.datamodule.max_new_tokens, len(prompts))
 
     def _evaluation_step(self, batch: dict[str, Any], prefix: str) -> None:
         self.log(f"{prefix}/loss", self._loss(batch), prog_bar=True, batch_size=len(batch["input_ids"]), sync_dist=True)

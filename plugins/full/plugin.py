@@ -11,8 +11,7 @@ import re
 import torch
 from torch import nn
 
-from zoo import Adapter, Method, hookimpl
-from zoo.targets import check_trainable_parameters, packed_weights
+from zoo import Adapter, Method, check_trainable_parameters, hookimpl, packed_weights
 
 
 class FullFineTuning(Method):

@@ -19,7 +19,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from plugins.lora.config import peft_config, stored_rank
-from zoo.adapter import Adapter
+from zoo import Adapter
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"

@@ -21,10 +21,17 @@ from plugins.lora.config import LLM_ADAPTERS_TARGETS, check_init, mutates_base, 
 from plugins.lora.layer import LowRankDelta, delta_weight
 from plugins.lora.model import base_name, extract, inject, load, split_by_layer
 from plugins.lora.peft_format import write_peft_files
-from zoo import Adapter, Method, hookimpl
-from zoo.merging.combine import MergeOptions
-from zoo.quantization import is_quantized_linear, layer_quantization
-from zoo.targets import UnsupportedWeightError, check_trainable_modules, find_modules
+from zoo import (
+    Adapter,
+    MergeOptions,
+    Method,
+    UnsupportedWeightError,
+    check_trainable_modules,
+    find_modules,
+    hookimpl,
+    is_quantized_linear,
+    layer_quantization,
+)
 
 
 class LoRA(Method):

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo import Adapter, AdapterError, Method, hookimpl
-from zoo.merging import MERGED_METHOD
+from zoo import MERGED_METHOD, Adapter, AdapterError, Method, hookimpl
 
 
 class MergedDeltas(Method):

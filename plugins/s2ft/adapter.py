@@ -26,8 +26,7 @@ from plugins.s2ft.layers import S2FTLinear
 from plugins.s2ft.permute import unit_index
 from plugins.s2ft.quantized import S2FTQuantizedLinear
 from plugins.s2ft.selection import SELECTION_FORMAT, SELECTION_VERSION, projections_of
-from zoo import Adapter, AdapterError
-from zoo.merging.combine import MergeOptions
+from zoo import Adapter, AdapterError, MergeOptions
 
 DELTA_SUFFIX = ".s2ft_delta"
 

@@ -25,10 +25,16 @@ from plugins.s2ft.quantized import S2FTQuantizedLinear
 from plugins.s2ft.permute import permute_, plan_attention, plan_channels, positions, runs
 from plugins.s2ft.selection import STRATEGIES, Target, choose, make_selection, projections_of, unit_count
 from plugins.s2ft.structures import Block, coupled_blocks
-from zoo import Adapter, Method, hookimpl
-from zoo.merging.combine import MergeOptions
-from zoo.quantization import is_quantized_linear, quantization_of
-from zoo.targets import UnsupportedWeightError, check_trainable_modules
+from zoo import (
+    Adapter,
+    MergeOptions,
+    Method,
+    UnsupportedWeightError,
+    check_trainable_modules,
+    hookimpl,
+    is_quantized_linear,
+    quantization_of,
+)
 
 
 class S2FT(Method):

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from zoo.quantization import dequantized_weight, layer_quantization
+from zoo import dequantized_weight, layer_quantization
 
 from plugins.s2ft.config import ROLES, Allocation, Budget, resolve_count
 from plugins.s2ft.structures import Block

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zoo.quantization import layer_quantization
+from zoo import layer_quantization
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 

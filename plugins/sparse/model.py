@@ -24,9 +24,7 @@ from torch import nn
 
 from plugins.sparse.indices import ENCODING, decode, encode
 from plugins.sparse.layer import SparseMaskLinear, SparseMaskQuantizedLinear, csr_tensor
-from zoo.adapter import AdapterError
-from zoo.quantization import is_quantized_linear, weight_shape
-from zoo.targets import check_trainable_modules
+from zoo import AdapterError, check_trainable_modules, is_quantized_linear, weight_shape
 
 INDICES, VALUES = "mask_indices", "mask_values"
 

@@ -19,9 +19,7 @@ from torch import nn
 from plugins.sparse import model as masks
 from plugins.sparse.indices import encode
 from plugins.sparse.selection import STRATEGIES
-from zoo import Adapter, Method, hookimpl
-from zoo.merging.combine import MergeOptions
-from zoo.targets import find_modules
+from zoo import Adapter, MergeOptions, Method, find_modules, hookimpl
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

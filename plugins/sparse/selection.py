@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from zoo.quantization import dequantized_weight, is_quantized_linear, weight_shape
+from zoo import dequantized_weight, is_quantized_linear, weight_shape
 
 Batches = Callable[[], Iterator[dict[str, torch.Tensor]]]
 

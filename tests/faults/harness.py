@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 from lightning.pytorch import Callback
-
 from locations import REPO
 
 
@@ -52,6 +54,23 @@ class SigintAt(Callback):
             signal.raise_signal(signal.SIGINT)
 
 
+class SigtermAt(SigintAt):
+    """Send this process SIGTERM (what a scheduler or ``kill`` sends) in the middle of step ``step``."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step + 1 == self.step:
+            signal.raise_signal(signal.SIGTERM)
+
+
+class SigintTwiceAt(SigintAt):
+    """Ctrl-C twice in the middle of step ``step`` (before its update), as an impatient user does."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step + 1 == self.step:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+
+
 @contextlib.contextmanager
 def sigint_restored() -> Iterator[None]:
     """Lightning ignores SIGINT after it handles one; give the test process its handler back."""
@@ -60,3 +79,29 @@ def sigint_restored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, handler)
+
+
+class FitAnotherAt(Callback):
+    """At step ``step``, run ``lightning fit`` with :attr:`args` in a child process while this
+    run waits, as a second user would; its exit status and stderr go to :attr:`result`."""
+
+    args: ClassVar[list[str]] = []
+    result: ClassVar[dict[str, object]] = {}
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            done = subprocess.run([sys.executable, "-m", "zoo.cli", *self.args], capture_output=True, text=True,
+                                  cwd=REPO, timeout=300, check=False)  # fmt: skip
+            FitAnotherAt.result = {"returncode": done.returncode, "stderr": done.stderr}
+
+
+class RecordLr(Callback):
+    """Keep the learning rate of each optimizer step (of the first parameter group) in :attr:`seen`."""
+
+    seen: ClassVar[dict[int, float]] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        RecordLr.seen[trainer.global_step + 1] = optimizer.param_groups[0]["lr"]

@@ -8,6 +8,11 @@
 | ``--ckpt_path`` names a truncated file      | CheckpointError: "<path> is damaged (N bytes;    | the file, untouched              |
 |                                             | ...)", and the other checkpoints beside it       |                                  |
 | ``--ckpt_path`` names no file               | CheckpointError: "<path>: no such checkpoint"    |                                  |
+| the disk fills during fit: the periodic     | "Could not write <interrupted.ckpt> either: ...  | ``last.ckpt`` of step 2, whole;  |
+| checkpoint of step 3 fails, and the         | No space left on device", "Last complete         | no temporary file                |
+| interrupt checkpoint too                    | checkpoint, at step 2: <last.ckpt>" and the      |                                  |
+|                                             | resume command; ``lightning`` ends with one      |                                  |
+|                                             | ``error:`` line (no traceback)                   |                                  |
 """
 
 from __future__ import annotations
@@ -15,13 +20,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import resource
+import shlex
 import signal
+import sys
 from collections.abc import Iterator
 
 import pytest
 import torch
 from faults.harness import quickstart_args, run_dir
 
+from zoo import cli as zoo_cli
 from zoo.checkpoints import AtomicCheckpointIO, CheckpointError
 from zoo.cli import build_cli
 
@@ -82,3 +90,33 @@ def test_resuming_from_a_truncated_checkpoint_names_the_file(finished_run, tiny_
 def test_resuming_from_a_missing_checkpoint_names_the_file(tiny_llama_dir, tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         build_cli(quickstart_args(tiny_llama_dir, tmp_path, 3, "--ckpt_path", str(tmp_path / "nope.ckpt")))
+
+
+def test_a_full_disk_during_fit_names_the_last_complete_checkpoint_and_the_resume_command(
+    tiny_llama_dir, tmp_path, monkeypatch, capsys
+):
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def full_from_step_3(self, checkpoint, path, storage_options=None):
+        if checkpoint["global_step"] >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", full_from_step_3)
+    every_step = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "1",
+                  "--trainer.callbacks.save_top_k", "-1", "--trainer.callbacks.save_last", "true"]  # fmt: skip
+    args = quickstart_args(tiny_llama_dir, tmp_path, 6, *every_step)
+    monkeypatch.setattr(sys, "argv", ["lightning", *args])
+    with pytest.raises(SystemExit) as exit_:
+        zoo_cli.main()
+    assert exit_.value.code == f"error: [Errno {errno.ENOSPC}] No space left on device: " + repr(
+        str(run_dir(tmp_path) / "checkpoints" / "epoch=0-step=3.ckpt")
+    )  # one line, no traceback
+    printed = capsys.readouterr().err
+    folder = run_dir(tmp_path) / "checkpoints"
+    assert f"Could not write {folder / 'interrupted.ckpt'} either: [Errno {errno.ENOSPC}]" in printed, printed
+    assert f"Last complete checkpoint, at step 2: {folder / 'last.ckpt'}" in printed
+    command = shlex.split(printed.split("Resume with:\n", 1)[1].strip().splitlines()[0])
+    assert command[0] == "lightning" and command[-2:] == ["--ckpt_path", str(folder / "last.ckpt")]
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch=0-step=1.ckpt", "epoch=0-step=2.ckpt", "last.ckpt"]

@@ -6,6 +6,8 @@
 |                                             |                      | ``.adapter.tmp-*`` or ``.adapter.old-*`` left      |
 | 2 processes x 25 saves                      | the same             | the same                                           |
 | a save fails while swapping folders         | its error            | the previous adapter, whole                        |
+| a reader loads the adapter while 2          | every load succeeds  | each load is one complete adapter (readers take a  |
+| processes replace it 25 times each          |                      | shared lock; a swap waits for them, they for it)   |
 """
 
 from __future__ import annotations
@@ -92,3 +94,27 @@ def test_a_failed_swap_keeps_the_previous_adapter(tiny, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert_one_complete_adapter(tmp_path, folder, {0.0}, key)
     assert torch.equal(load_adapter(folder).tensors[key], first.tensors[key])
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+def test_a_reader_never_sees_an_adapter_being_replaced(tiny, tmp_path):
+    saved = variants(tiny, 2)
+    key = saved[0][1]
+    folder = save_adapter(saved[0][0], tmp_path / "adapter")
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    workers = [context.Process(target=_process_writer, args=(a, folder, errors)) for a, _ in saved]
+    for worker in workers:
+        worker.start()
+    loads, failures = 0, []
+    while any(w.is_alive() for w in workers) or loads < 50:
+        try:
+            loaded = load_adapter(folder)
+            assert float(loaded.tensors[key][0]) in {0.0, 1.0} and set(loaded.tensors) == set(saved[0][0].tensors)
+        except Exception as err:  # noqa: BLE001 - counted, then reported
+            failures.append(repr(err))
+        loads += 1
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0] and errors.empty()
+    assert failures == [], f"{len(failures)} of {loads} loads failed: {failures[:3]}"

@@ -7,6 +7,10 @@
 | ``tools/export.py`` of a NaN adapter   | NonFiniteError before the base loads                  | no model folder                    |
 | ``tools/merge.py`` with a NaN adapter  | NonFiniteError naming the adapter                     | no merged adapter                  |
 | ``allow_nonfinite`` given              | it is written as asked                                | the NaN adapter / model            |
+| a NaN adapter given to ``lightning     | NonFiniteError "adapter <folder> holds non-finite     | nothing written                    |
+| test``, ``tools.switch``,              | values in 1 tensor(s): <tensor> (3 NaN, 0 inf of N)", |                                    |
+| ``tools.serve`` (file or HTTP),        | before the base model loads (``lightning`` prints it  |                                    |
+| ``tools.evaluate`` (every loader)      | as one ``error:`` line)                               |                                    |
 | the loss becomes NaN at step 3 of fit  | NonFiniteLossError "the training loss became nan at   | ``interrupted.ckpt`` with the      |
 |                                        | step 3; ... stopped before that update", and the      | finite weights of step 2; no       |
 |                                        | resume command                                        | adapter                            |
@@ -18,11 +22,17 @@ import pytest
 import torch
 from faults.harness import quickstart_args, run_dir
 
+from tools import serve as serve_tool
+from tools import switch as switch_tool
 from tools.export import export
 from tools.merge import merge
+from tools.serve import serve
+from tools.switch import switch
+from zoo import module as zoo_module
 from zoo.adapter import NonFiniteError, load_adapter, save_adapter
 from zoo.cli import build_cli
 from zoo.guard import NonFiniteLossError
+from zoo.inference import read_adapter
 from zoo.module import FineTuneModule
 
 
@@ -45,7 +55,7 @@ def test_saving_a_nan_adapter_is_refused_unless_allowed(tiny, tmp_path):
         save_adapter(adapter, tmp_path / "adapter")
     assert list(tmp_path.iterdir()) == []
     save_adapter(adapter, tmp_path / "adapter", allow_nonfinite=True)
-    assert torch.isinf(load_adapter(tmp_path / "adapter").tensors[name]).any()
+    assert torch.isinf(load_adapter(tmp_path / "adapter", allow_nonfinite=True).tensors[name]).any()
 
 
 def test_export_refuses_a_nan_adapter_unless_allowed(nan_adapter, tmp_path):
@@ -60,7 +70,7 @@ def test_export_refuses_a_nan_adapter_unless_allowed(nan_adapter, tmp_path):
 def test_merge_refuses_a_nan_adapter(nan_adapter, tiny, tmp_path):
     folder, _ = nan_adapter
     good = tiny.saved("full", tmp_path / "good", seed=1)
-    with pytest.raises(NonFiniteError, match="adapter nan holds non-finite values"):
+    with pytest.raises(NonFiniteError, match=f"adapter {folder} holds non-finite values"):
         merge(adapters=[f"nan={folder}", f"good={good}"], output=str(tmp_path / "merged"))
     assert not (tmp_path / "merged").exists()
 
@@ -83,3 +93,35 @@ def test_a_nan_loss_stops_fit_before_the_update_and_keeps_the_last_good_weights(
     assert state["global_step"] == 2 and state["state_dict"]
     assert all(torch.isfinite(t).all() for t in state["state_dict"].values())
     assert not (run_dir(tmp_path) / "adapter").exists()
+
+
+def no_base_load(monkeypatch) -> None:
+    """Fail if a base model is loaded: the refusal must come first."""
+    refuse = lambda *a, **k: pytest.fail("the base model was loaded before the adapter was checked")
+    for module in (zoo_module, switch_tool, serve_tool):
+        monkeypatch.setattr(module, "load_base" if module is not zoo_module else "load_model", refuse, raising=True)
+
+
+def test_every_loader_refuses_a_nan_adapter_naming_the_tensor(nan_adapter, tiny_llama_dir, tmp_path, monkeypatch):
+    folder, name = nan_adapter
+    message = rf"adapter {folder} holds non-finite values in 1 tensor\(s\): {name} \(3 NaN, 0 inf of \d+\)"
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text('{"prompt": "2+2=", "adapter": "nan"}\n')
+    with pytest.raises(NonFiniteError, match=message):
+        read_adapter(folder)  # what tools.evaluate reads adapters with
+    with pytest.raises(NonFiniteError, match=message):
+        build_cli(["test", "--model.model", str(tiny_llama_dir), "--model.adapter", str(folder),
+                   "--data", "datamodules.ArithmeticDataModule", "--data.num_train", "8", "--data.num_test", "4",
+                   "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                   "--trainer.default_root_dir", str(tmp_path / "test-run")])  # fmt: skip
+    no_base_load(monkeypatch)
+    with pytest.raises(NonFiniteError, match=message):
+        switch([str(folder)], output=str(tmp_path / "switch.json"))
+    with pytest.raises(NonFiniteError, match=message):
+        serve([f"nan={folder}"], requests=str(requests), output=str(tmp_path / "answers.jsonl"))
+    monkeypatch.setattr(serve_tool, "run_server", lambda *a, **k: pytest.fail("the server started"))
+    with pytest.raises(NonFiniteError, match=message):
+        serve([f"nan={folder}"], port=8765)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan-adapter", "requests.jsonl", "test-run"]
+    assert [p.name for p in (tmp_path / "test-run").iterdir()] == ["config.yaml"]  # no results
+    assert load_adapter(folder, allow_nonfinite=True).tensors[name].isnan().sum() == 3  # when asked

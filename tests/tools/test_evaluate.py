@@ -13,7 +13,15 @@ from datamodules import ArithmeticDataModule
 from datamodules.encode import Example
 from tools.evaluate import evaluate
 from zoo.adapter import BaseModelInfo, save_adapter
-from zoo.evaluation import Score, macro_average, mcnemar, sample_items, wilson_interval
+from zoo.evaluation import (
+    Score,
+    macro_average,
+    mcnemar,
+    mean_and_sd,
+    minimum_detectable_difference,
+    sample_items,
+    wilson_interval,
+)
 from zoo.loading import load_model
 from zoo.report import markdown_report, plot_results, score_entries
 
@@ -229,3 +237,20 @@ def test_evaluate_by_loglikelihood_refuses_a_task_that_is_not_multiple_choice(ti
 
     with pytest.raises(DataError, match="ArithmeticDataModule has a task that is not multiple choice.*task arithmetic"):
         evaluate(_arithmetic(), base_model=str(tiny_llama_dir), scoring="loglikelihood")
+
+
+def test_minimum_detectable_difference_solves_connors_sample_size():
+    # Connor (1987): psi = 0.2 discordant, delta = 0.1 needs (1.96*sqrt(.2) + 0.8416*sqrt(.19))^2 / .01 = 155 items
+    needed = (1.959963984540054 * math.sqrt(0.2) + 0.8416212335729143 * math.sqrt(0.19)) ** 2 / 0.01
+    assert minimum_detectable_difference(round(needed), 0.2) == pytest.approx(0.1, abs=2e-4)
+    # more items detect less; a difference never exceeds the discordant fraction
+    assert minimum_detectable_difference(10 * round(needed), 0.2) < 0.04
+    assert minimum_detectable_difference(5, 0.2) == 0.2
+    with pytest.raises(ValueError, match="need items > 0"):
+        minimum_detectable_difference(0, 0.2)
+
+
+def test_mean_and_sd_over_seeds():
+    assert mean_and_sd([0.9, 0.895, 0.86]) == pytest.approx((0.885, 0.02179), abs=1e-5)
+    mean, sd = mean_and_sd([0.5])
+    assert mean == 0.5 and math.isnan(sd)

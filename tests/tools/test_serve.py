@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
+from hf_generate import hf_greedy
 from tiny_adapters import METHODS
 from tiny_models import tiny_tokenizer
 
 from tools.serve import Request, generate_mixed, serve
 from zoo.adapter import AdapterError
-from zoo.inference import MixedAdapterModel, encode_prompts, generate_greedy, hooks_for
+from zoo.inference import MixedAdapterModel, encode_prompts, hooks_for
 
 PROMPTS = ["hello", "the sea is", "a", "12 + 7 =", "once upon a time", "xyz", "Q:", "ok then"]
 NEW_TOKENS = 5
@@ -22,7 +23,7 @@ def fused_answer(tiny, adapter, prompt):
     if adapter is not None:
         hooks_for(adapter).ftzoo_fuse_adapter(model=model, adapter=adapter, scale=1.0)
     tokenizer = tiny_tokenizer()
-    tokens, logits = generate_greedy(
+    tokens, logits = hf_greedy(
         model, tokenizer, encode_prompts(tokenizer, [prompt], False, "cpu"), NEW_TOKENS, True
     )
     return tokens[0].tolist(), logits[0]
@@ -162,7 +163,7 @@ def test_each_request_gets_its_adapters_template_and_system_prompt(tiny):
     tokenizer = tiny_tokenizer()
     batch = encode_prompts(tokenizer, ["hello"] * 3, ["chat", "alpaca", "plain"], "cpu", ["", None, None])
     with server.assign(["chat", "alpaca", None]):
-        _, logits = generate_greedy(server.model, tokenizer, batch, NEW_TOKENS, logits=True)
+        _, logits = hf_greedy(server.model, tokenizer, batch, NEW_TOKENS, logits=True)
     for answer, expected in zip(answers, logits):
         torch.testing.assert_close(answer.logits, expected[: len(answer.tokens)])
     without = encode_prompts(tokenizer, ["hello"], "chat", "cpu")  # the template's default instead
@@ -220,6 +221,7 @@ def test_serve_builds_the_server_config_from_its_options(monkeypatch):
 
     seen = {}
     monkeypatch.setattr("tools.serve.run_server", lambda config, host, port, log_level: seen.update(config=config))
+    monkeypatch.setattr("tools.serve.read_adapter", lambda path: None)  # the adapters are checked before serving
     monkeypatch.setenv("FTZOO_API_KEY", "from-env")
     serve(["a=x"], port=8000, batch_size=4, chat=True, shutdown_timeout=0.5)
     expected = ServerConfig(

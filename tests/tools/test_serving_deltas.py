@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hf_generate import hf_greedy
 from tiny_adapters import train_adapter
 from tiny_models import tiny_model, tiny_tokenizer
 
 from tools.serve import Request, generate_mixed
 from zoo.adapter import BaseModelInfo
-from zoo.inference import MixedAdapterModel, encode_prompts, generate_greedy, hooks_for
+from zoo.inference import MixedAdapterModel, encode_prompts, hooks_for
 from zoo.merging import merged_adapter
 from zoo.serving import EmbeddingDelta, FunctionalDelta, SliceDelta, serving_modules, slice_delta
 
@@ -89,6 +90,6 @@ def test_served_full_adapters_equal_fused_on_tied_and_biased_models(arch, overri
                 model=fused, adapter=adapters[request.adapter], scale=1.0
             )
         batch = encode_prompts(tokenizer, [request.prompt], False, "cpu")
-        tokens, logits = generate_greedy(fused, tokenizer, batch, 4, logits=True)
+        tokens, logits = hf_greedy(fused, tokenizer, batch, 4, logits=True)
         assert answer.tokens == tokens[0, : len(answer.tokens)].tolist()
         torch.testing.assert_close(answer.logits, logits[0, : len(answer.tokens)], atol=2e-5, rtol=1e-4)

@@ -7,12 +7,13 @@ import random
 
 import pytest
 import torch
+from hf_generate import hf_greedy
 from tiny_adapters import METHODS
 from tiny_models import tiny_tokenizer
 
 from tools.switch import switch
 from zoo.adapter import AdapterError
-from zoo.inference import AdapterSwitcher, encode_prompts, generate_greedy, hooks_for
+from zoo.inference import AdapterSwitcher, encode_prompts, hooks_for
 
 
 def fused(tiny, adapter):
@@ -63,7 +64,7 @@ def test_switch_tool_answers_as_the_fused_model(tiny, tmp_path):
     tokenizer = tiny_tokenizer()
     model = tiny.fresh()
     hooks_for(tiny.adapter("full", 0)).ftzoo_fuse_adapter(model=model, adapter=tiny.adapter("full", 0), scale=1.0)
-    tokens, _ = generate_greedy(model, tokenizer, encode_prompts(tokenizer, ["abc"], False, "cpu"), 5)
+    tokens, _ = hf_greedy(model, tokenizer, encode_prompts(tokenizer, ["abc"], False, "cpu"), 5)
     assert report["switches"][0]["answer"] == report["switches"][3]["answer"]
     assert report["switches"][0]["answer"] == tokenizer.decode(tokens[0], skip_special_tokens=True)
 

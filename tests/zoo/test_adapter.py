@@ -59,7 +59,8 @@ def test_failed_save_leaves_nothing(tmp_path):
     [
         (lambda d: (d / "adapter.json").unlink(), "adapter.json is missing"),
         (lambda d: (d / "adapter.json").write_text("{oops"), "malformed JSON at line 1"),
-        (lambda d: (d / "adapter.safetensors").write_bytes(b"garbage"), "not a readable safetensors"),
+        (lambda d: (d / "adapter.safetensors").write_bytes(b"garbage"), "adapter.safetensors: its SHA-256 is"),
+        (lambda d: (_edit(d, sha256={}), (d / "adapter.safetensors").write_bytes(b"garbage")), "not a readable safetensors"),
         (lambda d: _edit(d, format_version=99), "format_version 99 is not supported"),
         (lambda d: _edit(d, format="other"), "not an ftzoo adapter"),
         (lambda d: _edit(d, method=3), "field 'method' must be a str"),

@@ -1,10 +1,13 @@
 """Method discovery through entry points, and only the chosen method answering."""
 
+import ast
 import importlib.metadata
 
 import pytest
-
+from locations import REPO
 from stub_methods import Complete
+
+import zoo
 from zoo import Method, hookimpl
 from zoo.plugins import (
     ENTRY_POINT_GROUP,
@@ -115,3 +118,18 @@ def test_list_plugins_names_the_distribution():
     table = list_plugins()
     assert table.splitlines()[0].split() == ["name", "class", "distribution"]
     assert any(line.split()[:3] == ["full", "plugins.full.plugin.FullFineTuning", "ftzoo"] for line in table.splitlines())
+
+
+def test_builtin_plugins_use_only_the_face_an_outside_plugin_has():
+    """Built-ins register and import like third parties: only ``from zoo import ...`` of names in ``zoo.__all__``."""
+    inside = []
+    for path in sorted((REPO / "plugins").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("zoo"):
+                if node.module != "zoo":
+                    inside.append(f"{path.relative_to(REPO)}: from {node.module}")
+                inside += [f"{path.relative_to(REPO)}: {a.name}" for a in node.names if a.name not in zoo.__all__]
+            elif isinstance(node, ast.Import):
+                inside += [f"{path.relative_to(REPO)}: import {a.name}" for a in node.names if a.name.startswith("zoo")]
+    assert inside == []
+    assert {"MergeOptions", "How", "MERGED_METHOD", "find_modules", "UnsupportedWeightError"} <= set(zoo.__all__)

@@ -3,10 +3,13 @@
 * :mod:`zoo.inference.adapters`: read adapters, load their base, check and fuse them;
 * :mod:`zoo.inference.switch`: switch among adapters in place (fuse / unfuse);
 * :mod:`zoo.inference.mixed`: many adapters in one batch, unfused;
-* :mod:`zoo.inference.batching`: continuous batching on top of it: requests join and leave
-  the running batch between decoding steps (:mod:`~zoo.inference.kv_cache`,
-  :mod:`~zoo.inference.sampling`, :mod:`~zoo.inference.text`);
-* :mod:`zoo.inference.generate`: prompt encoding and greedy generation (one config);
+* :mod:`zoo.inference.batching`: continuous batching on top of it (or of a plain model):
+  requests join and leave the running batch between decoding steps
+  (:mod:`~zoo.inference.kv_cache`, :mod:`~zoo.inference.sampling`, :mod:`~zoo.inference.text`);
+* :mod:`zoo.inference.greedy`: greedy answers to a list of prompts through that batcher, the
+  one generation path of ``lightning validate/test/predict``, ``tools.evaluate``,
+  ``tools.switch`` and (the batcher itself) the server;
+* :mod:`zoo.inference.generate`: prompts in the template an adapter was trained with, tokenized;
 * :mod:`zoo.inference.export`: a plain Hugging Face folder of a fused model.
 
 The tools in ``tools/`` are thin command lines over these.
@@ -20,12 +23,12 @@ from zoo.inference.generate import (
     adapter_system_prompt,
     adapter_template,
     encode_prompts,
-    generate_greedy,
     pick_device,
     prompt_ids,
     prompt_info,
     synchronize,
 )
+from zoo.inference.greedy import greedy_answers
 from zoo.inference.mixed import MixedAdapterModel
 from zoo.inference.sampling import Sampling
 from zoo.inference.switch import BASE, AdapterSwitcher
@@ -46,7 +49,7 @@ __all__ = [
     "complete",
     "encode_prompts",
     "fuse_into",
-    "generate_greedy",
+    "greedy_answers",
     "hooks_for",
     "load_base",
     "parse_named",

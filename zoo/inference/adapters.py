@@ -45,9 +45,10 @@ def parse_named(specs: list[str], what: str = "adapter", by_parent: bool = False
     return named
 
 
-def read_adapter(path: str | Path) -> Adapter:
-    """Load an adapter folder (:func:`zoo.load_adapter`) and check that its method is installed."""
-    adapter = load_adapter(path)
+def read_adapter(path: str | Path, allow_nonfinite: bool = False) -> Adapter:
+    """Load an adapter folder (:func:`zoo.load_adapter`; one holding NaN or infinity is refused
+    unless ``allow_nonfinite``) and check that its method is installed."""
+    adapter = load_adapter(path, allow_nonfinite=allow_nonfinite)
     hooks_for(adapter, what=f"adapter {path}")
     return adapter
 

@@ -3,7 +3,8 @@
 A server cannot wait for a batch to fill, nor make a short answer wait for the longest one
 in its batch. :class:`ContinuousBatcher` keeps one running batch of requests, each with its
 own adapter (:class:`zoo.inference.MixedAdapterModel`: the base runs once per forward pass,
-each adapter's delta modules only on its rows), and its KV cache. Each :meth:`step`:
+each adapter's delta modules only on its rows; or a plain model, whose requests name no
+adapter), and its KV cache. Each :meth:`step`:
 
 1. drops requests that were cancelled;
 2. decodes one token for every running request (one forward pass of the whole batch);
@@ -15,17 +16,20 @@ each adapter's delta modules only on its rows), and its KV cache. Each :meth:`st
 
 The cache holds every token of a row except its last one (the next input), so a prefilled
 row and a decoded row are in the same state and decode together. Positions are counted per
-row (left padding is masked out), so a row's tokens are what it would get alone, as
-:func:`zoo.inference.generate_greedy` decodes it; sampling is per row too
-(:mod:`zoo.inference.sampling`). A request ends at the tokenizer's EOS token, one of its
-stop strings (:mod:`zoo.inference.text`), ``max_new_tokens``, or the model's context.
+row (left padding is masked out), so a row's tokens are what it would get alone (what
+Hugging Face ``generate`` decodes for it alone: the tests hold it to that, logits included);
+sampling is per row too (:mod:`zoo.inference.sampling`). A request ends at the tokenizer's
+EOS token, one of its stop strings (:mod:`zoo.inference.text`), ``max_new_tokens``, or the
+model's context.
 
 The batcher is not thread-safe: one thread calls :meth:`submit`, :meth:`cancel` and
-:meth:`step` (the server's worker loop, or :func:`complete` for a list of requests).
+:meth:`step` (the server's worker loop, :func:`complete` for a list of requests, or
+:func:`zoo.inference.greedy_answers`, the evaluation's greedy answers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections import deque
 from collections.abc import Hashable, Iterable
@@ -33,9 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from zoo.inference.kv_cache import check_supported, join, keep_rows, trim_padding
+from zoo.inference.kv_cache import check_supported, empty_cache, join, keep_rows, trim_padding
 from zoo.inference.mixed import MixedAdapterModel
 from zoo.inference.sampling import Sampling, next_tokens
 from zoo.inference.text import TextStream
@@ -99,7 +104,8 @@ class ContinuousBatcher:
     """One running batch of requests of many adapters; requests join and leave between steps.
 
     Args:
-        server: the base model with its adapters.
+        server: the base model with its adapters, or a plain model (a base, a fused model, a
+            model a method rewrote for training) whose requests name no adapter.
         tokenizer: the base model's tokenizer (EOS, padding, text).
         max_batch_size: requests decoded together at most; the rest wait in arrival order.
         keep_logits: keep each answer's logits (tests compare them with a fused model's).
@@ -109,12 +115,13 @@ class ContinuousBatcher:
             budget.
 
     Raises:
-        UnsupportedCacheError: the model's KV cache has sliding-window (or other) layers.
+        UnsupportedCacheError: the model's KV cache has layers other than full-attention and
+            sliding-window ones (:mod:`zoo.inference.kv_cache`).
     """
 
     def __init__(
         self,
-        server: MixedAdapterModel,
+        server: MixedAdapterModel | nn.Module,
         tokenizer: Any,
         max_batch_size: int = 16,
         keep_logits: bool = False,
@@ -122,9 +129,9 @@ class ContinuousBatcher:
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
-        check_supported(server.model.config)
-        self.server = server
-        self.model = server.model
+        self.server = server if isinstance(server, MixedAdapterModel) else None
+        self.model = server.model if isinstance(server, MixedAdapterModel) else server
+        check_supported(self.model.config)
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.keep_logits = keep_logits
@@ -169,8 +176,9 @@ class ContinuousBatcher:
                 f"the prompt ({len(request.ids)} tokens) and max_new_tokens ({request.max_new_tokens}) exceed the "
                 f"KV cache budget of {self.max_batch_tokens} tokens"
             )
-        if request.adapter is not None and request.adapter not in self.server.adapters:
-            raise KeyError(f"adapter {request.adapter!r} is not loaded (loaded: {sorted(self.server.adapters)})")
+        loaded = sorted(self.server.adapters) if self.server is not None else []
+        if request.adapter is not None and request.adapter not in loaded:
+            raise KeyError(f"adapter {request.adapter!r} is not loaded (loaded: {loaded or 'none'})")
         generator = request.sampling.generator(self.device)
         self.waiting.append(_Row(uid, request, TextStream(self.tokenizer, request.stop), generator))
         self._uids.add(uid)
@@ -195,7 +203,7 @@ class ContinuousBatcher:
     def step(self) -> list[Update]:
         """Decode one token for every running request and admit waiting ones (see the module docstring)."""
         updates: list[Update] = []
-        with torch.inference_mode():
+        with _no_grad():
             self._leave([row for row in self.rows if row.cancelled])
             if self.rows:
                 updates += self._decode()
@@ -225,7 +233,7 @@ class ContinuousBatcher:
         ids = torch.tensor([[row.generated[-1]] for row in self.rows], device=self.device)  # [B, 1]
         positions = self._mask.sum(dim=1, keepdim=True)  # [B, 1]: real tokens before it
         mask = F.pad(self._mask, (0, 1), value=1)
-        with self.server.assign([row.request.adapter for row in self.rows]):
+        with self._assigned(self.rows):
             cache = {self._cache_arg: self._cache}
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache)
         self._cache, self._mask = getattr(out, self._cache_arg), mask
@@ -242,7 +250,8 @@ class ContinuousBatcher:
         )
         positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)
         extra = {"logits_to_keep": 1} if self._last_logit_only else {}
-        with self.server.assign([row.request.adapter for row in rows]):
+        extra[self._cache_arg] = empty_cache()  # every layer whole, sliding-window ones too (kv_cache)
+        with self._assigned(rows):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
         updates = self._advance(rows, out.logits[:, -1])
         alive = [i for i, row in enumerate(rows) if row.finish is None]
@@ -257,6 +266,12 @@ class ContinuousBatcher:
             self._cache, self._mask = cache, mask
         self.rows += [rows[i] for i in alive]
         return updates
+
+    def _assigned(self, rows: list[_Row]) -> contextlib.AbstractContextManager:
+        """Each row's adapter for the forward pass (a plain model has none to assign)."""
+        if self.server is None:
+            return contextlib.nullcontext()
+        return self.server.assign([row.request.adapter for row in rows])
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -303,6 +318,13 @@ class ContinuousBatcher:
             return
         mask = keep_rows(self._cache, self._mask, torch.tensor(kept, device=self.device))
         self._mask = trim_padding(self._cache, mask)
+
+
+def _no_grad() -> contextlib.AbstractContextManager:
+    """Inference mode, unless the caller has turned gradients off already: Lightning evaluates
+    under ``no_grad`` where it judges inference mode unsafe (gloo's collectives, which FSDP's
+    forward passes run), and the batcher keeps that choice."""
+    return torch.inference_mode() if torch.is_grad_enabled() else contextlib.nullcontext()
 
 
 def _span(request: GenerationRequest) -> int:

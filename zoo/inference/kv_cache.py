@@ -16,8 +16,16 @@ Since every row is as wide as the longest, the cache of ``B`` rows takes
 ``B × longest × bytes_per_token`` bytes: what :class:`zoo.inference.ContinuousBatcher`
 budgets with ``max_batch_tokens``.
 
-Only full-attention layers (``DynamicLayer``) are supported: a sliding-window layer keeps
-a window whose left edge differs per row, which these operations cannot line up.
+The batcher keeps every layer's cache whole (:func:`empty_cache`: ``DynamicLayer`` only),
+sliding-window layers included (Mistral, Gemma, Qwen2 with ``use_sliding_window``):
+transformers' sliding-window cache layer drops columns as they leave the window, which the
+operations above cannot line up across caches of different lengths. The window is applied by
+the model's mask instead, by *column* (``column > query column - window``); every row's
+tokens are contiguous at the right (padding only on the left), so a row's column differences
+are its position differences, and each row sees exactly its own last ``window`` tokens.
+Keeping all columns costs memory beyond the window only, which the budget
+(``max_batch_tokens``) counts anyway. Layers of another kind (chunked
+or linear attention) are refused.
 """
 
 from __future__ import annotations
@@ -26,7 +34,10 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types_and_kwargs
+
+SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
+"""Attention layers whose cache a whole ``DynamicLayer`` holds (see the module docstring)."""
 
 
 class UnsupportedCacheError(TypeError):
@@ -41,12 +52,25 @@ def bytes_per_token(config: Any, dtype: torch.dtype) -> int:
 
 
 def check_supported(config: Any) -> None:
-    """Refuse a model whose cache (as transformers builds it from ``config``) has layers of another kind.
+    """Refuse a model with attention layers of another kind than full and sliding-window.
 
     Raises:
-        UnsupportedCacheError: naming the kind.
+        UnsupportedCacheError: naming the kinds (chunked attention's windows start at fixed
+            columns, which differ per row; linear attention keeps no per-token cache).
     """
-    _layers(DynamicCache(config=config))
+    layer_types, _ = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
+    others = sorted(set(layer_types) - set(SUPPORTED_LAYER_TYPES))
+    if others:
+        raise UnsupportedCacheError(
+            f"continuous batching needs full-attention or sliding-window layers; this model has {', '.join(others)} "
+            "layers"
+        )
+
+
+def empty_cache() -> DynamicCache:
+    """A cache whose layers keep every column (``DynamicLayer``, made as the model fills them),
+    whatever the model's config says: what a prefill starts from."""
+    return DynamicCache()
 
 
 def _layers(cache: DynamicCache) -> list[DynamicLayer]:
@@ -54,7 +78,8 @@ def _layers(cache: DynamicCache) -> list[DynamicLayer]:
     for layer in layers:
         if type(layer) is not DynamicLayer:
             raise UnsupportedCacheError(
-                f"continuous batching needs full-attention cache layers; this model uses {type(layer).__name__}"
+                f"the batch's cache has a {type(layer).__name__}; the batcher keeps whole DynamicLayers only "
+                "(does the model ignore the cache it is given?)"
             )
     return layers
 

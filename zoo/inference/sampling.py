@@ -2,8 +2,8 @@
 
 Rows of one batch belong to different requests, so each row carries its own settings and
 its own ``torch.Generator`` (a request with a ``seed`` gets the same answer whatever else
-shares its batch). Temperature 0 is greedy: ``argmax``, exactly what
-:func:`zoo.evaluation.greedy_config` decodes.
+shares its batch). Temperature 0 is greedy: ``argmax``, what
+:func:`zoo.inference.greedy_answers` decodes for evaluation.
 """
 
 from __future__ import annotations

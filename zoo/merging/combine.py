@@ -48,6 +48,11 @@ class MergeOptions:
         for name in ("density", "gamma"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.how in TRIMMING and self.density == 0:
+            raise ValueError(
+                f"{self.how} with density 0 keeps none of any adapter's changes: the merge would be an empty adapter "
+                "(the base model unchanged); give the fraction of changed entries to keep, in (0, 1] (e.g. 0.2)"
+            )
         if self.how == "breadcrumbs" and self.density + self.gamma > 1:
             raise ValueError(f"breadcrumbs needs density + gamma <= 1, got {self.density} + {self.gamma}")
         if self.average_over not in ("all", "changed"):
@@ -56,6 +61,9 @@ class MergeOptions:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+
+TRIMMING = ("ties", "dare", "dare_ties", "breadcrumbs")
+"""The merges that keep only a ``density`` fraction of each task vector's changes."""
 
 Merger = Callable[[list[torch.Tensor], torch.Tensor, MergeOptions, torch.Generator], torch.Tensor]
 

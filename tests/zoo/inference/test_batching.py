@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from hf_generate import hf_greedy
 from tiny_adapters import METHODS, train_adapter
 from tiny_models import tiny_model, tiny_tokenizer
 
@@ -17,7 +18,6 @@ from zoo.inference import (
     Sampling,
     complete,
     encode_prompts,
-    generate_greedy,
     hooks_for,
     prompt_ids,
 )
@@ -54,7 +54,7 @@ def alone(base, adapter, prompt, new_tokens):
         hooks_for(adapter).ftzoo_fuse_adapter(model=model, adapter=adapter, scale=1.0)
     tokenizer = tiny_tokenizer()
     batch = encode_prompts(tokenizer, [prompt], False, "cpu")
-    tokens, logits = generate_greedy(model, tokenizer, batch, new_tokens, True)
+    tokens, logits = hf_greedy(model, tokenizer, batch, new_tokens, True)
     return tokens[0].tolist(), logits[0]
 
 
@@ -195,13 +195,34 @@ def test_cache_rows_join_leave_and_padding_is_trimmed():
     assert cache.layers[0].values[:, 0, :, 0].tolist() == [[100, 101, 102], [103, 104, 105]]
 
 
-def test_a_model_with_sliding_window_layers_is_refused_up_front():
+@pytest.mark.parametrize(
+    "arch, window",
+    [("mistral", {"sliding_window": 6}), ("qwen2", {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1})],
+    ids=["mistral", "qwen2-hybrid"],
+)
+def test_sliding_window_rows_see_their_own_window_as_each_alone(arch, window):
+    """Windows of 6 tokens on prompts of 1 to 22 tokens and 10 new tokens: rows with different
+    padding join and leave the batch, and each sees exactly its own last 6 tokens, as ``generate``
+    (with transformers' own sliding-window cache) decodes it alone (Qwen2: one full, one sliding layer)."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(arch, **window)
+    server = MixedAdapterModel(model, BaseModelInfo.of(model, "tiny"))
+    requests = [GenerationRequest(prompt_ids(tokenizer, [p], False)[0], None, 10) for p in PROMPTS]
+    answers = complete(ContinuousBatcher(server, tokenizer, max_batch_size=3, keep_logits=True), requests)
+    for prompt, answer in zip(PROMPTS, answers):
+        tokens, logits = hf_greedy(model, tokenizer, encode_prompts(tokenizer, [prompt], False, "cpu"), 10, True)
+        assert answer.tokens == tokens[0, : len(answer.tokens)].tolist(), prompt
+        torch.testing.assert_close(answer.logits, logits[0, : len(answer.tokens)], atol=2e-5, rtol=1e-4)
+    full = tiny_model(arch)  # the same weights without a window answer otherwise: the window was applied
+    plain = complete(ContinuousBatcher(full, tokenizer, max_batch_size=3), requests)
+    assert [a.tokens for a in plain] != [a.tokens for a in answers]
+
+
+def test_a_model_with_chunked_attention_is_refused_up_front():
     from zoo.inference.kv_cache import UnsupportedCacheError
 
-    model = tiny_model("mistral", sliding_window=8)
-    server = MixedAdapterModel(model, BaseModelInfo.of(model, "tiny"))
-    with pytest.raises(UnsupportedCacheError, match="DynamicSlidingWindowLayer"):
-        ContinuousBatcher(server, tiny_tokenizer())
+    with pytest.raises(UnsupportedCacheError, match="chunked_attention"):
+        ContinuousBatcher(tiny_model("mistral", attention_chunk_size=4), tiny_tokenizer())
 
 
 def test_the_kv_budget_holds_requests_back_until_rows_leave(base, adapters):

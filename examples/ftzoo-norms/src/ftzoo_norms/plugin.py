@@ -18,8 +18,7 @@ import re
 import torch
 from torch import nn
 
-from zoo import Adapter, Method, hookimpl
-from zoo.targets import check_trainable_parameters
+from zoo import Adapter, Method, check_trainable_parameters, hookimpl
 
 
 class NormsOnly(Method):
