@@ -92,7 +92,9 @@ def evaluate(
             (the record's prompt in the data module's template, the answer sentence scored).
 
     Returns:
-        ``{"entries", "tasks", "items", "scores", "mcnemar", "seconds", ...}`` (also ``results.json``);
+        ``{"entries", "tasks", "items", "scores", "mcnemar", "seconds", ...}`` (also ``results.json``),
+        with each item's task (``item_tasks``) and outcome (``outcomes``: metric → entry → booleans,
+        the metric ``correct`` for generation) for studies over seeds (:mod:`zoo.studies`);
         with log-likelihood, ``"metrics"`` holds ``scores`` and ``mcnemar`` of ``acc`` and of
         ``acc_norm``, and ``scores``/``mcnemar`` are those of ``acc``.
     """
@@ -153,6 +155,8 @@ def evaluate(
         "prompt_style": getattr(data, "prompt_style", None),
         "seconds": seconds,
         **score_entries(items, correct, tasks),
+        "item_tasks": [e.task for e in items],
+        "outcomes": {"correct": correct},
     }
     if output is not None:
         write_report(results, items, generations, correct, Path(output))
@@ -205,6 +209,8 @@ def evaluate_choices(
         "items": {t: sum(item.task == t for item in items) for t in tasks},
         "seconds": seconds,
         **score_metrics(items, outcomes, tasks),
+        "item_tasks": [item.task for item in items],
+        "outcomes": outcomes,
     }
     if output is not None:
         folder = Path(output)

@@ -14,8 +14,8 @@ and for every two entries:
   pooled number of items and the observed fraction of discordant ones
   (:func:`zoo.evaluation.minimum_detectable_difference`): a tie is only as informative as this.
 
-The input is one results dictionary per seed with per-item outcomes (``outcomes``: entry →
-list of booleans, ``item_tasks``: the task of each item), as ``tools.evaluate`` returns.
+The input is one results dictionary per seed with per-item outcomes (``outcomes``: metric →
+entry → list of booleans, ``item_tasks``: the task of each item), as ``tools.evaluate`` returns.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 from zoo.evaluation import mcnemar, mean_and_sd, minimum_detectable_difference
 
 
-def _check_items(per_seed: Mapping[int, Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+def _check_items(per_seed: Mapping[int, Mapping[str, Any]], metric: str) -> tuple[list[str], list[str]]:
     """The entries common to every seed and the task of each item, checked to be the same items."""
     if not per_seed:
         raise ValueError("a study needs the results of at least one seed")
@@ -36,7 +36,9 @@ def _check_items(per_seed: Mapping[int, Mapping[str, Any]]) -> tuple[list[str], 
     for seed, results in per_seed.items():
         if results["item_tasks"] != first["item_tasks"]:
             raise ValueError(f"seed {seed} was scored on other items than seed {first_seed}: its tasks differ item by item")
-    entries = [e for e in first["entries"] if all(e in r["outcomes"] for r in per_seed.values())]
+        if metric not in results["outcomes"]:
+            raise ValueError(f"seed {seed} has no outcomes of metric {metric!r}, only {sorted(results['outcomes'])}")
+    entries = [e for e in first["entries"] if all(e in r["outcomes"][metric] for r in per_seed.values())]
     return entries, list(first["item_tasks"])
 
 
@@ -45,22 +47,25 @@ def _accuracy(flags: list[bool], tasks: list[str], task: str) -> float:
     return sum(chosen) / len(chosen)
 
 
-def summarize(per_seed: Mapping[int, Mapping[str, Any]], title: str = "Study") -> dict[str, Any]:
+def summarize(per_seed: Mapping[int, Mapping[str, Any]], title: str = "Study", metric: str | None = None) -> dict[str, Any]:
     """Mean ± sd over seeds per entry and task, and the pooled paired test between every two entries.
 
     Args:
         per_seed: seed → results with ``entries``, ``outcomes`` and ``item_tasks``.
         title: the report's heading.
+        metric: which outcomes (``acc``, ``acc_norm``, ``correct``); default: the results' first.
 
     Raises:
-        ValueError: no seeds, or seeds scored on different items.
+        ValueError: no seeds, seeds scored on different items, or a metric they lack.
     """
-    entries, item_tasks = _check_items(per_seed)
+    metric = metric or next(iter(next(iter(per_seed.values()), {}).get("outcomes", {})), "correct")
+    entries, item_tasks = _check_items(per_seed, metric)
+    outcomes = {seed: results["outcomes"][metric] for seed, results in per_seed.items()}
     tasks = list(dict.fromkeys(item_tasks))
     seeds = list(per_seed)
     scores: dict[str, Any] = {}
     for entry in entries:
-        by_task = {t: [_accuracy(r["outcomes"][entry], item_tasks, t) for r in per_seed.values()] for t in tasks}
+        by_task = {t: [_accuracy(o[entry], item_tasks, t) for o in outcomes.values()] for t in tasks}
         averages = [sum(by_task[t][k] for t in tasks) / len(tasks) for k in range(len(seeds))]
         scores[entry] = {
             "tasks": {t: dict(zip(("mean", "sd"), mean_and_sd(v)), values=v) for t, v in by_task.items()},
@@ -68,8 +73,8 @@ def summarize(per_seed: Mapping[int, Mapping[str, Any]], title: str = "Study") -
         }
     pairs = []
     for first, second in combinations(entries, 2):
-        a = [f for r in per_seed.values() for f in r["outcomes"][first]]
-        b = [f for r in per_seed.values() for f in r["outcomes"][second]]
+        a = [f for o in outcomes.values() for f in o[first]]
+        b = [f for o in outcomes.values() for f in o[second]]
         test = mcnemar(a, b)
         discordant = (test.only_first + test.only_second) / len(a)
         detectable = minimum_detectable_difference(len(a), discordant) if discordant > 0 else 0.0
@@ -84,6 +89,7 @@ def summarize(per_seed: Mapping[int, Mapping[str, Any]], title: str = "Study") -
         })  # fmt: skip
     return {
         "title": title,
+        "metric": metric,
         "seeds": seeds,
         "entries": entries,
         "tasks": tasks,
@@ -107,7 +113,10 @@ def study_markdown(summary: Mapping[str, Any], extra_columns: Mapping[str, Mappi
     lines = [
         f"### {summary['title']}",
         "",
-        f"Accuracy in %, mean ± standard deviation over seeds {seeds} (the average is the unweighted mean over tasks).",
+        (
+            f"{summary['metric']}: accuracy in %, mean ± standard deviation over seeds {seeds} (the average is the "
+            "unweighted mean over tasks)."
+        ),
         "",
         "| " + " | ".join(head) + " |",
         "|" + " --- |" * len(head),

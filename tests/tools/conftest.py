@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tiny_adapters import train_adapter
 
 from zoo.adapter import Adapter, BaseModelInfo, save_adapter
@@ -48,3 +49,24 @@ def other_base(tmp_path_factory) -> TinyBase:
     from tiny_models import save_tiny_model
 
     return TinyBase(save_tiny_model(tmp_path_factory.mktemp("other-llama"), "llama-gqa", seed=1))
+
+
+@pytest.fixture
+def recipe(tiny_llama_dir, tmp_path):
+    """A tiny `lightning fit` recipe (tiny Llama, arithmetic data) for tools.compare and tools.study."""
+    config = {
+        "seed_everything": 0,
+        "model": {"model": str(tiny_llama_dir), "warmup_steps": 1},
+        "data": {
+            "class_path": "datamodules.ArithmeticDataModule",
+            "init_args": {"num_train": 64, "num_val": 0, "num_test": 0, "prompt_style": "chat", "batch_size": 4},
+        },
+        "trainer": {
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "unused"}},
+        },
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -4,31 +4,9 @@ rate chosen on held-out training records, every kept adapter scored on the same 
 import json
 
 import pytest
-import yaml
 
 from datamodules import ArithmeticDataModule, InstructionDataModule
 from tools.compare import Contender, compare
-
-
-@pytest.fixture
-def recipe(tiny_llama_dir, tmp_path):
-    config = {
-        "seed_everything": 0,
-        "model": {"model": str(tiny_llama_dir), "warmup_steps": 1},
-        "data": {
-            "class_path": "datamodules.ArithmeticDataModule",
-            "init_args": {"num_train": 64, "num_val": 0, "num_test": 0, "prompt_style": "chat", "batch_size": 4},
-        },
-        "trainer": {
-            "accelerator": "cpu",
-            "enable_progress_bar": False,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "unused"}},
-        },
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
 
 CONTENDERS = [
     Contender("full", "full", lrs=[1e-4, 3e-3]),

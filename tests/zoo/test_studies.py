@@ -9,7 +9,7 @@ from zoo.studies import study_markdown, summarize
 
 
 def _seed(outcomes, tasks):
-    return {"entries": list(outcomes), "outcomes": outcomes, "item_tasks": tasks}
+    return {"entries": list(outcomes), "outcomes": {"acc": outcomes}, "item_tasks": tasks}
 
 
 def test_summary_pools_seeds_item_by_item():
@@ -47,3 +47,5 @@ def test_more_seeds_detect_smaller_differences():
 def test_seeds_scored_on_other_items_are_refused():
     with pytest.raises(ValueError, match="seed 1 was scored on other items than seed 0"):
         summarize({0: _seed({"x": [True]}, ["a"]), 1: _seed({"x": [True]}, ["b"])})
+    with pytest.raises(ValueError, match="seed 0 has no outcomes of metric 'acc_norm', only \\['acc'\\]"):
+        summarize({0: _seed({"x": [True]}, ["a"])}, metric="acc_norm")

@@ -1,0 +1,62 @@
+"""tools/study.py end to end on a tiny model: every seed scores the same items, the first seed's
+learning rates are reused, a finished seed is read back, and the summary pools seeds item by item."""
+
+import json
+
+import pytest
+
+from datamodules import InstructionDataModule
+from tools.compare import Contender
+from tools.study import Evaluation, curve, study
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def quiz(tmp_path):
+    path = tmp_path / "quiz.jsonl"
+    rows = [{"instruction": f"What is {k} + {k}?", "choices": [str(k), str(2 * k), str(3 * k)], "gold": 1} for k in range(1, 9)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return InstructionDataModule(test_files=[str(path)])
+
+
+def test_study_over_seeds(recipe, quiz, tmp_path):
+    contenders = [Contender("s2ft", "s2ft", {"o_heads": 0.5, "down_channels": 0.25}, lrs=[1e-3, 3e-3]),
+                  Contender("lora-r2", "lora", {"r": 2, "alpha": 4}, lrs=[3e-3])]  # fmt: skip
+    out = tmp_path / "study"
+    also = [Evaluation("quiz-adapter-form", quiz, prompt_form="adapter")]
+    results = study(str(recipe), contenders, quiz, str(out), seeds=[0, 1], steps=2, holdout=8, scoring="loglikelihood",
+                    also_evaluate=also, title="tiny")  # fmt: skip
+
+    first, second = (json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in (0, 1))
+    assert len(first["runs"]["s2ft"]) == 2 and len(second["runs"]["s2ft"]) == 1  # seed 1 trains the chosen rate only
+    assert second["chosen"]["s2ft"]["lr"] == first["chosen"]["s2ft"]["lr"]
+    summary = results["summary"]
+    assert summary["seeds"] == [0, 1] and summary["entries"] == ["base", "s2ft", "lora-r2"] and summary["metric"] == "acc"
+    for entry in ("s2ft", "lora-r2"):
+        values = summary["scores"][entry]["tasks"]["quiz"]["values"]
+        assert values == [r["evaluation"]["scores"][entry]["tasks"]["quiz"]["accuracy"] for r in (first, second)]
+    pair = next(p for p in summary["pairs"] if (p["first"], p["second"]) == ("s2ft", "lora-r2"))
+    assert pair["pooled_items"] == 16
+    assert "quiz-adapter-form" in results["also"]
+    report = (out / "results.md").read_text()
+    assert "mean ± standard deviation over seeds 0, 1" in report and "| s2ft | " in report
+
+    # Run again: finished seeds are read back, nothing is trained or evaluated again.
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
+    again = study(str(recipe), contenders, quiz, str(out), seeds=[0, 1], steps=2, holdout=8, scoring="loglikelihood",
+                  also_evaluate=also, title="tiny")  # fmt: skip
+    assert again["summary"] == summary
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if p.name != "results.json" or p.parent != out} == {
+        p: t for p, t in stamps.items() if p.name != "results.json" or p.parent != out
+    }
+
+
+def test_curve_over_budgets(recipe, quiz, tmp_path):
+    out = tmp_path / "curve"
+    points = curve(str(recipe), [Contender("s2ft", "s2ft", {"o_heads": 0.5, "down_channels": 0.25}, lrs=[3e-3])], quiz,
+                   str(out), budgets=[1, 3], holdout=8, scoring="loglikelihood")["points"]  # fmt: skip
+    assert [p["steps"] for p in points["s2ft"]] == [1, 3]
+    assert (out / "curve.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="give at least one budget"):
+        curve(str(recipe), [], quiz, str(out), budgets=[])

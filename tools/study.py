@@ -1,0 +1,198 @@
+"""Method studies over seeds: train every method with several seeds, score each run on the same
+items, and report mean ± sd per method with the paired test pooled over seeds and items and the
+smallest difference it could detect (:mod:`zoo.studies`)::
+
+    python -m tools.study study --config configs/studies/commonsense.yaml   # <output>/results.{json,md}
+    python -m tools.study curve --config configs/studies/commonsense_curve.yaml  # accuracy against steps
+
+Each seed is one ``tools.compare`` run in ``<output>/seed-<s>`` (training resumes run by run; a
+seed whose ``results.json`` is written is not evaluated again). The first seed chooses every
+method's learning rate on held-out training records; the other seeds train with that rate.
+``also_evaluate`` scores each seed's adapters on further data (e.g. math-trained adapters on the
+commonsense tests: what each method forgets), summarised the same way. Every seed must score the
+same items: subsample with the data module's own ``max_eval_records`` (a sample seeded by the
+data, not by the run).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from datamodules.base import FineTuneDataModule
+from datamodules.choices import PromptForm
+from tools.compare import Contender, compare
+from tools.evaluate import evaluate
+from zoo.outputs import atomic_file
+from zoo.report import write_results
+from zoo.studies import study_markdown, summarize
+
+Scoring = Literal["generation", "loglikelihood"]
+
+
+@dataclass
+class Evaluation:
+    """A further evaluation of every seed's adapters.
+
+    Attributes:
+        name: its folder and heading.
+        data: the data module whose test split is scored.
+        scoring: generation (answer extraction) or log-likelihood of the choices.
+        prompt_form: with log-likelihood, ``cloze`` or ``adapter`` (``tools.evaluate``).
+    """
+
+    name: str
+    data: FineTuneDataModule
+    scoring: Scoring = "loglikelihood"
+    prompt_form: PromptForm = "cloze"
+
+
+def _seed_results(folder: Path, **compare_args: Any) -> dict[str, Any]:
+    """One seed's comparison, read back when it is complete."""
+    done = folder / "results.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    return compare(output=str(folder), **compare_args)
+
+
+def study(
+    recipe: str,
+    contenders: list[Contender],
+    eval_data: FineTuneDataModule,
+    output: str,
+    seeds: list[int] | None = None,
+    steps: int = 100,
+    holdout: int = 200,
+    scoring: Scoring = "generation",
+    prompt_form: PromptForm = "cloze",
+    eval_batch_size: int = 32,
+    max_new_tokens: int | None = None,
+    eval_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    extra_args: list[str] | None = None,
+    also_evaluate: list[Evaluation] | None = None,
+    reference: str | None = "s2ft",
+    title: str = "Study",
+) -> dict[str, Any]:
+    """Train and score every contender with every seed; summarise over seeds.
+
+    Args:
+        recipe, contenders, eval_data, steps, holdout, eval_batch_size, max_new_tokens, eval_dtype,
+            extra_args, reference: as ``tools.compare`` takes them, for every seed.
+        output: the study's folder (one ``seed-<s>`` folder per seed).
+        seeds: ``seed_everything`` of each run; the first chooses the learning rates.
+        scoring, prompt_form: how ``eval_data`` is scored.
+        also_evaluate: further evaluations of each seed's adapters.
+        title: heading of the report.
+    """
+    seeds = seeds if seeds is not None else [0, 1, 2]
+    if not seeds:
+        raise ValueError("give at least one seed")
+    out = Path(output)
+    common = {"recipe": recipe, "eval_data": eval_data, "steps": steps, "holdout": holdout, "scoring": scoring,
+              "prompt_form": prompt_form, "eval_batch_size": eval_batch_size, "max_new_tokens": max_new_tokens,
+              "eval_dtype": eval_dtype, "extra_args": extra_args, "reference": reference}  # fmt: skip
+    per_seed: dict[int, dict[str, Any]] = {}
+    for k, seed in enumerate(seeds):
+        chosen = per_seed[seeds[0]]["chosen"] if k else None
+        runs = [replace(c, lrs=[chosen[c.name]["lr"]]) for c in contenders] if chosen else contenders
+        print(f"[study] seed {seed} ({k + 1} of {len(seeds)})", file=sys.stderr)
+        per_seed[seed] = _seed_results(out / f"seed-{seed}", contenders=runs, seed=seed, title=f"{title}, seed {seed}",
+                                       **common)  # fmt: skip
+    summary = summarize({s: r["evaluation"] for s, r in per_seed.items()}, title)
+    lrs = {name: f"{run['lr']:g}" for name, run in per_seed[seeds[0]]["chosen"].items()}
+    sections = [study_markdown(summary, {"lr": lrs})]
+    further = {}
+    for extra in also_evaluate or []:
+        evaluations = {}
+        for seed in seeds:
+            folder = out / f"seed-{seed}" / extra.name
+            done = folder / "results.json"
+            evaluations[seed] = json.loads(done.read_text()) if done.is_file() else evaluate(
+                extra.data, adapters_from=str(out / f"seed-{seed}" / "results.json"), scoring=extra.scoring,
+                prompt_form=extra.prompt_form, batch_size=eval_batch_size, dtype=eval_dtype, output=str(folder),
+                overwrite=True, title=f"{extra.name}, seed {seed}",
+            )  # fmt: skip
+        further[extra.name] = summarize(evaluations, f"{title}: {extra.name}")
+        sections.append(study_markdown(further[extra.name], {"lr": lrs}))
+    results = {"title": title, "seeds": seeds, "summary": summary, "also": further,
+               "chosen": per_seed[seeds[0]]["chosen"]}  # fmt: skip
+    write_results(results, out, "\n".join(sections))
+    return results
+
+
+def curve(
+    recipe: str,
+    contenders: list[Contender],
+    eval_data: FineTuneDataModule,
+    output: str,
+    budgets: list[int],
+    seed: int = 0,
+    holdout: int = 200,
+    scoring: Scoring = "generation",
+    prompt_form: PromptForm = "cloze",
+    eval_batch_size: int = 32,
+    eval_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    extra_args: list[str] | None = None,
+    title: str = "Accuracy against training steps",
+) -> dict[str, Any]:
+    """Accuracy of each contender after each number of steps (one comparison per budget, in
+    ``<output>/steps-<n>``): the curve a study's budget is chosen from. Writes ``curve.png`` and
+    ``curve.json`` (the average over tasks of each contender and of the base model, 95% intervals).
+
+    Args:
+        budgets: optimizer steps of each comparison.
+        the others: as :func:`study` takes them, for one seed.
+    """
+    if not budgets:
+        raise ValueError("give at least one budget (optimizer steps)")
+    out = Path(output)
+    points: dict[str, list[dict[str, Any]]] = {c.name: [] for c in contenders}
+    for steps in budgets:
+        results = _seed_results(out / f"steps-{steps}", recipe=recipe, contenders=contenders, eval_data=eval_data,
+                                steps=steps, holdout=holdout, scoring=scoring, prompt_form=prompt_form, seed=seed,
+                                eval_batch_size=eval_batch_size, eval_dtype=eval_dtype, extra_args=extra_args,
+                                reference=None, title=f"{title}: {steps} steps")  # fmt: skip
+        evaluation = results["evaluation"]
+        for name, row in points.items():
+            row.append({"steps": steps, "lr": results["chosen"][name]["lr"], **evaluation["scores"][name]["average"]})
+        base = evaluation["scores"]["base"]["average"]
+    with atomic_file(out / "curve.json") as handle:
+        json.dump({"title": title, "base": base, "points": points}, handle, indent=2)
+    _plot_curve(points, base, out / "curve.png", title)
+    return {"title": title, "base": base, "points": points}
+
+
+def _plot_curve(points: dict[str, list[dict[str, Any]]], base: dict[str, float], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, row in points.items():
+        steps = [p["steps"] for p in row]
+        ax.errorbar(steps, [100 * p["accuracy"] for p in row], capsize=2, marker="o", label=name,
+                    yerr=[[100 * (p["accuracy"] - p["low"]) for p in row], [100 * (p["high"] - p["accuracy"]) for p in row]])  # fmt: skip
+    ax.axhline(100 * base["accuracy"], color="grey", linestyle="--", label="base")
+    ax.set_xscale("log")
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("average accuracy (%)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    from jsonargparse import CLI
+
+    CLI([study, curve], as_positional=False)
+
+
+if __name__ == "__main__":
+    main()
