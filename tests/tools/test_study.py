@@ -4,6 +4,7 @@ learning rates are reused, a finished seed is read back, and the summary pools s
 import json
 
 import pytest
+from locations import REPO
 
 from datamodules import InstructionDataModule
 from tools.compare import Contender
@@ -60,3 +61,19 @@ def test_curve_over_budgets(recipe, quiz, tmp_path):
     assert (out / "curve.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="give at least one budget"):
         curve(str(recipe), [], quiz, str(out), budgets=[])
+
+
+@pytest.mark.parametrize("config", ["commonsense_curve", "commonsense", "math"])
+def test_study_configs_parse_as_written(config):
+    """The committed study configs are complete: jsonargparse builds every argument from them."""
+    from jsonargparse import ArgumentParser
+
+    from tools.study import curve as curve_fn
+    from tools.study import study as study_fn
+
+    parser = ArgumentParser()
+    parser.add_function_arguments(curve_fn if config.endswith("curve") else study_fn)
+    parser.add_argument("--config", action="config")
+    parsed = parser.parse_args(["--config", str(REPO / "configs" / "studies" / f"{config}.yaml")])
+    init = parser.instantiate_classes(parsed)
+    assert init.contenders and type(init.eval_data).__name__ == "ReasoningDataModule"
