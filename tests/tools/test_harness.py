@@ -170,3 +170,21 @@ def test_bad_input_is_refused_before_the_model_loads(setup, tmp_path, monkeypatc
         harness(tasks=TASKS, base_model=str(setup["base"]), include_base=False)
     with pytest.raises(DataError, match="no LLM-Adapters data folder"):
         harness(tasks=TASKS, base_model=str(setup["base"]), data_dir=str(tmp_path / "nowhere"))
+
+
+def test_ftzoos_own_scorer_chooses_as_lm_eval_does(setup, bridge_run):
+    """tools.evaluate --scoring loglikelihood (zoo.loglikelihood, cloze form) on the same records:
+    the same choice per item, so the same acc and acc_norm, as lm-eval through the bridge."""
+    from datamodules import ReasoningDataModule
+    from tools.evaluate import evaluate as ftzoo_evaluate
+
+    results, out = bridge_run
+    logged = {entry: _logged(out / "lm_eval" / entry) for entry in results["entries"]}
+    data = ReasoningDataModule(data_dir=str(setup["data"]), test_tasks=["commonsense/arc_easy", "commonsense/winogrande"])
+    mine = ftzoo_evaluate(data, adapters=[f"{m}={p}" for m, p in setup["adapters"].items()], base_model=str(setup["base"]),
+                          scoring="loglikelihood", prompt_form="cloze", batch_size=4, device="cpu")  # fmt: skip
+    assert mine["entries"] == results["entries"]
+    for entry in mine["entries"]:
+        for metric, k in (("acc", 0), ("acc_norm", 1)):
+            theirs = [logged[entry][f"llm_adapters_{task}"][doc][k] for task in ("arc_easy", "winogrande") for doc in range(10)]
+            assert [float(x) for x in mine["outcomes"][metric][entry]] == theirs, (entry, metric)
