@@ -11,7 +11,7 @@ its ``scores`` and ``mcnemar`` are those of the first metric, which charts and c
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -81,24 +81,37 @@ def markdown_report(results: dict[str, Any], extra_columns: dict[str, dict[str, 
     return "\n".join(lines[:-1]) + "\n"
 
 
+def entry_table(
+    results: dict[str, Any], scores: dict[str, Any], extra_columns: dict[str, dict[str, str]],
+    cell: Callable[[dict[str, Any]], str],
+) -> list[str]:  # fmt: skip
+    """The Markdown rows of entries × tasks and their average (in bold); ``cell`` renders one score."""
+    tasks = results["tasks"]
+    head = ["entry", *extra_columns, *(f"{t} (n={results['items'][t]})" for t in tasks), "average"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for entry in results["entries"]:
+        cells = [entry, *(col.get(entry, "") for col in extra_columns.values())]
+        cells += [cell(scores[entry]["tasks"][t]) for t in tasks] + [f"**{cell(scores[entry]['average'])}**"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def verdict(pair: dict[str, Any]) -> str:
+    """A paired test's verdict in words: ``<name> better`` or ``tie``."""
+    return {"first": f"{pair['first']} better", "second": f"{pair['second']} better", "tie": "tie"}[pair["verdict"]]
+
+
 def _metric_section(
     results: dict[str, Any], metric: str, scores: dict[str, Any], pairs: list[dict[str, Any]],
     extra_columns: dict[str, dict[str, str]],
 ) -> list[str]:  # fmt: skip
     """One metric's table and paired tests (``metric`` empty: the results' only accuracy)."""
-    tasks = results["tasks"]
     named = f"`{metric}`: accuracy" if metric else "Accuracy"
-    head = ["entry", *extra_columns, *(f"{t} (n={results['items'][t]})" for t in tasks), "average"]
     lines = [
         f"{named} in % with 95% intervals (Wilson per task; the average is the unweighted mean over tasks).",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + " --- |" * len(head),
+        *entry_table(results, scores, extra_columns, _cell),
     ]
-    for entry in results["entries"]:
-        cells = [entry, *(col.get(entry, "") for col in extra_columns.values())]
-        cells += [_cell(scores[entry]["tasks"][t]) for t in tasks] + [f"**{_cell(scores[entry]['average'])}**"]
-        lines.append("| " + " | ".join(cells) + " |")
     if pairs:
         lines += [
             "",
@@ -108,10 +121,9 @@ def _metric_section(
             "| --- | --- | --- | --- | --- | --- |",
         ]
         for pair in pairs:
-            verdict = {"first": f"{pair['first']} better", "second": f"{pair['second']} better", "tie": "tie"}
             lines.append(
                 f"| {pair['first']} | {pair['second']} | {pair['only_first']} | {pair['only_second']} "
-                f"| {pair['p_value']:.3g} | {verdict[pair['verdict']]} |"
+                f"| {pair['p_value']:.3g} | {verdict(pair)} |"
             )
     return lines + [""]
 

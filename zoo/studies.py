@@ -26,6 +26,7 @@ from itertools import combinations
 from typing import Any
 
 from zoo.evaluation import mcnemar, mean_and_sd, minimum_detectable_difference
+from zoo.report import entry_table, verdict
 
 
 def _check_items(per_seed: Mapping[int, Mapping[str, Any]], metric: str) -> tuple[list[str], list[str]]:
@@ -106,10 +107,7 @@ def _mean_sd(cell: Mapping[str, Any]) -> str:
 
 def study_markdown(summary: Mapping[str, Any], extra_columns: Mapping[str, Mapping[str, str]] | None = None) -> str:
     """The mean ± sd table and the pooled paired tests, in Markdown."""
-    extra_columns = extra_columns or {}
-    tasks, scores = summary["tasks"], summary["scores"]
     seeds = ", ".join(map(str, summary["seeds"]))
-    head = ["entry", *extra_columns, *(f"{t} (n={summary['items'][t]})" for t in tasks), "average"]
     lines = [
         f"### {summary['title']}",
         "",
@@ -118,13 +116,8 @@ def study_markdown(summary: Mapping[str, Any], extra_columns: Mapping[str, Mappi
             "unweighted mean over tasks)."
         ),
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + " --- |" * len(head),
+        *entry_table(dict(summary), summary["scores"], dict(extra_columns or {}), _mean_sd),
     ]
-    for entry in summary["entries"]:
-        cells = [entry, *(col.get(entry, "") for col in extra_columns.values())]
-        cells += [_mean_sd(scores[entry]["tasks"][t]) for t in tasks] + [f"**{_mean_sd(scores[entry]['average'])}**"]
-        lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         (
@@ -136,9 +129,8 @@ def study_markdown(summary: Mapping[str, Any], extra_columns: Mapping[str, Mappi
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for pair in summary["pairs"]:
-        verdict = {"first": f"{pair['first']} better", "second": f"{pair['second']} better", "tie": "tie"}
         lines.append(
             f"| {pair['first']} | {pair['second']} | {100 * pair['difference']:+.1f} | {pair['only_first']} "
-            f"| {pair['only_second']} | {pair['p_value']:.3g} | {verdict[pair['verdict']]} | {100 * pair['detectable']:.1f} |"
+            f"| {pair['only_second']} | {pair['p_value']:.3g} | {verdict(pair)} | {100 * pair['detectable']:.1f} |"
         )
     return "\n".join(lines) + "\n"
