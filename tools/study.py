@@ -6,7 +6,10 @@ smallest difference it could detect (:mod:`zoo.studies`)::
     python -m tools.study curve --config configs/studies/commonsense_curve.yaml  # accuracy against steps
 
 Each seed is one ``tools.compare`` run in ``<output>/seed-<s>`` (training resumes run by run; a
-seed whose ``results.json`` is written is not evaluated again). The first seed chooses every
+seed whose ``results.json`` is written is not trained or evaluated again), followed by its further
+evaluations while its adapters are on disk. The committed configs write into
+``docs/results/studies/``: a finished seed's ``results.json`` is small and is committed, so a study
+that spans sessions resumes from the seeds already done (adapters, under ``runs/``, stay local). The first seed chooses every
 method's learning rate on held-out training records; the other seeds train with that rate.
 ``also_evaluate`` scores each seed's adapters on further data (e.g. math-trained adapters on the
 commonsense tests: what each method forgets), summarised the same way. Every seed must score the
@@ -95,29 +98,25 @@ def study(
               "prompt_form": prompt_form, "eval_batch_size": eval_batch_size, "max_new_tokens": max_new_tokens,
               "eval_dtype": eval_dtype, "extra_args": extra_args, "reference": reference}  # fmt: skip
     per_seed: dict[int, dict[str, Any]] = {}
+    further: dict[str, dict[int, dict[str, Any]]] = {extra.name: {} for extra in also_evaluate or []}
     for k, seed in enumerate(seeds):
         chosen = per_seed[seeds[0]]["chosen"] if k else None
         runs = [replace(c, lrs=[chosen[c.name]["lr"]]) for c in contenders] if chosen else contenders
         print(f"[study] seed {seed} ({k + 1} of {len(seeds)})", file=sys.stderr)
-        per_seed[seed] = _seed_results(out / f"seed-{seed}", contenders=runs, seed=seed, title=f"{title}, seed {seed}",
-                                       **common)  # fmt: skip
+        folder = out / f"seed-{seed}"
+        per_seed[seed] = _seed_results(folder, contenders=runs, seed=seed, title=f"{title}, seed {seed}", **common)
+        for extra in also_evaluate or []:  # while this seed's adapters are on disk
+            done = folder / extra.name / "results.json"
+            further[extra.name][seed] = json.loads(done.read_text()) if done.is_file() else evaluate(
+                extra.data, adapters_from=str(folder / "results.json"), scoring=extra.scoring,
+                prompt_form=extra.prompt_form, batch_size=eval_batch_size, dtype=eval_dtype,
+                output=str(folder / extra.name), overwrite=True, title=f"{extra.name}, seed {seed}",
+            )  # fmt: skip
     summary = summarize({s: r["evaluation"] for s, r in per_seed.items()}, title)
     lrs = {name: f"{run['lr']:g}" for name, run in per_seed[seeds[0]]["chosen"].items()}
-    sections = [study_markdown(summary, {"lr": lrs})]
-    further = {}
-    for extra in also_evaluate or []:
-        evaluations = {}
-        for seed in seeds:
-            folder = out / f"seed-{seed}" / extra.name
-            done = folder / "results.json"
-            evaluations[seed] = json.loads(done.read_text()) if done.is_file() else evaluate(
-                extra.data, adapters_from=str(out / f"seed-{seed}" / "results.json"), scoring=extra.scoring,
-                prompt_form=extra.prompt_form, batch_size=eval_batch_size, dtype=eval_dtype, output=str(folder),
-                overwrite=True, title=f"{extra.name}, seed {seed}",
-            )  # fmt: skip
-        further[extra.name] = summarize(evaluations, f"{title}: {extra.name}")
-        sections.append(study_markdown(further[extra.name], {"lr": lrs}))
-    results = {"title": title, "seeds": seeds, "summary": summary, "also": further,
+    summaries = {name: summarize(evaluations, f"{title}: {name}") for name, evaluations in further.items()}
+    sections = [study_markdown(s, {"lr": lrs}) for s in (summary, *summaries.values())]
+    results = {"title": title, "seeds": seeds, "summary": summary, "also": summaries,
                "chosen": per_seed[seeds[0]]["chosen"]}  # fmt: skip
     write_results(results, out, "\n".join(sections))
     return results
