@@ -8,7 +8,8 @@ from locations import REASONING_DATA, REPO
 from zoo.cli import build_cli
 
 RECIPES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*/*.yaml")
-                 if p.parent.name not in ("methods", "compare", "data"))  # fragments and tool configs: below
+                 if p.parent.name not in ("methods", "compare", "data", "studies"))  # fragments and tool configs
+# (methods, compare, data: below; studies: tests/tools/test_study.py)
 RECIPES = ["configs/quickstart.yaml", *[r for r in RECIPES if not r.startswith("configs/distributed")]]
 METHODS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs" / "methods").glob("*.yaml"))
 
