@@ -150,6 +150,7 @@ def compare(
     title: str = "Comparison",
     scoring: Scoring = "generation",
     prompt_form: PromptForm = "cloze",
+    base_from: str | None = None,
 ) -> dict[str, Any]:
     """Train, select and evaluate every contender; write the table and the chart.
 
@@ -172,6 +173,8 @@ def compare(
         scoring: how the evaluation scores: ``generation`` or ``loglikelihood`` (what the
             models know of multiple-choice items; :func:`tools.evaluate.evaluate`).
         prompt_form: the log-likelihood prompt form, ``cloze`` or ``adapter``.
+        base_from: an earlier results.json whose base-model outcomes are reused if it scored the
+            same items the same way (:func:`tools.evaluate.evaluate`).
     """
     check_contenders(contenders)
     out = Path(output)
@@ -200,6 +203,7 @@ def compare(
         title=title,
         scoring=scoring,
         prompt_form=prompt_form,
+        base_from=base_from,
     )
     results = {
         "title": title,

@@ -29,9 +29,11 @@ record's prompt in the data module's template, the format LLM-Adapters adapters 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,6 +68,7 @@ def evaluate(
     title: str = "Evaluation",
     scoring: Scoring = "generation",
     prompt_form: PromptForm = "cloze",
+    base_from: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the base model and adapters on the data module's test split.
 
@@ -90,6 +93,10 @@ def evaluate(
             ``loglikelihood`` (each choice of a multiple-choice item scored; ``acc`` and ``acc_norm``).
         prompt_form: with log-likelihood: ``cloze`` (lm-eval's question/answer text) or ``adapter``
             (the record's prompt in the data module's template, the answer sentence scored).
+        base_from: an earlier ``results.json`` (of this tool, ``tools.compare`` or a study seed)
+            whose base-model outcomes are reused when it scored the same items the same way
+            (same ``base_key``: base model, dtype, scoring, prompt and items); otherwise the base
+            is scored again. A study scores its base once.
 
     Returns:
         ``{"entries", "tasks", "items", "scores", "mcnemar", "seconds", ...}`` (also ``results.json``),
@@ -116,23 +123,33 @@ def evaluate(
     data.tokenizer = tokenizer
     if scoring == "loglikelihood":
         choice_items = sample_items(data.choice_items("test"), max_records, seed)
-        common = {"title": title, "base_model": info.name_or_path, "adapters": paths, "max_records": max_records, "seed": seed}
+        key = base_key(choice_items, base_model=info.name_or_path, dtype=dtype, scoring=scoring,
+                       prompt_form=prompt_form, prompt_style=data.prompt_style, system_prompt=data.system_prompt)  # fmt: skip
+        reused = reusable_base(base_from, key) if include_base else None
+        common = {"title": title, "base_model": info.name_or_path, "adapters": paths, "max_records": max_records,
+                  "seed": seed, "dtype": dtype, "base_key": key, "base_from": base_from if reused else None}  # fmt: skip
         return evaluate_choices(data, model, tokenizer, AdapterSwitcher(model, info), loaded, choice_items,
-                                include_base, prompt_form, batch_size, common, output)  # fmt: skip
+                                include_base, prompt_form, batch_size, common, output, reused)  # fmt: skip
     items = sample_items(data.examples("test"), max_records, seed)
     if not items:
         raise ValueError(f"{type(data).__name__} has no test items to evaluate")
+    length = max_new_tokens or data.max_new_tokens
+    key = base_key(items, base_model=info.name_or_path, dtype=dtype, scoring=scoring, max_new_tokens=length)
+    reused = reusable_base(base_from, key) if include_base else None
     tasks = list(dict.fromkeys(e.task for e in items))
     switcher = AdapterSwitcher(model, info)
     for name, adapter in loaded.items():
         switcher.add(name, adapter)
     entries = ([BASE] if include_base else []) + list(loaded)
-    length = max_new_tokens or data.max_new_tokens
 
     generations: dict[str, list[str]] = {}
     correct: dict[str, list[bool]] = {}
     seconds: dict[str, float] = {}
+    if reused is not None:
+        correct[BASE], seconds[BASE] = reused["outcomes"]["correct"][BASE], reused["seconds"][BASE]
     for entry in entries:
+        if entry in correct:
+            continue
         switcher.activate(entry)
         started = time.monotonic()
         prompts = [e.prompt_ids for e in items]
@@ -153,6 +170,9 @@ def evaluate(
         "seed": seed,
         "max_new_tokens": length,
         "prompt_style": getattr(data, "prompt_style", None),
+        "dtype": dtype,
+        "base_key": key,
+        "base_from": base_from if reused is not None else None,
         "seconds": seconds,
         **score_entries(items, correct, tasks),
         "item_tasks": [e.task for e in items],
@@ -161,6 +181,30 @@ def evaluate(
     if output is not None:
         write_report(results, items, generations, correct, Path(output))
     return results
+
+
+def base_key(items: list[ChoiceItem] | list[Example], **settings: Any) -> str:
+    """A digest of what the base model's outcomes depend on (its name, dtype, scoring, prompt
+    settings and every item): two evaluations with the same key score the base identically."""
+    payload = {"settings": settings, "items": [asdict(item) for item in items]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def reusable_base(path: str | None, key: str) -> dict[str, Any] | None:
+    """The earlier evaluation at ``path`` (a ``tools.evaluate`` or ``tools.compare`` results.json)
+    when it scored the base on the same items the same way; ``None`` (said why) otherwise."""
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        print(f"{path} does not exist: the base model is scored again", file=sys.stderr)
+        return None
+    earlier = json.loads(Path(path).read_text())
+    earlier = earlier.get("evaluation", earlier)  # a comparison holds its evaluation
+    if earlier.get("base_key") != key or BASE not in earlier.get("entries", []):
+        print(f"{path} scored other items, settings or no base model: the base model is scored again", file=sys.stderr)
+        return None
+    print(f"base model: outcomes reused from {path} (same items, same settings)", file=sys.stderr)
+    return earlier
 
 
 def evaluate_choices(
@@ -175,8 +219,10 @@ def evaluate_choices(
     batch_size: int,
     common: dict[str, Any],
     output: str | None,
+    reused: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """:func:`evaluate` by log-likelihood: every entry scores every choice of the same items."""
+    """:func:`evaluate` by log-likelihood: every entry scores every choice of the same items
+    (the base's outcomes taken from ``reused``, an earlier evaluation, when given)."""
     if not items:
         raise ValueError(f"{type(data).__name__} has no test items to evaluate")
     tasks = list(dict.fromkeys(item.task for item in items))
@@ -186,7 +232,14 @@ def evaluate_choices(
     template = data.prompt_template() if prompt_form == "adapter" else None
     scored: dict[str, list[ItemScore]] = {}
     seconds: dict[str, float] = {}
+    outcomes: dict[str, dict[str, list[bool]]] = {"acc": {}, "acc_norm": {}}
+    if reused is not None:
+        for metric in outcomes:
+            outcomes[metric][BASE] = reused["outcomes"][metric][BASE]
+        seconds[BASE] = reused["seconds"][BASE]
     for entry in entries:
+        if entry in seconds:
+            continue
         switcher.activate(entry)
         started = time.monotonic()
         scored[entry] = score_items(model, tokenizer, items, prompt_form, template, batch_size, description=entry)
@@ -194,11 +247,10 @@ def evaluate_choices(
         acc = sum(s.acc for s in scored[entry])
         norm = sum(s.acc_norm for s in scored[entry])
         print(f"{entry}: acc {acc}/{len(items)}, acc_norm {norm}/{len(items)} ({seconds[entry]:.0f} s)", file=sys.stderr)
+        outcomes["acc"][entry] = [s.acc for s in scored[entry]]
+        outcomes["acc_norm"][entry] = [s.acc_norm for s in scored[entry]]
     switcher.activate(BASE)
-    outcomes = {
-        "acc": {entry: [s.acc for s in scores] for entry, scores in scored.items()},
-        "acc_norm": {entry: [s.acc_norm for s in scores] for entry, scores in scored.items()},
-    }
+    outcomes = {metric: {entry: by_entry[entry] for entry in entries} for metric, by_entry in outcomes.items()}
     results = {
         **common,
         "scoring": "loglikelihood",

@@ -99,18 +99,21 @@ def study(
               "eval_dtype": eval_dtype, "extra_args": extra_args, "reference": reference}  # fmt: skip
     per_seed: dict[int, dict[str, Any]] = {}
     further: dict[str, dict[int, dict[str, Any]]] = {extra.name: {} for extra in also_evaluate or []}
+    first = out / f"seed-{seeds[0]}"  # its base-model outcomes serve every later seed
     for k, seed in enumerate(seeds):
         chosen = per_seed[seeds[0]]["chosen"] if k else None
         runs = [replace(c, lrs=[chosen[c.name]["lr"]]) for c in contenders] if chosen else contenders
         print(f"[study] seed {seed} ({k + 1} of {len(seeds)})", file=sys.stderr)
         folder = out / f"seed-{seed}"
-        per_seed[seed] = _seed_results(folder, contenders=runs, seed=seed, title=f"{title}, seed {seed}", **common)
+        per_seed[seed] = _seed_results(folder, contenders=runs, seed=seed, title=f"{title}, seed {seed}",
+                                       base_from=str(first / "results.json") if k else None, **common)  # fmt: skip
         for extra in also_evaluate or []:  # while this seed's adapters are on disk
             done = folder / extra.name / "results.json"
             further[extra.name][seed] = json.loads(done.read_text()) if done.is_file() else evaluate(
                 extra.data, adapters_from=str(folder / "results.json"), scoring=extra.scoring,
                 prompt_form=extra.prompt_form, batch_size=eval_batch_size, dtype=eval_dtype,
                 output=str(folder / extra.name), overwrite=True, title=f"{extra.name}, seed {seed}",
+                base_from=str(first / extra.name / "results.json") if k else None,
             )  # fmt: skip
     summary = summarize({s: r["evaluation"] for s, r in per_seed.items()}, title)
     lrs = {name: f"{run['lr']:g}" for name, run in per_seed[seeds[0]]["chosen"].items()}
@@ -149,11 +152,12 @@ def curve(
         raise ValueError("give at least one budget (optimizer steps)")
     out = Path(output)
     points: dict[str, list[dict[str, Any]]] = {c.name: [] for c in contenders}
-    for steps in budgets:
+    for k, steps in enumerate(budgets):  # the base model is scored once, its outcomes passed along
+        earlier = str(out / f"steps-{budgets[k - 1]}" / "results.json") if k else None
         results = _seed_results(out / f"steps-{steps}", recipe=recipe, contenders=contenders, eval_data=eval_data,
                                 steps=steps, holdout=holdout, scoring=scoring, prompt_form=prompt_form, seed=seed,
                                 eval_batch_size=eval_batch_size, eval_dtype=eval_dtype, extra_args=extra_args,
-                                reference=None, title=f"{title}: {steps} steps")  # fmt: skip
+                                reference=None, title=f"{title}: {steps} steps", base_from=earlier)  # fmt: skip
         evaluation = results["evaluation"]
         for name, row in points.items():
             row.append({"steps": steps, "lr": results["chosen"][name]["lr"], **evaluation["scores"][name]["average"]})

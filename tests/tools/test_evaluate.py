@@ -232,6 +232,37 @@ def test_evaluate_by_loglikelihood_subsamples_the_same_items_for_every_entry(tin
     assert sources["base"] == sources["lora"] and len(sources["base"]) == 4
 
 
+@pytest.mark.parametrize("scoring", ["loglikelihood", "generation"])
+def test_base_outcomes_are_reused_only_for_the_same_items_and_settings(tiny_llama_dir, two_adapters, tmp_path,
+                                                                       monkeypatch, capsys, scoring):  # fmt: skip
+    """A study scores its base once: ``base_from`` takes the base's outcomes from an earlier results.json
+    when the items and settings match (the base_key), and scores the base again when they do not."""
+    from datamodules import InstructionDataModule
+    from tools import evaluate as tool
+
+    data = (lambda **kw: InstructionDataModule(test_files=_choice_files(tmp_path), **kw)) if scoring == "loglikelihood" \
+        else _arithmetic  # fmt: skip
+    adapters = [f"lora={two_adapters['lora']}"]
+    first = evaluate(data(), adapters=adapters, base_model=str(tiny_llama_dir), scoring=scoring, output=str(tmp_path / "a"))
+    calls = []
+    scorer = "score_items" if scoring == "loglikelihood" else "greedy_answers"
+    real = getattr(tool, scorer)
+    monkeypatch.setattr(tool, scorer, lambda *a, **kw: calls.append(kw["description"]) or real(*a, **kw))
+
+    again = evaluate(data(), adapters=adapters, base_model=str(tiny_llama_dir), scoring=scoring,
+                     base_from=str(tmp_path / "a" / "results.json"))  # fmt: skip
+    assert calls == ["lora"] and again["base_from"] == str(tmp_path / "a" / "results.json")
+    assert again["outcomes"] == first["outcomes"] and again["scores"] == first["scores"]
+    assert again["entries"] == first["entries"] == ["base", "lora"]
+    assert "outcomes reused" in capsys.readouterr().err
+
+    calls.clear()  # other items: the base is scored again, and the reason said
+    other = evaluate(data(), adapters=adapters, base_model=str(tiny_llama_dir), scoring=scoring, max_records=1,
+                     base_from=str(tmp_path / "a" / "results.json"))  # fmt: skip
+    assert calls == ["base", "lora"] and other["base_from"] is None
+    assert "scored other items" in capsys.readouterr().err
+
+
 def test_evaluate_by_loglikelihood_refuses_a_task_that_is_not_multiple_choice(tiny_llama_dir):
     from datamodules.errors import DataError
 

@@ -32,6 +32,9 @@ def test_study_over_seeds(recipe, quiz, tmp_path):
     first, second = (json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in (0, 1))
     assert len(first["runs"]["s2ft"]) == 2 and len(second["runs"]["s2ft"]) == 1  # seed 1 trains the chosen rate only
     assert second["chosen"]["s2ft"]["lr"] == first["chosen"]["s2ft"]["lr"]
+    assert second["evaluation"]["base_from"] == str(out / "seed-0" / "results.json")  # the base is scored once
+    assert second["evaluation"]["outcomes"]["acc"]["base"] == first["evaluation"]["outcomes"]["acc"]["base"]
+    assert json.loads((out / "seed-1" / "quiz-adapter-form" / "results.json").read_text())["base_from"]
     summary = results["summary"]
     assert summary["seeds"] == [0, 1] and summary["entries"] == ["base", "s2ft", "lora-r2"] and summary["metric"] == "acc"
     for entry in ("s2ft", "lora-r2"):
