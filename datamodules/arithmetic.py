@@ -6,7 +6,7 @@ sets (last number), so held-out accuracy shows at a glance whether fine-tuning w
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal
 
 from datamodules.answers import AnswerExtractor, LastNumber
 from datamodules.arithmetic_problems import Problem, generate_splits
@@ -29,6 +29,8 @@ class ArithmeticDataModule(FineTuneDataModule):
         num_val: Validation problems.
         num_test: Test problems.
         max_operand: Largest operand of additions and subtractions (products stay within 10 x 10).
+        shapes: ``basic`` (seven one- and two-step templates) or ``varied`` (eight more, closer to real
+            word problems: distractor numbers, three addends, division, mixed two-step problems).
         max_new_tokens: Generation length for evaluation (worked solutions are about 35 tokens).
     """
 
@@ -38,6 +40,7 @@ class ArithmeticDataModule(FineTuneDataModule):
         num_val: int = 100,
         num_test: int = 200,
         max_operand: int = 50,
+        shapes: Literal["basic", "varied"] = "basic",
         max_new_tokens: int = 48,
         **kwargs: Any,
     ) -> None:
@@ -49,13 +52,14 @@ class ArithmeticDataModule(FineTuneDataModule):
         self.num_val = num_val
         self.num_test = num_test
         self.max_operand = max_operand
-        self._problems: Optional[dict[str, list[Problem]]] = None
+        self.shapes = shapes
+        self._problems: dict[str, list[Problem]] | None = None
 
     def problems(self, split: str) -> list[Problem]:
         """The problems of ``split`` ("train", "val" or "test"); generated once, deterministically."""
         if self._problems is None:
             sizes = {"test": self.num_test, "val": self.num_val, "train": self.num_train}
-            self._problems = generate_splits(sizes, self.seed, self.max_operand)
+            self._problems = generate_splits(sizes, self.seed, self.max_operand, self.shapes)
         return self._problems[split]
 
     def eval_tasks(self, stage: str) -> list[str]:

@@ -234,8 +234,8 @@ def evaluate_choices(
     seconds: dict[str, float] = {}
     outcomes: dict[str, dict[str, list[bool]]] = {"acc": {}, "acc_norm": {}}
     if reused is not None:
-        for metric in outcomes:
-            outcomes[metric][BASE] = reused["outcomes"][metric][BASE]
+        for metric, by_entry in outcomes.items():
+            by_entry[BASE] = reused["outcomes"][metric][BASE]
         seconds[BASE] = reused["seconds"][BASE]
     for entry in entries:
         if entry in seconds:

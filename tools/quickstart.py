@@ -2,7 +2,10 @@
 
 Runs, in one process: ``lightning test`` on the base model, ``lightning fit``, and
 ``lightning test`` with the trained adapter, all from one recipe, then prints both
-held-out accuracies and writes them to ``<run>/results.json``.
+held-out accuracies and writes them to ``<run>/results.json``. Given the LLM-Adapters data
+(``--word_problems ../shared/data/reasoning``) it also scores both models on real word problems
+(AddSub, SingleEq, MultiArith; ``configs/data/word_problems.yaml``): whether the adapter learnt
+arithmetic word problems or the generator's templates.
 """
 
 from __future__ import annotations
@@ -10,9 +13,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
+import yaml
+
+from tools.evaluate import evaluate
 from tools.plot_metrics import plot_metrics
 from zoo.cli import build_cli
+
+WORD_PROBLEMS = Path(__file__).resolve().parents[1] / "configs" / "data" / "word_problems.yaml"
 
 
 def _test_accuracy(config: str, *overrides: str) -> dict[str, float]:
@@ -21,10 +30,24 @@ def _test_accuracy(config: str, *overrides: str) -> dict[str, float]:
     return {k.removeprefix("test/"): round(float(v), 4) for k, v in metrics.items() if k.startswith("test/")}
 
 
+def word_problem_accuracy(adapter: str, data_dir: str, output: Path) -> dict[str, Any]:
+    """The base model's and ``adapter``'s accuracy on the real word problems, paired
+    (``configs/data/word_problems.yaml``, its chat prompt being the quickstart's)."""
+    from datamodules import ReasoningDataModule
+
+    spec = yaml.safe_load(WORD_PROBLEMS.read_text())["init_args"]
+    data = ReasoningDataModule(**{**spec, "data_dir": data_dir})
+    results = evaluate(data, adapters=[f"fine_tuned={adapter}"], output=str(output), overwrite=True,
+                       title="Real word problems (AddSub, SingleEq, MultiArith)")  # fmt: skip
+    return {entry: results["scores"][entry]["pooled"] for entry in results["entries"]} | {
+        "mcnemar": results["mcnemar"], "items": results["items"]}  # fmt: skip
+
+
 def quickstart(
     config: str = "configs/quickstart.yaml",
     run_dir: str = "runs/quickstart",
     overrides: list[str] | None = None,
+    word_problems: str | None = None,
 ) -> dict:
     """Measure base accuracy, fine-tune, measure again.
 
@@ -33,6 +56,8 @@ def quickstart(
         run_dir: where the run's logs, checkpoint, adapter and results go.
         overrides: more ``lightning`` arguments for all three steps, e.g. another method on the same
             budget: ``[--config, configs/methods/lora.yaml, --model.optimizer.init_args.lr, "1e-3"]``.
+        word_problems: the LLM-Adapters data folder (``../shared/data/reasoning``): also score the
+            base and the adapter on its AddSub, SingleEq and MultiArith test sets (in ``<run>/word_problems``).
     """
     run = Path(run_dir)
     extra = [*(overrides or []), "--trainer.default_root_dir", str(run)]
@@ -58,6 +83,9 @@ def quickstart(
         "adapter": str(run / "adapter"),
         "loss_plot": str(plot_metrics(str(run / "logs"))),
     }
+    if word_problems is not None:
+        results["word_problems"] = word_problem_accuracy(str(run / "adapter"), word_problems, run / "word_problems")
+        results["total_minutes"] = round((time.monotonic() - started) / 60, 2)
     (run / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(
         f"\nHeld-out accuracy on generated arithmetic ({results['method']}, "
@@ -67,6 +95,12 @@ def quickstart(
         f"  fine-tuned   {tuned.get('acc', float('nan')):7.2%}\n"
         f"Adapter: {results['adapter']}   Results: {run / 'results.json'}   Loss curve: {results['loss_plot']}"
     )
+    if word_problems is not None:
+        real = results["word_problems"]
+        print(f"Real word problems (AddSub, SingleEq, MultiArith; {sum(real['items'].values())} items):\n"
+              + "\n".join(f"  {name:12} {real[name]['accuracy']:7.2%} (95% interval {real[name]['low']:.1%}-"
+                          f"{real[name]['high']:.1%})" for name in ("base", "fine_tuned"))
+              + f"\n  paired McNemar p = {real['mcnemar'][0]['p_value']:.3g}")  # fmt: skip
     return results
 
 

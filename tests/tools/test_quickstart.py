@@ -33,3 +33,22 @@ def test_quickstart_measures_base_and_fine_tuned(tiny_llama_dir, tmp_path, monke
         assert 0.0 <= accuracy <= 1.0
     assert (run / "adapter").is_dir()
     assert json.loads((run / "results.json").read_text()) == results
+
+
+def test_quickstart_scores_real_word_problems_when_given_the_data(tiny_llama_dir, tmp_path, monkeypatch):
+    """``--word_problems <data_dir>``: base and adapter on AddSub, SingleEq and MultiArith, paired."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    data = tmp_path / "reasoning" / "math" / "test"
+    data.mkdir(parents=True)
+    for task in ("addsub", "singleeq", "multiarith"):
+        rows = [{"instruction": f"Sam has {k} apples and gets {k} more. How many apples?", "input": "",
+                 "output": f"{k} + {k} = {2 * k}. The answer is {2 * k}.", "answer": str(2 * k)} for k in (1, 2)]  # fmt: skip
+        (data / f"{task}.json").write_text(json.dumps(rows))
+    run = tmp_path / "run"
+    results = quickstart(run_dir=str(run), overrides=tiny_budget(tiny_llama_dir), word_problems=str(tmp_path / "reasoning"))
+
+    real = results["word_problems"]
+    assert real["items"] == {"addsub": 2, "singleeq": 2, "multiarith": 2}
+    assert real["base"]["total"] == real["fine_tuned"]["total"] == 6
+    assert real["mcnemar"][0]["first"] == "base" and real["mcnemar"][0]["second"] == "fine_tuned"
+    assert (run / "word_problems" / "results.md").is_file()
