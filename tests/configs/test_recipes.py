@@ -76,7 +76,8 @@ def test_comparison_configs_parse_and_name_every_method(comparison):
 
 @pytest.mark.parametrize("data_config", sorted((REPO / "configs" / "data").glob("*.yaml")))
 def test_test_set_configs_need_no_training_files(data_config, tmp_path):
-    """The data blocks for tools/evaluate.py read test sets only (a data_dir without train/ folders)."""
+    """The data blocks for tools/evaluate.py read test sets only (a data_dir without train/ folders),
+    or generate them (the quickstart's problems)."""
     import shutil
 
     import yaml
@@ -84,9 +85,19 @@ def test_test_set_configs_need_no_training_files(data_config, tmp_path):
     from datamodules import ReasoningDataModule
     from tiny_models import tiny_tokenizer
 
+    spec = yaml.safe_load(data_config.read_text())
+    if spec["class_path"] == "datamodules.ArithmeticDataModule":  # generated: no files at all
+        from datamodules import ArithmeticDataModule
+
+        data = ArithmeticDataModule(**spec["init_args"], tokenizer=tiny_tokenizer())
+        assert len(data.examples("test")) == 200
+        if data.shapes == "basic":  # the quickstart's own held-out problems, so its adapters are scored alike
+            recipe = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())["data"]["init_args"]
+            quickstart = ArithmeticDataModule(**recipe, tokenizer=tiny_tokenizer())
+            assert data.problems("test") == quickstart.problems("test")
+        return
     if not REASONING_DATA.is_dir():
         pytest.skip(f"reasoning data not found at {REASONING_DATA}")
-    spec = yaml.safe_load(data_config.read_text())
     domain = spec["init_args"]["test_tasks"][0].split("/")[0]
     shutil.copytree(REASONING_DATA / domain / "test", tmp_path / domain / "test")
     args = {**spec["init_args"], "data_dir": str(tmp_path), "tokenizer": tiny_tokenizer(), "max_eval_records": 3,
