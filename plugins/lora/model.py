@@ -46,16 +46,22 @@ ADAPTER = "default"
 INITIAL_A, INITIAL_B = "ftzoo_initial_lora_A", "ftzoo_initial_lora_B"
 
 
-def inject(model: nn.Module, config: LoraConfig, seed: int, adapter_name: str = ADAPTER) -> None:
+def inject(
+    model: nn.Module, config: LoraConfig, seed: int, adapter_name: str = ADAPTER, float32: bool = False
+) -> None:
     """Inject LoRA layers into ``model`` in place; their random init is drawn from ``seed``.
 
     The seed makes the init (and so a resumed run's PiSSA/OLoRA residual) the same on every
-    rank and every rebuild.
+    rank and every rebuild. The adapters take the base layer's dtype (PEFT puts them there);
+    ``float32`` upcasts them on a half-precision base (``get_peft_model``'s default,
+    ``autocast_adapter_dtype``): float32 master values, at 2× the adapter bytes and a float32
+    copy of each adapted layer's input (and, for DoRA with dropout, of its weight) for backward.
     """
     training = model.training
     with _seeded(model, seed):
         inject_adapter_in_model(config, model, adapter_name=adapter_name)
-    cast_adapter_dtype(model, adapter_name)  # float32 adapters on a half-precision base, as get_peft_model
+    if float32:
+        cast_adapter_dtype(model, adapter_name)  # float32 adapters on a half-precision base
     model.train(training)  # new layers are created in training mode (dropout on)
     if mutates_base(config.init_lora_weights):
         for layer in lora_layers(model):
@@ -91,13 +97,17 @@ def extract(model: nn.Module, adapter_name: str = ADAPTER) -> dict[str, torch.Te
 def load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor], adapter_name: str = ADAPTER) -> None:
     """Inject ``config`` into a plain base under ``adapter_name`` and set the trained tensors.
 
+    The adapter layers take the dtype the tensors were stored in where that is float32 (an
+    adapter trained with ``adapter_dtype="float32"`` on a half-precision base), else the base's.
+
     Raises:
         ValueError: a tensor does not belong to any injected layer.
     """
     training = model.training
     with _seeded(model, 0):  # the init is overwritten; the seed only avoids touching the global RNG
         inject_adapter_in_model(config, model, adapter_name=adapter_name)
-    cast_adapter_dtype(model, adapter_name)
+    if any(t.dtype == torch.float32 for t in tensors.values()):
+        cast_adapter_dtype(model, adapter_name)  # trained and stored as float32 master values: keep them so
     model.train(training)  # new layers are created in training mode (dropout on)
     result = set_peft_model_state_dict(model, tensors, adapter_name=adapter_name)
     if result.unexpected_keys:
