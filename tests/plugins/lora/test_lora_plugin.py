@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from plugins.lora import DoRA, LoRA
 from plugins.lora.config import LLM_ADAPTERS_TARGETS
-from zoo.merging.combine import MergeOptions, combine
 from zoo import save_adapter
+from zoo.merging.combine import MergeOptions, combine
 from zoo.plugins import method_hooks
 
 BATCH = batches(count=1, seed=11)[0]
