@@ -25,10 +25,10 @@ the slice (``D = P - W_S``, zero before training)::
     rows:    y = x Wᵀ + b;  y[..., S] += x Dᵀ        [tokens, in] @ [in, k]
 
 The correction is also what an in-place layer computes whenever ``P`` is no longer a view of
-``W`` (a ``deepcopy``, or a strategy that re-lays parameters out, as FSDP's flat parameters
-and DeepSpeed's buffers do): at that moment ``W_S`` holds ``P``'s values, so ``W`` with ``W_S``
-replaced by ``P`` is still the trained weight. Device and dtype moves (``model.to``) re-make
-the view.
+``W`` (a ``deepcopy``; FSDP, for which the module gives ``P`` its own storage before wrapping,
+:func:`zoo.distributed.unshare_parameters`; DeepSpeed's flat buffers): at that moment ``W_S``
+holds ``P``'s values, so ``W`` with ``W_S`` replaced by ``P`` is still the trained weight.
+Device and dtype moves (``model.to``) keep the view.
 
 The backward pass (:class:`S2FTLinearFunction`) computes
 
@@ -197,19 +197,20 @@ class S2FTLinear(nn.Module):
         return True
 
     def _apply(self, fn: Any, recurse: bool = True) -> S2FTLinear:
-        """Moves and casts (``model.to``) copy ``W`` and ``P`` apart: write ``P`` into ``W`` and
-        make it the view again, and cast the host copy of the original slice alike."""
+        """A move or cast (``model.to``) copies ``W`` and ``P`` apart: if ``P`` was the view of ``W``,
+        make it the view of the moved ``W`` again (which holds the same values); the host copy of
+        the original slice is cast alike. A layer whose ``P`` already had its own storage (after a
+        ``deepcopy``, or :func:`zoo.distributed.unshare_parameters` for FSDP) keeps it."""
+        aliased = self.in_place and self._aliased()
         super()._apply(fn, recurse)
-        if self.in_place:
+        if aliased and not self._aliased():
             with torch.no_grad():
-                for name, base, dim in (("s2ft_weight", self.weight, self.dim), ("s2ft_bias", self.bias, 0)):
-                    param = getattr(self, name)
-                    if param is not None and not self._aliased():
-                        view = self._slice(base, dim)
-                        view.copy_(param)
-                        param.data = view
-                weight, bias = self._original
-                self._original = (_cast_like(weight, self.weight), _cast_like(bias, self.weight))
+                self.s2ft_weight.data = self._slice(self.weight, self.dim)
+                if self.s2ft_bias is not None:
+                    self.s2ft_bias.data = self._slice(self.bias, 0)
+        if self.in_place:
+            weight, bias = self._original
+            self._original = (_cast_like(weight, self.weight), _cast_like(bias, self.weight))
         return self
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:

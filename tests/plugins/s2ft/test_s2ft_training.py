@@ -10,6 +10,7 @@ import torch
 from s2ft_cases import ALL_ROLES
 
 from plugins.s2ft.layers import S2FTLinear
+from zoo.distributed import unshare_parameters
 from zoo.plugins import method_hooks
 
 SMOLLM2_GROUPS = {"hidden_size": 72, "num_attention_heads": 9, "num_key_value_heads": 3}
@@ -237,11 +238,16 @@ def test_in_place_slices_survive_copies_moves_and_checkpoints(s2):
         assert saved.untyped_storage().nbytes() == saved.numel() * saved.element_size()
     twin = copy.deepcopy(r.model)  # parts P from W: the correction path takes over, still the trained layer
     twin_layers = s2.s2ft_layers(twin)
+    assert not any(layer._aliased() for layer in twin_layers.values())
     _train_a_little(twin_layers)
     _check_trained(twin_layers, originals, steps=2)
-    twin.to(torch.float64).to("cpu")  # a cast or move makes P the view of W again, with its values
-    assert all(layer._aliased() for layer in twin_layers.values())
+    twin.to(torch.float64).to("cpu")  # a parted layer stays parted (FSDP relies on it)
+    assert not any(layer._aliased() for layer in twin_layers.values())
     _check_trained(twin_layers, {n: (w.double(), None) for n, (w, _) in originals.items()}, steps=2)
+    r.model.to(torch.float64).to("cpu")  # a cast or move keeps an in-place slice the view of W
+    assert all(layer._aliased() for layer in layers.values())
+    _check_trained(layers, {n: (w.double(), None) for n, (w, _) in originals.items()})
+    r.model.to(torch.float32)
     reloaded = copy.deepcopy(r.model)
     reloaded.load_state_dict({k: v for k, v in twin.state_dict().items() if "s2ft_" in k}, strict=False)
     _check_trained(s2.s2ft_layers(reloaded), originals, steps=2)  # a checkpoint's slices land inside W
@@ -256,3 +262,20 @@ def test_dtype_moves_keep_the_layer_consistent(s2):
     loss = r.model(**s2.make_batch(0)).loss
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_unshared_slices_train_as_before(s2):
+    """Before FSDP wraps the model the module gives every view parameter its own storage
+    (FSDP's flat parameters need contiguous, unshared ones); the layers then train through the
+    correction path, to the same values."""
+    r = s2.rewritten("llama-mha", dtype=torch.float32, seed=0, o_heads=2, down_channels=3, allocation="per_layer")
+    layers = s2.s2ft_layers(r.model)
+    originals = {name: (layer.weight.detach().clone(), None) for name, layer in layers.items()}
+    assert unshare_parameters(r.model) == len(layers)
+    assert all(layer.s2ft_weight.is_contiguous() and not layer._aliased() for layer in layers.values())
+    assert unshare_parameters(r.model) == 0
+    _train_a_little(layers)
+    _check_trained(layers, originals)
+    batch = s2.make_batch(1)
+    r.model(**batch).loss.backward()
+    assert all(layer.s2ft_weight.grad is not None for layer in layers.values())
