@@ -145,7 +145,8 @@ class S2FTLinear(nn.Module):
 
     Args:
         base: the (already co-permuted) linear layer; its ``weight`` and ``bias``
-            parameters are taken over as they are, not copied, and never modified.
+            parameters are taken over as they are, not copied; only a one-run slice (trained in
+            place) is ever written, by the optimizer.
         dim: 0 to train rows (output features), 1 to train columns (input features).
         runs: ``[start, end)`` ranges of the trained rows/columns.
         slot_units: original unit index of each unit in the trained slice, in slice
@@ -216,7 +217,7 @@ class S2FTLinear(nn.Module):
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         """The trained slice as a tensor of its own: a view would make ``torch.save`` write ``W``'s whole storage."""
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.in_place:
+        if self.in_place and not keep_vars:  # keep_vars asks for the parameters themselves
             for name in ("s2ft_weight", "s2ft_bias"):
                 if prefix + name in destination:
                     destination[prefix + name] = destination[prefix + name].clone()
