@@ -13,6 +13,9 @@ Training (random bf16 weights, Llama-2-7B shape, ``layers`` blocks, seq × batch
 * its step time: the median of ``steps`` steps after ``warmup``, forward, backward and AdamW
   each timed with CUDA events (:class:`tools.bench.measure.StepTimer`).
 
+AdamW is PyTorch's fused kernel on the GPU (:func:`tools.bench.measure.adamw`; the default
+foreach kernels' temporaries would add up to a model's size to full fine-tuning's peak).
+
 Serving (the same shape at ``serve_layers`` blocks): switch latency and mixed-adapter
 throughput of S²FT, ftzoo's LoRA, raw peft's LoRA and a fused model
 (:func:`tools.bench.serve.bench_setting`).
