@@ -28,7 +28,7 @@ configs of :func:`tools.bench.shapes.method_configs`:
   ``lora_d0`` and ``frozen`` on the same base quantized to NF4 by :func:`zoo.quantization.quantize`
   (bitsandbytes ``Linear4bit``, blocks of 64 with quantized block scales, every linear layer but
   the output head; matmuls in the model's dtype). ``qlora`` is QLoRA as peft does it: ftzoo's
-  LoRA plugin, i.e. peft's LoRA layers wrapping the bitsandbytes layers, float32 adapters.
+  LoRA plugin, i.e. peft's LoRA layers wrapping the bitsandbytes layers, adapters in the compute dtype.
   The NF4 weights' bytes include the block scales and code books (``quant_state``), which are
   not parameters.
 
