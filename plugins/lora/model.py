@@ -58,7 +58,8 @@ def inject(
     rank and every rebuild. The adapters take the base layer's dtype (PEFT puts them there);
     ``float32`` upcasts them on a half-precision base (``get_peft_model``'s default,
     ``autocast_adapter_dtype``): float32 master values, at 2× the adapter bytes and a float32
-    copy of each adapted layer's input (and, for DoRA with dropout, of its weight) for backward.
+    copy of each adapted layer's input for backward (DoRA's magnitude layers become
+    :class:`BaseDtypeDoraLayer`, which keeps no float32 copy of the weight as peft's would).
     """
     training = model.training
     with _seeded(model, seed):

@@ -57,8 +57,8 @@ class LoRA(Method):
             raw peft with ``autocast_adapter_dtype=False`` (bf16 adapters on a bf16 base: the
             fewest bytes); ``"float32"``: float32 master values on a half-precision base
             (``get_peft_model``'s default), which costs 2× the adapter, gradient and AdamW
-            bytes and a float32 copy of each adapted layer's input for backward (for DoRA with
-            dropout also a float32 copy of each adapted weight: docs/benchmarks.md prices both).
+            bytes and a float32 copy of each adapted layer's input for backward
+            (docs/benchmarks.md, rows ``lora_fp32`` and ``dora_fp32``).
     """
 
     name = "lora"
