@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import nn
 
@@ -34,6 +35,29 @@ def check_strategy(strategy: Any) -> None:
             "DeepSpeed ZeRO-3 partitions parameters while the base model loads (deepspeed.zero.Init), which "
             "ftzoo's loader does not support; use ZeRO-2 or FSDP (docs/distributed.md) to shard the base"
         )
+
+
+def unshare_parameters(model: nn.Module) -> int:
+    """Give each trainable parameter that shares its storage with another parameter a contiguous
+    copy of its own; return how many were copied.
+
+    FSDP flattens every parameter of a unit into one buffer and assumes each is contiguous and
+    alone in its storage; a trainable slice that is a view of a frozen weight (S²FT's in-place
+    slice, :mod:`plugins.s2ft.layers`) fails there. A method that makes such views computes the
+    same with a copy (the copy holds the trained values, the weight the values it had at the
+    copy), so the module calls this before FSDP wraps the model.
+    """
+    owners: dict[int, list[nn.Parameter]] = {}
+    for p in model.parameters():
+        if not p.is_meta:
+            owners.setdefault(p.untyped_storage().data_ptr(), []).append(p)
+    copied = 0
+    for params in owners.values():
+        for p in params:
+            if len(params) > 1 and p.requires_grad:
+                p.data = p.detach().clone(memory_format=torch.contiguous_format)
+                copied += 1
+    return copied
 
 
 def unwrapped(name: str) -> str:

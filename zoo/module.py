@@ -24,7 +24,7 @@ from torch import nn
 from zoo import checkpoints, console
 from zoo.adapter import META_FILE, Adapter, BaseModelInfo, save_adapter
 from zoo.checkpoints import CheckpointMismatchError
-from zoo.distributed import check_strategy, unwrapped, whole_parameters
+from zoo.distributed import check_strategy, unshare_parameters, unwrapped, whole_parameters
 from zoo.guard import FitGuard
 from zoo.inference.adapters import load_for_evaluation
 from zoo.inference.generate import prompt_info
@@ -160,6 +160,8 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
             self.selection = self._select() if selection is None else selection
             plain = plain_view(model) if stage == "fit" and self.quantization == "none" else None
             trainable = rewrite(self.hooks, self.method, model, self.selection)
+            if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+                unshare_parameters(model)  # FSDP flattens parameters: no view of another one
             if plain is not None:  # a method whose deltas are not differences is refused before the first step
                 check_untrained_deltas(self.hooks, self.method, model, self.selection, self.base_info, plain)
             # Shapes before wrapping: FSDP later holds parameters as flat 1-D shards.

@@ -35,9 +35,12 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
+from peft.tuners.lora.dora import DoraLinearLayer
 from peft.tuners.tuners_utils import cast_adapter_dtype
+from peft.utils.other import transpose
 from torch import nn
 
 from plugins.lora.config import mutates_base
@@ -46,21 +49,64 @@ ADAPTER = "default"
 INITIAL_A, INITIAL_B = "ftzoo_initial_lora_A", "ftzoo_initial_lora_B"
 
 
-def inject(model: nn.Module, config: LoraConfig, seed: int, adapter_name: str = ADAPTER) -> None:
+def inject(
+    model: nn.Module, config: LoraConfig, seed: int, adapter_name: str = ADAPTER, float32: bool = False
+) -> None:
     """Inject LoRA layers into ``model`` in place; their random init is drawn from ``seed``.
 
     The seed makes the init (and so a resumed run's PiSSA/OLoRA residual) the same on every
-    rank and every rebuild.
+    rank and every rebuild. The adapters take the base layer's dtype (PEFT puts them there);
+    ``float32`` upcasts them on a half-precision base (``get_peft_model``'s default,
+    ``autocast_adapter_dtype``): float32 master values, at 2× the adapter bytes and a float32
+    copy of each adapted layer's input for backward (DoRA's magnitude layers become
+    :class:`BaseDtypeDoraLayer`, which keeps no float32 copy of the weight as peft's would).
     """
     training = model.training
     with _seeded(model, seed):
         inject_adapter_in_model(config, model, adapter_name=adapter_name)
-    cast_adapter_dtype(model, adapter_name)  # float32 adapters on a half-precision base, as get_peft_model
+    if float32:
+        cast_adapter_dtype(model, adapter_name)  # float32 adapters on a half-precision base
+        for layer in lora_layers(model):
+            for name, magnitude in layer.lora_magnitude_vector.items():  # DoRA: no float32 copy of W kept
+                if name == adapter_name and type(magnitude) is DoraLinearLayer and type(layer.get_base_layer()) is nn.Linear:
+                    magnitude.__class__ = BaseDtypeDoraLayer
     model.train(training)  # new layers are created in training mode (dropout on)
     if mutates_base(config.init_lora_weights):
         for layer in lora_layers(model):
             layer.register_buffer(INITIAL_A, layer.lora_A[adapter_name].weight.detach().clone(), persistent=False)
             layer.register_buffer(INITIAL_B, layer.lora_B[adapter_name].weight.detach().clone(), persistent=False)
+
+
+class BaseDtypeDoraLayer(DoraLinearLayer):
+    """peft's DoRA magnitude layer whose dropout path multiplies the frozen weight in its own dtype.
+
+    With dropout, peft recomputes the base output on the dropped-out input as
+    ``F.linear(x, W.to(x.dtype))``; with float32 adapters on a bf16/fp16 base that is a float32
+    copy of ``W``, which the matmul keeps for backward: one per adapted layer (16.8 GiB at 32
+    Llama-2-7B layers). Here that matmul runs in ``W``'s dtype, as the base layer's own forward
+    (the path without dropout) does, and keeps nothing but ``W`` itself. The weight norm is
+    computed as peft computes it (detached, so nothing of it is kept).
+    """
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        lora_A: nn.Module,
+        lora_B: nn.Module,
+        scaling: float,
+        base_layer: nn.Module,
+        base_result: torch.Tensor | None = None,
+        adapter_name: str = "default",
+    ) -> torch.Tensor:
+        weight = base_layer.weight
+        if base_result is None and weight.dtype != x.dtype:  # peft subtracts the bias again
+            base_result = F.linear(x.to(weight.dtype), transpose(weight, self.fan_in_fan_out), base_layer.bias)
+            base_result = base_result.to(x.dtype)
+        return super().forward(
+            x, lora_A=lora_A, lora_B=lora_B, scaling=scaling, base_layer=base_layer, base_result=base_result,
+            adapter_name=adapter_name,
+        )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -91,13 +137,17 @@ def extract(model: nn.Module, adapter_name: str = ADAPTER) -> dict[str, torch.Te
 def load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor], adapter_name: str = ADAPTER) -> None:
     """Inject ``config`` into a plain base under ``adapter_name`` and set the trained tensors.
 
+    The adapter layers take the dtype the tensors were stored in where that is float32 (an
+    adapter trained with ``adapter_dtype="float32"`` on a half-precision base), else the base's.
+
     Raises:
         ValueError: a tensor does not belong to any injected layer.
     """
     training = model.training
     with _seeded(model, 0):  # the init is overwritten; the seed only avoids touching the global RNG
         inject_adapter_in_model(config, model, adapter_name=adapter_name)
-    cast_adapter_dtype(model, adapter_name)
+    if any(t.dtype == torch.float32 for t in tensors.values()):
+        cast_adapter_dtype(model, adapter_name)  # trained and stored as float32 master values: keep them so
     model.train(training)  # new layers are created in training mode (dropout on)
     result = set_peft_model_state_dict(model, tensors, adapter_name=adapter_name)
     if result.unexpected_keys:

@@ -53,6 +53,12 @@ class LoRA(Method):
         use_dora: weight-decomposed LoRA (Liu et al., 2024); see :class:`DoRA`.
         bias: ``"none"``; ``"all"`` or ``"lora_only"`` also train biases (their names do not
             contain ``lora_``; the adapter stores the trained biases).
+        adapter_dtype: ``"model"``: ``A``, ``B`` (and DoRA's magnitude) in the base's dtype, as
+            raw peft with ``autocast_adapter_dtype=False`` (bf16 adapters on a bf16 base: the
+            fewest bytes); ``"float32"``: float32 master values on a half-precision base
+            (``get_peft_model``'s default), which costs 2× the adapter, gradient and AdamW
+            bytes and a float32 copy of each adapted layer's input for backward
+            (docs/benchmarks.md, rows ``lora_fp32`` and ``dora_fp32``).
     """
 
     name = "lora"
@@ -68,8 +74,11 @@ class LoRA(Method):
         init_lora_weights: bool | str = True,
         use_dora: bool = False,
         bias: Literal["none", "all", "lora_only"] = "none",
+        adapter_dtype: Literal["model", "float32"] = "model",
     ) -> None:
         check_init(init_lora_weights, use_dora)
+        if adapter_dtype not in ("model", "float32"):
+            raise ValueError(f"LoRA adapter_dtype must be 'model' or 'float32', got {adapter_dtype!r}")
         self.r = r
         self.alpha = alpha
         self.dropout = dropout
@@ -78,6 +87,7 @@ class LoRA(Method):
         self.init_lora_weights = init_lora_weights
         self.use_dora = use_dora
         self.bias = bias
+        self.adapter_dtype = adapter_dtype
 
     def options(self, adapter: Adapter | None = None) -> dict[str, Any]:
         """Every LoRA option (``use_dora`` included) of this method or of ``adapter``."""
@@ -116,7 +126,8 @@ class LoRA(Method):
             )
         plain = [name for name in selection["targets"] if name not in set(quantized)]
         check_trainable_modules(model, plain, "LoRA")  # before PEFT changes anything
-        inject(model, peft_config(self.options(), selection["targets"]), seed=selection["seed"])
+        config = peft_config(self.options(), selection["targets"])
+        inject(model, config, seed=selection["seed"], float32=self.adapter_dtype == "float32")
 
     @hookimpl
     def ftzoo_extract_adapter(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -218,8 +229,9 @@ class DoRA(LoRA):
         use_rslora: bool = False,
         init_lora_weights: bool | str = True,
         bias: Literal["none", "all", "lora_only"] = "none",
+        adapter_dtype: Literal["model", "float32"] = "model",
     ) -> None:
-        super().__init__(r, alpha, dropout, target_modules, use_rslora, init_lora_weights, True, bias)
+        super().__init__(r, alpha, dropout, target_modules, use_rslora, init_lora_weights, True, bias, adapter_dtype)
 
 
 def _trains_bias(adapter: Adapter) -> bool:

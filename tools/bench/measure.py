@@ -65,10 +65,17 @@ class SavedForBackward:
         return nbytes(t for t in alive if t is not None and storage_key(t) not in self.skip)
 
 
+def adamw(trainable: list[nn.Parameter], **options: Any) -> torch.optim.AdamW:
+    """AdamW, fused on a GPU: the foreach kernels' temporaries (a copy of a moment per step)
+    would add up to a full model's size to full fine-tuning's peak; the state is the same."""
+    fused = bool(trainable) and all(p.device.type == "cuda" for p in trainable)
+    return torch.optim.AdamW(trainable, lr=1e-5, fused=fused or None, **options)
+
+
 def count_memory(model: nn.Module, trainable: list[nn.Parameter], batch: dict[str, torch.Tensor]) -> dict[str, int]:
     """Bytes of weights, gradients, AdamW state and saved activations of one training step."""
     state = list(model.parameters()) + list(model.buffers()) + state_tensors(model)  # + NF4/int8 scales
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    optimizer = adamw(trainable)
     with SavedForBackward(skip={storage_key(t) for t in state}) as saved:
         loss = model(**batch).loss
     activations = saved.nbytes()
@@ -86,7 +93,7 @@ def cuda_peak(model: nn.Module, trainable: list[nn.Parameter], batch: dict[str, 
     ``None`` if the step does not fit on the GPU."""
     for p in trainable:
         p.grad = None
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    optimizer = adamw(trainable)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     try:
@@ -109,7 +116,7 @@ class StepTimer:
 
     def __init__(self, model: nn.Module, trainable: list[nn.Parameter], device: str) -> None:
         self.model, self.device = model, device
-        self.optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.01)
+        self.optimizer = adamw(trainable, weight_decay=0.01)
         self.clock = _cuda_clock if device == "cuda" else _cpu_clock
         self.durations: dict[str, list[float]] = {name: [] for name in (*self.PHASES, "step")}
 

@@ -44,21 +44,28 @@ def method_configs(lora_rank: int = 32, lora_dropout: float = 0.05) -> dict[str,
         "full": ("full", {}),
         "lora": ("lora", lora),
         "lora_d0": ("lora", {**lora, "dropout": 0.0}),
+        "lora_fp32": ("lora", {**lora, "adapter_dtype": "float32"}),
         "dora": ("dora", lora),
+        "dora_fp32": ("dora", {**lora, "adapter_dtype": "float32"}),
         "sparse": ("sparse", {"density": SPARSE_DENSITY, "strategy": "random"}),
         "s2ft": ("s2ft", {}),
     }
 
 
 TRAIN_TARGETS = [
+    ("memory", "lora/peft_lora", 1.0, "ftzoo's LoRA ≤ raw peft's LoRA memory"),
+    ("memory", "dora/peft_dora", 1.1, "ftzoo's DoRA ≤ 1.1× raw peft's DoRA memory"),
     ("memory", "s2ft/full", 1 / 3, "S²FT ≤ 1/3 of full FT's memory"),
     ("memory", "s2ft/lora", 0.90, "S²FT ≥ 10 % below LoRA's memory"),
-    ("memory", "s2ft/frozen", 1.08, "S²FT within 8 % of the frozen floor's memory"),
+    ("memory", "s2ft/best_lora", 0.90, "S²FT ≥ 10 % below the better LoRA row's memory (lora, peft_lora)"),
+    ("memory", "s2ft/frozen", 1.05, "S²FT within 5 % of the frozen floor's memory"),
     ("memory", "s2ft_nf4/frozen_nf4", 1.10, "S²FT-nf4 within 10 % of the NF4 frozen floor's memory"),
     ("memory", "s2ft_nf4/qlora", 0.90, "S²FT-nf4 ≥ 10 % below QLoRA's memory"),
     ("memory", "s2ft_nf4/qlora_d0", 0.90, "S²FT-nf4 ≥ 10 % below QLoRA's (no dropout) memory"),
+    ("time", "lora/peft_lora", 1.0, "ftzoo's LoRA no slower than raw peft's LoRA"),
     ("time", "s2ft/full", 1 / 1.8, "S²FT ≥ 1.8× faster than full FT"),
     ("time", "s2ft/lora", 0.90, "S²FT ≥ 10 % faster than LoRA"),
+    ("time", "s2ft/best_lora", 0.90, "S²FT ≥ 10 % faster than the better LoRA row (lora, peft_lora)"),
     ("time", "s2ft/frozen", 1.05, "S²FT within 5 % of the frozen floor's time"),
 ]
 """(kind, ratio, upper limit, description): the training targets, as ratios of one run."""

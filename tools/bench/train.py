@@ -6,22 +6,29 @@ configs of :func:`tools.bench.shapes.method_configs`:
 
 * ``full``: every parameter trains.
 * ``lora``: ftzoo's LoRA, r=32 (alpha 64, dropout 0.05) on q, k, v, up, down as in
-  LLM-Adapters and the S²FT paper's baselines (float32 adapters, also on a bf16 model).
+  LLM-Adapters and the S²FT paper's baselines (adapters in the model's dtype, the default).
 * ``lora_d0``: the same without dropout, LoRA's cheapest setting (dropout keeps a masked
   copy of each adapted layer's input for backward).
+* ``lora_fp32``: ``lora`` with ``adapter_dtype="float32"``: what float32 master values of the
+  adapters cost on a bf16 model (2× the adapter bytes, a float32 copy of each adapted input).
 * ``dora``: ftzoo's DoRA with LoRA's settings.
+* ``dora_fp32``: ``dora`` with float32 adapters. (With dropout, raw peft's DoRA then recomputes
+  the base output as ``F.linear(x, W.to(float32))``, a float32 copy of each adapted weight kept
+  for backward; ftzoo's runs that matmul in the base's dtype and keeps no such copy:
+  :class:`plugins.lora.model.BaseDtypeDoraLayer`.)
 * ``sparse``: ftzoo's sparse masks, 1 % of every projection's entries, random.
 * ``s2ft``: ftzoo's S²FT with its defaults, the paper's recipe (O heads 5.2 %, down channels
   2 %, random, spread over all layers); the exact number of trained values is printed.
 * ``peft_lora``: a peer row: the ``peft`` library's own ``get_peft_model`` with LoRA's
   settings and adapters in the model's dtype (bf16 adapters on a bf16 model).
+* ``peft_dora``: the same peer for DoRA (``use_dora=True``).
 * ``frozen``: the floor: every weight frozen except the first block's input norm, so the
   backward pass still runs through every block but computes no weight gradient.
 * ``s2ft_nf4``, ``qlora``, ``qlora_d0``, ``frozen_nf4``: the rows ``s2ft``, ``lora``,
   ``lora_d0`` and ``frozen`` on the same base quantized to NF4 by :func:`zoo.quantization.quantize`
   (bitsandbytes ``Linear4bit``, blocks of 64 with quantized block scales, every linear layer but
   the output head; matmuls in the model's dtype). ``qlora`` is QLoRA as peft does it: ftzoo's
-  LoRA plugin, i.e. peft's LoRA layers wrapping the bitsandbytes layers, float32 adapters.
+  LoRA plugin, i.e. peft's LoRA layers wrapping the bitsandbytes layers, adapters in the compute dtype.
   The NF4 weights' bytes include the block scales and code books (``quant_state``), which are
   not parameters.
 
@@ -84,17 +91,20 @@ from zoo.quantization import quantize
 REPO = Path(__file__).resolve().parents[2]
 
 MethodName = Literal[
-    "full", "lora", "lora_d0", "dora", "sparse", "s2ft", "peft_lora", "frozen", "s2ft_nf4", "qlora", "qlora_d0",
-    "frozen_nf4",
+    "full", "lora", "lora_d0", "lora_fp32", "dora", "dora_fp32", "sparse", "s2ft", "peft_lora", "peft_dora", "frozen",
+    "s2ft_nf4", "qlora", "qlora_d0", "frozen_nf4",
 ]
 METHODS: tuple[MethodName, ...] = (
-    "full", "lora", "lora_d0", "dora", "sparse", "s2ft", "peft_lora", "frozen", "s2ft_nf4", "qlora", "qlora_d0",
-    "frozen_nf4",
+    "full", "lora", "lora_d0", "lora_fp32", "dora", "dora_fp32", "sparse", "s2ft", "peft_lora", "peft_dora", "frozen",
+    "s2ft_nf4", "qlora", "qlora_d0", "frozen_nf4",
 )  # fmt: skip
+PEER_ROWS = {"peft_lora": False, "peft_dora": True}
+"""Raw peft rows → ``use_dora``."""
 QUANTIZED_ROWS = {"s2ft_nf4": "s2ft", "qlora": "lora", "qlora_d0": "lora_d0", "frozen_nf4": "frozen"}
 """Row on an NF4 base → the row it repeats."""
-TIME_METHODS: tuple[MethodName, ...] = tuple(m for m in METHODS if m != "qlora_d0")
-"""Timed by default: every row but ``qlora_d0`` (whose dropout-free saving is a memory question)."""
+TIME_METHODS: tuple[MethodName, ...] = tuple(m for m in METHODS if m not in ("qlora_d0", "lora_fp32", "dora_fp32"))
+"""Timed by default: every row but ``qlora_d0`` (whose dropout-free saving is a memory question)
+and the float32-adapter rows (the timed model is float32, where they equal ``lora`` and ``dora``)."""
 SPARSE_MAX_MEMORY_LAYERS = 2
 """The sparse row's selection holds the indices of 1% of every matrix on the CPU even for the
 meta-device count; at 32 Llama-2-7B layers that exceeds a 24 GiB machine, so it is counted at
@@ -141,16 +151,18 @@ def prepare_row(
     if row == "frozen":
         norm = model.model.layers[0].input_layernorm.weight.requires_grad_(True)
         return model, [norm], "first input norm only"
-    if row == "peft_lora":
-        return _peft_lora(model, lora_rank, lora_dropout)
+    if row in PEER_ROWS:
+        return _peft_lora(model, lora_rank, lora_dropout, use_dora=PEER_ROWS[row])
     name, config = method_configs(lora_rank, lora_dropout)[row]
     method = method_class(name)(**config)
     prepared = prepare(model, method, calibration_batches=None, seed=seed)
     return prepared.model, [p for _, p in prepared.trainable], repr(method)
 
 
-def _peft_lora(model: nn.Module, lora_rank: int, lora_dropout: float) -> tuple[nn.Module, list[nn.Parameter], str]:
-    """The peer row: peft's ``get_peft_model``, adapters in the model's dtype."""
+def _peft_lora(
+    model: nn.Module, lora_rank: int, lora_dropout: float, use_dora: bool = False
+) -> tuple[nn.Module, list[nn.Parameter], str]:
+    """The peer rows: peft's ``get_peft_model``, adapters in the model's dtype."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -159,11 +171,13 @@ def _peft_lora(model: nn.Module, lora_rank: int, lora_dropout: float) -> tuple[n
         lora_dropout=lora_dropout,
         target_modules=LORA_TARGETS,
         bias="none",
+        use_dora=use_dora,
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, config, autocast_adapter_dtype=False)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    return model, trainable, f"peft LoraConfig(r={lora_rank}, dropout={lora_dropout}) on {','.join(LORA_TARGETS)}"
+    what = f"peft LoraConfig(r={lora_rank}, dropout={lora_dropout}, use_dora={use_dora}) on {','.join(LORA_TARGETS)}"
+    return model, trainable, what
 
 
 def make_batch(vocab: int, batch: int, seq: int, device: str, seed: int) -> dict[str, torch.Tensor]:
@@ -261,7 +275,7 @@ def bench_train(
                     del model, trainable
                 results["memory"].append(row)
     timed = tuple(m for m in methods if time_methods is None or m in time_methods)
-    results["time"] = _time_methods(
+    results["time"] = {} if not timed else _time_methods(
         timed,
         device,
         time_layers,
@@ -341,7 +355,13 @@ def _relative(values: dict[str, float]) -> dict[str, float]:
     of S²FT-nf4 and the NF4 floor to the NF4 rows and to their float counterparts."""
     pairs = [(m, o) for m in ("s2ft", "frozen") for o in REFERENCES]
     pairs += [(m, o) for m in ("s2ft_nf4", "frozen_nf4") for o in (*QUANTIZED_REFERENCES, "s2ft", "frozen")]
-    return {f"{m}/{o}": values[m] / values[o] for m, o in pairs if m in values and o in values and o != m}
+    pairs += [("lora", "peft_lora"), ("dora", "peft_dora"), ("lora_fp32", "lora"), ("dora_fp32", "dora")]
+    out = {f"{m}/{o}": values[m] / values[o] for m, o in pairs if m in values and o in values and o != m}
+    loras = [values[m] for m in ("lora", "peft_lora") if m in values]
+    for m in ("s2ft", "frozen"):
+        if m in values and loras:
+            out[f"{m}/best_lora"] = values[m] / min(loras)
+    return out
 
 
 TARGETS = TRAIN_TARGETS
@@ -395,7 +415,19 @@ def _memory_rows(
     return lines
 
 
+RERUN_COMMAND = "python -m tools.bench.train --docs docs/benchmarks.md"
+"""The whole Training section in one run: exact memory counts and step times together."""
+
+
 def _time_table(results: dict[str, Any]) -> list[str]:
+    if not results["time"]:
+        note = (
+            "Step times were not measured in this run (`--time_methods '[]'`): the machine's cores were busy "
+            "with other jobs, and times taken under that load would say more about the load than about the "
+            f"methods. On quiet cores, `{RERUN_COMMAND}` rewrites this section with both (the memory counts "
+            "are exact and come out the same)."
+        )
+        return [note]
     s, t, info = results["settings"], results["time"], results["trainable"]["time"]
     title = (
         f"Step time at SmolLM2-135M shape, {s['time_layers']} layers, fp32, seq {s['time_seq_len']} × batch "
@@ -415,7 +447,7 @@ def _time_table(results: dict[str, Any]) -> list[str]:
 def _target_table(results: dict[str, Any]) -> list[str]:
     """Each target at its worst shape, beside the frozen floor's ratio there (the best that
     any method with a full backward pass can reach)."""
-    columns = ["target", "S²FT (worst shape)", "met", "frozen floor there", "shapes met"]
+    columns = ["target", "ratio (worst shape)", "met", "frozen floor there", "shapes met"]
     lines = [_row(columns), _row(["---"] * len(columns))]
     for kind, key, limit, text in TARGETS:
         rows = results["ratios"]["memory"] if kind == "memory" else [results["ratios"]["time"]]
@@ -425,7 +457,7 @@ def _target_table(results: dict[str, Any]) -> list[str]:
         worst = max(rows, key=lambda r: r[key])
         shape = f" at {worst['layers']} layers, {worst['seq_len']} × {worst['batch_size']}" if kind == "memory" else ""
         floor_key = key.replace("s2ft_nf4/", "frozen_nf4/") if "s2ft_nf4/" in key else key.replace("s2ft/", "frozen/")
-        floor = f"{worst[floor_key]:.3f}" if floor_key in worst else "-"
+        floor = f"{worst[floor_key]:.3f}" if floor_key in worst and floor_key != key else "-"
         met = sum(r[key] <= limit for r in rows)
         cells = [text, f"{worst[key]:.3f}{shape}", "yes" if worst[key] <= limit else "NO", floor, f"{met}/{len(rows)}"]
         lines.append(_row(cells))
@@ -457,11 +489,11 @@ def docs_section(results: dict[str, Any], path: Path, section: str = SECTION) ->
     )
     lines = [section, "", setting, ""]
     if any("sparse" in info for info in results["trainable"].values()) and max(s["memory_layers"]) > 2:
-        lines += [
+        sparse = (
             "The sparse row (1% of every projection's entries, random) is counted at 2 layers only: its selection "
-            "holds the indices on the CPU, which at 32 layers exceeds a 24 GiB machine.",
-            "",
-        ]
+            "holds the indices on the CPU, which at 32 layers exceeds a 24 GiB machine."
+        )
+        lines += [sparse, ""]
     lines += format_tables(results).splitlines()
     return "\n".join(lines) + "\n"
 

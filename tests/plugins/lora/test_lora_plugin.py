@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from plugins.lora import DoRA, LoRA
 from plugins.lora.config import LLM_ADAPTERS_TARGETS
-from zoo.merging.combine import MergeOptions, combine
 from zoo import save_adapter
+from zoo.merging.combine import MergeOptions, combine
 from zoo.plugins import method_hooks
 
 BATCH = batches(count=1, seed=11)[0]
@@ -36,7 +36,7 @@ def test_registered_names_and_defaults():
     assert "use_dora" not in DoRA().config() and DoRA().use_dora
     assert LoRA(r=4).config() == {
         "r": 4, "alpha": 64, "dropout": 0.05, "target_modules": list(LLM_ADAPTERS_TARGETS), "use_rslora": False,
-        "init_lora_weights": True, "use_dora": False, "bias": "none",
+        "init_lora_weights": True, "use_dora": False, "bias": "none", "adapter_dtype": "model",
     }  # fmt: skip
 
 
@@ -61,6 +61,11 @@ def test_output_preserving_inits(init):
     selection = hooks.ftzoo_select_parameters(model=model, calibration_batches=None, seed=0)
     hooks.ftzoo_rewrite_model(model=model, selection=selection)
     torch.testing.assert_close(logits(model, BATCH), logits(base_model(), BATCH), atol=1e-5, rtol=1e-4)
+
+
+def test_unknown_adapter_dtype_fails():
+    with pytest.raises(ValueError, match="adapter_dtype must be 'model' or 'float32', got 'fp32'"):
+        LoRA(adapter_dtype="fp32")
 
 
 def test_rejected_inits():
@@ -183,8 +188,18 @@ def test_nonlinear_merges_and_dora_decline(lora, dora):
     assert dora.hooks.ftzoo_merge_adapters(adapters=[dora.adapter] * 2, weights=[1, 1], options=MergeOptions("sum")) is None
 
 
-def test_half_precision_base_trains_float32_adapters():
+def test_half_precision_base_trains_adapters_in_its_dtype_by_default():
     trained = train(LoRA(r=4, alpha=8), steps=1, dtype=torch.bfloat16)
+    assert {p.dtype for _, p in trained.trainable} == {torch.bfloat16}
+    assert {t.dtype for t in trained.adapter.tensors.values()} == {torch.bfloat16}
+    model = base_model(dtype=torch.bfloat16)
+    trained.hooks.ftzoo_load_adapter(model=model, adapter=trained.adapter)
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.bfloat16}
+    torch.testing.assert_close(logits(model, BATCH), logits(trained.model, BATCH), rtol=0, atol=0)
+
+
+def test_half_precision_base_trains_float32_adapters_when_asked():
+    trained = train(LoRA(r=4, alpha=8, adapter_dtype="float32"), steps=1, dtype=torch.bfloat16)
     assert {p.dtype for _, p in trained.trainable} == {torch.float32}
     assert {t.dtype for t in trained.adapter.tensors.values()} == {torch.float32}
     model = base_model(dtype=torch.bfloat16)

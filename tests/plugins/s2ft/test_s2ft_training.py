@@ -7,10 +7,11 @@ import itertools
 
 import pytest
 import torch
+from s2ft_cases import ALL_ROLES
 
 from plugins.s2ft.layers import S2FTLinear
+from zoo.distributed import unshare_parameters
 from zoo.plugins import method_hooks
-from s2ft_cases import ALL_ROLES
 
 SMOLLM2_GROUPS = {"hidden_size": 72, "num_attention_heads": 9, "num_key_value_heads": 3}
 
@@ -175,25 +176,81 @@ def test_gradient_checkpointing_gives_the_same_gradients(s2):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-12)
 
 
-def test_forward_uses_the_current_slice_and_never_writes_the_base(s2):
-    r = s2.rewritten("qwen2", seed=0, o_heads=2, v_heads=1, allocation="per_layer")
-    layers = s2.s2ft_layers(r.model)
-    frozen = {name: (layer.weight.detach().clone(), layer.bias) for name, layer in layers.items()}
+def _expected(layer: S2FTLinear, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``W`` (and ``b``) with the runs replaced by the layer's trained slice."""
+    weight, bias = weight.clone(), None if bias is None else bias.clone()
+    for (a, b), offset in zip(layer.runs, [0, *itertools.accumulate(b - a for a, b in layer.runs)]):
+        weight.narrow(layer.dim, a, b - a).copy_(layer.s2ft_weight.detach().narrow(layer.dim, offset, b - a))
+        if layer.s2ft_bias is not None:
+            bias[a:b] = layer.s2ft_bias.detach()[offset : offset + b - a]
+    return weight, bias
+
+
+def _train_a_little(layers: dict[str, S2FTLinear]) -> None:
     with torch.no_grad():
         for layer in layers.values():
             layer.s2ft_weight.add_(0.5)  # what an optimizer step does: an in-place update
             if layer.s2ft_bias is not None:
                 layer.s2ft_bias.sub_(0.25)
+
+
+def _check_trained(layers: dict[str, S2FTLinear], originals: dict[str, tuple], steps: int = 1) -> None:
+    """Each layer computes ``W`` with its slice replaced, and its delta is what was added."""
     for name, layer in layers.items():
-        x = torch.randn(2, 5, layer.in_features, dtype=torch.float64)
-        assert torch.equal(layer.weight, frozen[name][0])  # the frozen base is untouched
-        weight, bias = layer.weight.detach().clone(), None if layer.bias is None else layer.bias.detach().clone()
-        for (a, b), offset in zip(layer.runs, [0, *itertools.accumulate(b - a for a, b in layer.runs)]):
-            weight.narrow(layer.dim, a, b - a).copy_(layer.s2ft_weight.detach().narrow(layer.dim, offset, b - a))
-            if layer.s2ft_bias is not None:
-                bias[a:b] = layer.s2ft_bias.detach()[offset : offset + b - a]
+        weight, bias = _expected(layer, *originals[name])
+        x = torch.randn(2, 5, layer.in_features, dtype=layer.weight.dtype)
         with torch.inference_mode():
             torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, weight, bias))
+        delta_weight, delta_bias = layer.delta()
+        torch.testing.assert_close(delta_weight, torch.full_like(delta_weight, 0.5 * steps))
+        if delta_bias is not None:
+            torch.testing.assert_close(delta_bias, torch.full_like(delta_bias, -0.25 * steps))
+
+
+def test_forward_uses_the_current_slice_in_place_or_beside_the_base(s2):
+    """One run: the slice trains inside ``W`` (no second copy); several runs: ``W`` is never written."""
+    r = s2.rewritten(
+        "qwen2", seed=0, shape=SMOLLM2_GROUPS, o_heads=4, v_heads=1, down_channels=3, allocation="per_layer"
+    )  # 4 of 9 query heads in groups of 3: some O slices are two runs
+    layers = s2.s2ft_layers(r.model)
+    assert {layer.in_place for layer in layers.values()} == {True, False}  # both kinds are checked
+    originals = {name: (layer.weight.detach().clone(), layer.bias) for name, layer in layers.items()}
+    originals = {n: (w, None if b is None else b.detach().clone()) for n, (w, b) in originals.items()}
+    _train_a_little(layers)
+    for name, layer in layers.items():
+        if layer.in_place:
+            assert layer.s2ft_weight.untyped_storage().data_ptr() == layer.weight.untyped_storage().data_ptr()
+            torch.testing.assert_close(layer.weight, _expected(layer, *originals[name])[0], rtol=0, atol=0)
+        else:
+            assert torch.equal(layer.weight, originals[name][0])  # the frozen base is untouched
+    _check_trained(layers, originals)
+
+
+def test_in_place_slices_survive_copies_moves_and_checkpoints(s2):
+    r = s2.rewritten("llama-mha", dtype=torch.float32, seed=0, o_heads=2, down_channels=3, allocation="per_layer")
+    layers = s2.s2ft_layers(r.model)
+    assert all(layer.in_place for layer in layers.values())
+    originals = {name: (layer.weight.detach().clone(), None) for name, layer in layers.items()}
+    _train_a_little(layers)
+    state = r.model.state_dict()
+    for name in layers:  # the slice alone, not W's whole storage
+        saved = state[f"{name}.s2ft_weight"]
+        assert saved.untyped_storage().nbytes() == saved.numel() * saved.element_size()
+    twin = copy.deepcopy(r.model)  # parts P from W: the correction path takes over, still the trained layer
+    twin_layers = s2.s2ft_layers(twin)
+    assert not any(layer._aliased() for layer in twin_layers.values())
+    _train_a_little(twin_layers)
+    _check_trained(twin_layers, originals, steps=2)
+    twin.to(torch.float64).to("cpu")  # a parted layer stays parted (FSDP relies on it)
+    assert not any(layer._aliased() for layer in twin_layers.values())
+    _check_trained(twin_layers, {n: (w.double(), None) for n, (w, _) in originals.items()}, steps=2)
+    r.model.to(torch.float64).to("cpu")  # a cast or move keeps an in-place slice the view of W
+    assert all(layer._aliased() for layer in layers.values())
+    _check_trained(layers, {n: (w.double(), None) for n, (w, _) in originals.items()})
+    r.model.to(torch.float32)
+    reloaded = copy.deepcopy(r.model)
+    reloaded.load_state_dict({k: v for k, v in twin.state_dict().items() if "s2ft_" in k}, strict=False)
+    _check_trained(s2.s2ft_layers(reloaded), originals, steps=2)  # a checkpoint's slices land inside W
 
 
 def test_dtype_moves_keep_the_layer_consistent(s2):
@@ -205,3 +262,20 @@ def test_dtype_moves_keep_the_layer_consistent(s2):
     loss = r.model(**s2.make_batch(0)).loss
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_unshared_slices_train_as_before(s2):
+    """Before FSDP wraps the model the module gives every view parameter its own storage
+    (FSDP's flat parameters need contiguous, unshared ones); the layers then train through the
+    correction path, to the same values."""
+    r = s2.rewritten("llama-mha", dtype=torch.float32, seed=0, o_heads=2, down_channels=3, allocation="per_layer")
+    layers = s2.s2ft_layers(r.model)
+    originals = {name: (layer.weight.detach().clone(), None) for name, layer in layers.items()}
+    assert unshare_parameters(r.model) == len(layers)
+    assert all(layer.s2ft_weight.is_contiguous() and not layer._aliased() for layer in layers.values())
+    assert unshare_parameters(r.model) == 0
+    _train_a_little(layers)
+    _check_trained(layers, originals)
+    batch = s2.make_batch(1)
+    r.model(**batch).loss.backward()
+    assert all(layer.s2ft_weight.grad is not None for layer in layers.values())

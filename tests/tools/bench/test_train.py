@@ -77,9 +77,18 @@ def test_bench_train_runs_and_writes_json(tmp_path):
     assert json.loads(out.read_text())["ratios"] == results["ratios"]
     row = results["memory"][0]["bytes"]
     assert set(row) == {
-        "full", "lora", "lora_d0", "dora", "sparse", "s2ft", "peft_lora", "frozen", "s2ft_nf4", "qlora", "qlora_d0",
-        "frozen_nf4",
+        "full", "lora", "lora_d0", "lora_fp32", "dora", "dora_fp32", "sparse", "s2ft", "peft_lora", "peft_dora",
+        "frozen", "s2ft_nf4", "qlora", "qlora_d0", "frozen_nf4",
     }  # fmt: skip
+    # ftzoo's LoRA and DoRA are raw peft's layers with adapters in the model's dtype: the same bytes
+    assert row["lora"] == row["peft_lora"] and row["dora"] == row["peft_dora"]
+    # float32 master values: 2× the adapter bytes; DoRA's dropout path keeps no float32 copy of the weights
+    # (raw peft's would: 562 MB here), only float32 copies of the adapted inputs
+    assert row["lora_fp32"]["gradients"] == 2 * row["lora"]["gradients"]
+    adapted = (3 * 4096 * 4096 + 2 * 4096 * 11008) * 4  # q, k, v, up, down in float32
+    assert 0 < row["dora_fp32"]["activations"] - row["dora"]["activations"] < adapted / 8
+    # S²FT trains its slices inside the weights (in place): no byte of weights beyond the frozen base
+    assert row["s2ft"]["weights"] == row["frozen"]["weights"]
     # the NF4 rows hold the same trainable state on a base of about a quarter of the bytes (+ block scales)
     assert row["s2ft_nf4"]["gradients"] == row["s2ft"]["gradients"] and row["qlora"]["optimizer"] == row["lora"]["optimizer"]
     assert row["s2ft_nf4"]["activations"] == row["s2ft"]["activations"]
