@@ -1,4 +1,4 @@
-"""``python -m tools.serve --port``: the OpenAI-compatible server on LitServe, asked with the ``openai`` client.
+"""``python -m zoo.server`` (``tools.serve --port``): the OpenAI-compatible server, asked with the ``openai`` client.
 
 One server (a subprocess, started once for the module) serves a tiny base model and
 adapters of six methods; its answers are compared with the in-process mixed batch. A

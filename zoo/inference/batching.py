@@ -59,6 +59,22 @@ class GenerationRequest:
     max_new_tokens: int = 64
     sampling: Sampling = field(default_factory=Sampling)
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    """Give each generated token's log-probability and this many most likely alternatives
+    (0: none); ``None``: no log-probabilities."""
+    prompt_logprobs: bool = False
+    """Also give the log-probability of each prompt token after the ones before it (and
+    ``logprobs`` alternatives): what scoring a text needs (OpenAI's ``echo``)."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token, its log-probability under the model (before temperature and top-p), and the most
+    likely tokens at its place with theirs."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -73,6 +89,10 @@ class Completion:
     prompt_tokens: int
     logits: torch.Tensor | None = None
     """``[len(tokens), vocab]`` when the batcher keeps them."""
+    logprobs: list[TokenLogprob] | None = None
+    """One per token, when the request asked for them."""
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """One per prompt token (the first has none: nothing comes before it), when asked for."""
 
 
 @dataclass
@@ -86,6 +106,8 @@ class Update:
     """Tokens generated so far."""
     completion: Completion | None = None
     """Set when the request is finished (this is its last update)."""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """The log-probabilities of this step's token, when the request asked for them."""
 
 
 @dataclass
@@ -96,6 +118,8 @@ class _Row:
     generator: torch.Generator | None
     generated: list[int] = field(default_factory=list)
     logits: list[torch.Tensor] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
     finish: FinishReason | None = None
     cancelled: bool = False
 
@@ -249,10 +273,15 @@ class ContinuousBatcher:
             [[0] * (width - len(row.request.ids)) + [1] * len(row.request.ids) for row in rows], device=self.device
         )
         positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)
-        extra = {"logits_to_keep": 1} if self._last_logit_only else {}
+        scoring = any(row.request.prompt_logprobs for row in rows)  # then every position's logits
+        extra = {"logits_to_keep": 1} if self._last_logit_only and not scoring else {}
         extra[self._cache_arg] = empty_cache()  # every layer whole, sliding-window ones too (kv_cache)
         with self._assigned(rows):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+        for i, row in enumerate(rows):
+            if row.request.prompt_logprobs:
+                logits = out.logits[i, width - len(row.request.ids) : -1]  # each prompt token's predecessor
+                row.prompt_logprobs = [None, *_logprobs(logits, row.request.ids[1:], row.request.logprobs or 0)]
         updates = self._advance(rows, out.logits[:, -1])
         alive = [i for i, row in enumerate(rows) if row.finish is None]
         if not alive:
@@ -283,6 +312,8 @@ class ContinuousBatcher:
             row.generated.append(token)
             if self.keep_logits:
                 row.logits.append(scores.float().cpu())
+            new = _logprobs(scores[None], [token], row.request.logprobs) if row.request.logprobs is not None else []
+            row.logprobs += new
             if token in self.eos:
                 row.finish, text = "stop", row.stream.flush()
             else:
@@ -291,7 +322,7 @@ class ContinuousBatcher:
                     row.finish = "stop"
                 elif len(row.generated) >= row.request.max_new_tokens or self._context_full(row):
                     row.finish, text = "length", text + row.stream.flush()
-            updates.append(Update(row.uid, text, len(row.generated), self._completion(row)))
+            updates.append(Update(row.uid, text, len(row.generated), self._completion(row), new))
         return updates
 
     def _context_full(self, row: _Row) -> bool:
@@ -302,7 +333,10 @@ class ContinuousBatcher:
             return None
         self._uids.discard(row.uid)
         logits = torch.stack(row.logits) if self.keep_logits else None
-        return Completion(row.generated, row.stream.text, row.finish, len(row.request.ids), logits)
+        logprobs = row.logprobs if row.request.logprobs is not None else None
+        return Completion(
+            row.generated, row.stream.text, row.finish, len(row.request.ids), logits, logprobs, row.prompt_logprobs
+        )
 
     def _leave(self, leaving: list[_Row]) -> None:
         """Cut the rows of finished or cancelled requests out of the batch and its cache."""
@@ -325,6 +359,18 @@ def _no_grad() -> contextlib.AbstractContextManager:
     under ``no_grad`` where it judges inference mode unsafe (gloo's collectives, which FSDP's
     forward passes run), and the batcher keeps that choice."""
     return torch.inference_mode() if torch.is_grad_enabled() else contextlib.nullcontext()
+
+
+def _logprobs(logits: torch.Tensor, tokens: list[int], top: int) -> list[TokenLogprob]:
+    """Each token's log-probability under its row of ``logits`` ``[n, vocab]``, and the ``top`` likeliest."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(1, torch.tensor(tokens, device=logprobs.device)[:, None])[:, 0].tolist()
+    if top > 0:
+        values, ids = logprobs.topk(top, dim=-1)
+        alternatives = [tuple(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+    else:
+        alternatives = [()] * len(tokens)
+    return [TokenLogprob(t, lp, alt) for t, lp, alt in zip(tokens, chosen, alternatives)]
 
 
 def _span(request: GenerationRequest) -> int:

@@ -14,13 +14,21 @@ PromptStyle = Literal["adapter", "plain", "chat", "alpaca"]
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Everything the HTTP server process and its inference worker need (it is pickled to the worker).
+    """Everything the server needs: its front end (HTTP, prompts, limits) and its decoding loop.
 
-    ``python -m tools.serve`` takes each field as a flag of the same name (``--batch_size``), with
-    the default and help written here; its JSONL mode uses the model and batching fields.
+    ``python -m zoo.server`` (and ``python -m tools.serve --port``) takes each field as a flag of
+    the same name (``--batch_size``), with the default and help written here; the JSONL mode of
+    ``tools.serve`` uses the model and batching fields.
 
     Attributes:
-        adapters: adapter name → folder.
+        adapters: adapter name → folder, served from the start (more can be loaded while the
+            server runs: ``POST /v1/load_lora_adapter``, or ``adapter_folder``).
+        adapter_folder: a folder of adapter folders: a request whose ``model`` names no loaded
+            adapter is answered by ``<adapter_folder>/<model>`` if that is an adapter of the
+            base, loaded on first use; ``None``: no such lookup.
+        max_adapters: adapters held in memory at most; past it the least recently used one
+            that no request is using is dropped from memory (it is read again from its
+            folder when asked for); ``None``: no limit.
         base_model: the base model; ``None``: the one the adapters record.
         base_name: the ``model`` name that asks for the base model without an adapter.
         dtype: dtype of the base weights.
@@ -44,10 +52,14 @@ class ServerConfig:
             error event and ``[DONE]``), then the connections are closed.
         api_key: when set, every request needs ``Authorization: Bearer <api_key>`` (``tools.serve``:
             default, the ``FTZOO_API_KEY`` environment variable).
-        threads: torch threads of the inference worker (``None``: torch's default).
+        threads: torch threads of the decoding loop (``None``: torch's default, one per core).
+        header_timeout: seconds a client has, from connecting, to send its request's headers
+            (then its connection is closed).
     """
 
     adapters: dict[str, str] = field(default_factory=dict)
+    adapter_folder: str | None = None
+    max_adapters: int | None = None
     base_model: str | None = None
     base_name: str = "base"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -65,6 +77,7 @@ class ServerConfig:
     shutdown_timeout: float = 2.0
     api_key: str | None = None
     threads: int | None = None
+    header_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.base_name in self.adapters:
@@ -73,9 +86,11 @@ class ServerConfig:
             raise ValueError("batch_size, max_new_tokens and max_tokens_limit must be at least 1")
         if self.max_new_tokens > self.max_tokens_limit:
             raise ValueError(f"max_new_tokens {self.max_new_tokens} is above max_tokens_limit {self.max_tokens_limit}")
+        if self.max_adapters is not None and self.max_adapters < 1:
+            raise ValueError(f"max_adapters must be at least 1, got {self.max_adapters}")
         if self.kv_cache_gb <= 0:
             raise ValueError("kv_cache_gb must be positive")
-        for name in ("batch_window", "request_timeout", "body_timeout", "shutdown_timeout"):
+        for name in ("batch_window", "request_timeout", "body_timeout", "shutdown_timeout", "header_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
 

@@ -7,6 +7,7 @@ from tiny_models import tiny_tokenizer
 
 from datamodules.prompts import ALPACA_NO_INPUT
 from zoo.inference import prompt_ids
+from zoo.server.adapters import AdapterEntry, AdapterRegistry
 from zoo.server.config import ServerConfig
 from zoo.server.prompts import Prompts
 from zoo.server.protocol import ApiError, ChatRequest, CompletionRequest
@@ -16,7 +17,11 @@ TEMPLATES = {"chatty": "chat", "alpaca": "alpaca", "plain": "plain"}
 
 def prompts(kv_budget=None, **options):
     config = ServerConfig(adapters={name: f"/{name}" for name in TEMPLATES}, max_tokens_limit=100, **options)
-    return Prompts(config, tiny_tokenizer(), TEMPLATES, 256, {"chatty": "Be kind."}, kv_budget)
+    registry = AdapterRegistry("base")
+    systems = {"chatty": "Be kind."}
+    for name, template in TEMPLATES.items():
+        registry.add_entry(AdapterEntry(name, f"{name}#0", f"/{name}", template, systems.get(name), "lora"))
+    return Prompts(config, tiny_tokenizer(), registry, 256, kv_budget)
 
 
 def chat(model, *messages, **fields):
@@ -48,7 +53,7 @@ def test_the_job_carries_the_sampling_and_the_servers_defaults():
     job = prompts(max_new_tokens=10, temperature=0.5).completion(
         CompletionRequest(model="plain", prompt="hi", stop="x", seed=3, top_p=0.9)
     )
-    got = (job.adapter, job.max_tokens, job.temperature, job.top_p, job.seed, job.stop)
+    got = (job.adapter.name, job.max_tokens, job.temperature, job.top_p, job.seed, job.stop)
     assert got == ("plain", 10, 0.5, 0.9, 3, ("x",))
     room = prompts(max_new_tokens=100).completion(CompletionRequest(model="base", prompt="x" * 252))
     assert room.max_tokens == 4  # no max_tokens given: what the context leaves
