@@ -197,7 +197,7 @@ class Engine:
             self.server.add_adapter(entry.key, read_adapter(entry.path))
         self.recent[entry.key] = None
         self.recent.move_to_end(entry.key)
-        self._evict()
+        self._evict(keep=entry.key)  # not the one a request is about to use
 
     def forget(self, entry: AdapterEntry) -> None:
         """The adapter was unloaded: it leaves memory once no request uses it."""
@@ -208,9 +208,10 @@ class Engine:
         rows = [*self.batcher.rows, *self.batcher.waiting]
         return {row.request.adapter for row in rows if row.request.adapter is not None}
 
-    def _evict(self) -> None:
-        """Drop forgotten adapters no request uses, then the least recently used past ``max_adapters``."""
-        used = self._in_use()
+    def _evict(self, keep: str | None = None) -> None:
+        """Drop forgotten adapters no request uses, then the least recently used past ``max_adapters``
+        (while every other is in use, more stay in memory until requests finish)."""
+        used = self._in_use() | {keep}
         for key in [k for k in self.forgotten if k not in used]:
             self.forgotten.discard(key)
             self.recent.pop(key, None)
