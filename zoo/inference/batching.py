@@ -9,10 +9,14 @@ adapter), and its KV cache. Each :meth:`step`:
 1. drops requests that were cancelled;
 2. decodes one token for every running request (one forward pass of the whole batch);
 3. lets finished requests leave: their rows are cut out of the cache;
-4. admits waiting requests into the free places (within the KV cache's budget, if any):
-   their prompts are prefilled together
-   (one forward pass, left-padded) and their rows joined to the cache
-   (:mod:`zoo.inference.kv_cache`), so from the next step on they decode with the rest.
+4. admits waiting requests into the free places (within the KV cache's budget, if any);
+5. prefills admitted prompts: short ones together (one forward pass, left-padded), their rows
+   joined to the cache (:mod:`zoo.inference.kv_cache`), so from the next step on they decode
+   with the rest. With ``prefill_chunk``, a step prefills at most that many prompt tokens
+   (vLLM's chunked prefill): a longer prompt is prefilled a chunk per step in a cache of its
+   own, between the decoding steps of the running requests, and joins when its last chunk is
+   in; one long prompt delays every running stream by one chunk's time per step, not by
+   its whole prefill.
 
 The cache holds every token of a row except its last one (the next input), so a prefilled
 row and a decoded row are in the same state and decode together. Positions are counted per
@@ -120,6 +124,8 @@ class _Row:
     logits: list[torch.Tensor] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    prefilled: int = 0  # prompt tokens in ``cache``, while the prompt is prefilled in chunks
+    cache: Any = None
     finish: FinishReason | None = None
     cancelled: bool = False
 
@@ -137,6 +143,8 @@ class ContinuousBatcher:
             ``rows × longest (prompt + max_new_tokens)`` stays within it (every row of the
             cache is as wide as the longest), so the cache never outgrows memory; ``None``: no
             budget.
+        prefill_chunk: prompt tokens prefilled per step at most (a longer prompt is prefilled
+            in chunks over several steps); ``None``: every admitted prompt at once.
 
     Raises:
         UnsupportedCacheError: the model's KV cache has layers other than full-attention and
@@ -150,9 +158,13 @@ class ContinuousBatcher:
         max_batch_size: int = 16,
         keep_logits: bool = False,
         max_batch_tokens: int | None = None,
+        prefill_chunk: int | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
         self.server = server if isinstance(server, MixedAdapterModel) else None
         self.model = server.model if isinstance(server, MixedAdapterModel) else server
         check_supported(self.model.config)
@@ -169,7 +181,10 @@ class ContinuousBatcher:
         self._last_logit_only = "logits_to_keep" in parameters
         self._cache_arg = "cache" if "cache" in parameters else "past_key_values"  # renamed in transformers 5
         self.waiting: deque[_Row] = deque()
+        self.prefilling: deque[_Row] = deque()  # admitted, their prompts not (all) in the cache yet
         self.rows: list[_Row] = []  # in cache order
+        self.prefilled_last_step = 0
+        """Prompt tokens the last step prefilled (at most ``prefill_chunk``)."""
         self._uids: set[Hashable] = set()
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # [rows, cached columns]
@@ -177,7 +192,7 @@ class ContinuousBatcher:
     @property
     def busy(self) -> bool:
         """Whether any request is running or waiting."""
-        return bool(self.rows or self.waiting)
+        return bool(self.rows or self.waiting or self.prefilling)
 
     def submit(self, uid: Hashable, request: GenerationRequest) -> None:
         """Queue a request; it joins the batch at a coming step.
@@ -218,7 +233,7 @@ class ContinuousBatcher:
                 self.waiting.remove(row)
                 self._uids.discard(uid)
                 return True
-        for row in self.rows:
+        for row in [*self.prefilling, *self.rows]:
             if row.uid == uid and not row.cancelled:
                 row.cancelled = True
                 return True
@@ -229,26 +244,52 @@ class ContinuousBatcher:
         updates: list[Update] = []
         with _no_grad():
             self._leave([row for row in self.rows if row.cancelled])
+            for row in [row for row in self.prefilling if row.cancelled]:
+                self.prefilling.remove(row)
+                self._uids.discard(row.uid)
             if self.rows:
                 updates += self._decode()
                 self._leave([row for row in self.rows if row.finish is not None])
-            joining = self._admit()
-            if joining:
-                updates += self._prefill(joining)
+            self.prefilling += self._admit()
+            updates += self._prefill_some()
         return updates
 
     def _admit(self) -> list[_Row]:
         """Waiting requests, in arrival order, while there are places and the KV budget holds."""
         joining: list[_Row] = []
-        longest = max((_span(row.request) for row in self.rows), default=0)
-        while self.waiting and len(self.rows) + len(joining) < self.max_batch_size:
+        admitted = [*self.rows, *self.prefilling]
+        longest = max((_span(row.request) for row in admitted), default=0)
+        while self.waiting and len(admitted) + len(joining) < self.max_batch_size:
             wider = max(longest, _span(self.waiting[0].request))
-            rows = len(self.rows) + len(joining) + 1
+            rows = len(admitted) + len(joining) + 1
             if self.max_batch_tokens is not None and rows * wider > self.max_batch_tokens:
                 break  # the first in line waits for rows to leave (none is passed over)
             joining.append(self.waiting.popleft())
             longest = wider
         return joining
+
+    def _prefill_some(self) -> list[Update]:
+        """Prefill admitted prompts, in order, up to ``prefill_chunk`` tokens: whole short prompts
+        together, or the next chunk of a long one."""
+        if self.prefill_chunk is None:  # everything at once
+            whole = list(self.prefilling)
+            self.prefilling.clear()
+            self.prefilled_last_step = max((len(r.request.ids) for r in whole), default=0) * len(whole)
+            return self._prefill(whole) if whole else []
+        budget = self.prefill_chunk
+        whole: list[_Row] = []
+        while self.prefilling:
+            row = self.prefilling[0]
+            width = max(len(r.request.ids) for r in [*whole, row])
+            if row.prefilled == 0 and width * (len(whole) + 1) <= budget:
+                whole.append(self.prefilling.popleft())
+                continue
+            if whole:
+                break  # the long prompt's chunk comes next step
+            self.prefilled_last_step = min(budget, len(row.request.ids) - row.prefilled)
+            return self._prefill_chunk(row, self.prefilled_last_step)
+        self.prefilled_last_step = max((len(r.request.ids) for r in whole), default=0) * len(whole)
+        return self._prefill(whole) if whole else []
 
     # ------------------------------------------------------------------ forward passes
 
@@ -262,6 +303,36 @@ class ContinuousBatcher:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache)
         self._cache, self._mask = getattr(out, self._cache_arg), mask
         return self._advance(self.rows, out.logits[:, -1])
+
+    def _prefill_chunk(self, row: _Row, count: int) -> list[Update]:
+        """The next ``count`` tokens of a long prompt, on its own cache; its last chunk joins the batch."""
+        ids = row.request.ids
+        start, end = row.prefilled, row.prefilled + count
+        chunk = torch.tensor([ids[start:end]], device=self.device)
+        mask = torch.ones(1, end, dtype=torch.long, device=self.device)
+        positions = torch.arange(start, end, device=self.device)[None]
+        extra = {"logits_to_keep": 1} if self._last_logit_only and not row.request.prompt_logprobs else {}
+        extra[self._cache_arg] = row.cache if row.cache is not None else empty_cache()
+        with self._assigned([row]):
+            out = self.model(input_ids=chunk, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+        row.cache, row.prefilled = getattr(out, self._cache_arg), end
+        if row.request.prompt_logprobs:  # each position predicts the next prompt token
+            targets = ids[start + 1 : end + 1]
+            row.prompt_logprobs = (row.prompt_logprobs or [None]) + _logprobs(
+                out.logits[0, : len(targets)], targets, row.request.logprobs or 0
+            )
+        if end < len(ids):
+            return []
+        self.prefilling.popleft()
+        updates = self._advance([row], out.logits[:, -1])
+        cache, row.cache = row.cache, None
+        if row.finish is None:
+            if self.rows:
+                self._cache, self._mask = join(self._cache, self._mask, cache, mask)
+            else:
+                self._cache, self._mask = cache, mask
+            self.rows.append(row)
+        return updates
 
     def _prefill(self, rows: list[_Row]) -> list[Update]:
         """Run the new rows' prompts (left-padded, as ``generate`` does) and join them to the batch."""

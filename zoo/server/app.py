@@ -51,6 +51,7 @@ ROUTES = (
     "POST /tokenize",
     "POST /detokenize",
     "GET /load",
+    "GET /metrics",
     "GET /health",
     "GET /docs",
     "GET /openapi.json",
@@ -237,6 +238,7 @@ def load(config: ServerConfig) -> tuple[Engine, Frontend]:
     entries = [registry.add(name, path) for name, path in config.adapters.items()]
     engine = Engine(config)
     engine.load(entries)
+    engine.metrics.watch(engine)
     registry.base = engine.base_info  # adapters added from now on are checked against it
     prompts = Prompts.load(config, registry, engine.base_info.name_or_path)
     return engine, Frontend(config, prompts, engine, registry)

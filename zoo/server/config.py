@@ -37,6 +37,9 @@ class ServerConfig:
         batch_window: seconds an idle server waits after a request for others to batch with it.
         kv_cache_gb: memory the batch's KV cache may take: requests wait for a place while
             the running ones could outgrow it, and one that alone would is refused (400).
+        prefill_chunk: prompt tokens prefilled per decoding step at most: a longer prompt is
+            prefilled in chunks between the steps of the running requests, so it delays them
+            by a chunk's time per step instead of stalling them for its whole prefill.
         max_new_tokens: answer length of a request that gives no ``max_tokens``.
         max_tokens_limit: the most ``max_tokens`` a request may ask for.
         temperature: temperature of a request that gives none (OpenAI's default is 1).
@@ -67,6 +70,7 @@ class ServerConfig:
     batch_size: int = 32
     batch_window: float = 0.01
     kv_cache_gb: float = 4.0
+    prefill_chunk: int = 256
     max_new_tokens: int = 64
     max_tokens_limit: int = 1024
     temperature: float = 1.0
@@ -82,8 +86,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.base_name in self.adapters:
             raise ValueError(f"an adapter is named {self.base_name!r}, the base model's name; rename it or --base_name")
-        if self.batch_size < 1 or self.max_new_tokens < 1 or self.max_tokens_limit < 1:
-            raise ValueError("batch_size, max_new_tokens and max_tokens_limit must be at least 1")
+        if min(self.batch_size, self.max_new_tokens, self.max_tokens_limit, self.prefill_chunk) < 1:
+            raise ValueError("batch_size, max_new_tokens, max_tokens_limit and prefill_chunk must be at least 1")
         if self.max_new_tokens > self.max_tokens_limit:
             raise ValueError(f"max_new_tokens {self.max_new_tokens} is above max_tokens_limit {self.max_tokens_limit}")
         if self.max_adapters is not None and self.max_adapters < 1:

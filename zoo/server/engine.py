@@ -59,6 +59,7 @@ from zoo.inference import (
 from zoo.loading import load_tokenizer
 from zoo.server.adapters import AdapterEntry
 from zoo.server.config import ServerConfig
+from zoo.server.metrics import Metrics
 from zoo.server.prompts import Job
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ class _Route:
     send: Send
     job: Job
     name: str  # the adapter's name (or the base's), for the metrics
+    arrived: float  # when the front end submitted it (monotonic)
+    last_token: float | None = None
     pending: list = field(default_factory=list)  # log-probabilities not sent yet (their text is held back)
 
 
@@ -101,10 +104,12 @@ class Engine:
 
     Args:
         config: the server's options.
+        metrics: the histograms the loop observes (a fresh set if not given).
     """
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
         self.inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self.state = LoopState()
         self.peak_running = 0
@@ -146,7 +151,9 @@ class Engine:
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         tokenizer = load_tokenizer(info.name_or_path)  # the loop's own: the front end tokenizes in its threads
         budget = self.config.kv_budget(model.config)
-        self.batcher = ContinuousBatcher(self.server, tokenizer, self.config.batch_size, False, budget)
+        self.batcher = ContinuousBatcher(
+            self.server, tokenizer, self.config.batch_size, False, budget, self.config.prefill_chunk
+        )
 
     def start(self) -> None:
         """Run the loop in its thread."""
@@ -164,7 +171,7 @@ class Engine:
 
     def submit(self, uid: Hashable, job: Job, send: Send) -> None:
         """Queue ``job``; its messages go to ``send`` (called from the loop's thread)."""
-        self.inbox.put(("submit", uid, job, send))
+        self.inbox.put(("submit", uid, job, send, time.monotonic()))
 
     def cancel(self, uid: Hashable) -> None:
         """Drop a request (its client left or timed out); its place goes to the next."""
@@ -205,7 +212,7 @@ class Engine:
         self._evict()
 
     def _in_use(self) -> set[str]:
-        rows = [*self.batcher.rows, *self.batcher.waiting]
+        rows = [*self.batcher.rows, *self.batcher.prefilling, *self.batcher.waiting]
         return {row.request.adapter for row in rows if row.request.adapter is not None}
 
     def _evict(self, keep: str | None = None) -> None:
@@ -249,6 +256,7 @@ class Engine:
                     continue
                 self.counts["steps"] += 1
                 self.peak_running = max(self.peak_running, len(self.batcher.rows))
+                self.metrics.batch_rows.observe(len(self.batcher.rows))
                 for update in updates:
                     self._send_update(update)
                 if self.forgotten or (self.config.max_adapters and len(self.server.adapters) > self.config.max_adapters):
@@ -299,7 +307,7 @@ class Engine:
             self.shutdown_grace = grace
             self.shutdown_at = signalled + max(grace - SHUTDOWN_MARGIN, grace / 2)
 
-    def _submit(self, uid: Hashable, job: Job, send: Send) -> None:
+    def _submit(self, uid: Hashable, job: Job, send: Send, arrived: float) -> None:
         name = job.adapter.name if job.adapter is not None else self.config.base_name
         try:
             if job.adapter is not None:
@@ -317,7 +325,7 @@ class Engine:
         except (ValueError, KeyError) as err:  # the front end checks first; this is a second line
             _safe(send, {"error": str(err), "status": 400})
             return
-        self.routes[uid] = _Route(send, job, name)
+        self.routes[uid] = _Route(send, job, name, arrived)
 
     # ------------------------------------------------------------------ answers out
 
@@ -326,6 +334,12 @@ class Engine:
         if route is None:
             return  # cancelled meanwhile
         self.counts["generated_tokens"] += 1
+        now = time.monotonic()
+        if route.last_token is None:
+            self.metrics.time_to_first_token.observe(now - route.arrived)
+        else:
+            self.metrics.time_per_token.observe(now - route.last_token)
+        route.last_token = now
         route.pending += update.logprobs
         done = update.completion
         if done is None:
@@ -353,20 +367,26 @@ class Engine:
         if self.batcher is not None:
             batcher = self.batcher
             self.batcher = ContinuousBatcher(
-                batcher.server, batcher.tokenizer, batcher.max_batch_size, False, batcher.max_batch_tokens
+                batcher.server or batcher.model,
+                batcher.tokenizer,
+                batcher.max_batch_size,
+                False,
+                batcher.max_batch_tokens,
+                batcher.prefill_chunk,
             )
 
     def _publish(self) -> None:
         running: dict[str, int] = {}
         waiting: dict[str, int] = {}
-        for rows, counts in ((self.batcher.rows, running), (self.batcher.waiting, waiting)):
+        batch = [*self.batcher.rows, *self.batcher.prefilling]  # a prompt being prefilled has its place
+        for rows, counts in ((batch, running), (self.batcher.waiting, waiting)):
             for row in rows:
                 route = self.routes.get(row.uid)
                 if route is not None:
                     counts[route.name] = counts.get(route.name, 0) + 1
         self.state = replace(
             LoopState(),
-            running=len(self.batcher.rows),
+            running=len(batch),
             waiting=len(self.batcher.waiting),
             running_by_adapter=running,
             waiting_by_adapter=waiting,

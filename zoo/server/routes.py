@@ -1,6 +1,6 @@
 """The routes: OpenAI's ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``; vLLM's
 ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``, ``/tokenize``, ``/detokenize``; and
-``/load`` (the batch's state) and ``/health``.
+``/load`` (the batch's state), ``/metrics`` (Prometheus) and ``/health``.
 
 For each completion request the front end:
 
@@ -27,6 +27,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict
 from starlette.background import BackgroundTask
 
@@ -104,6 +105,7 @@ class Frontend:
         router.add_api_route("/tokenize", self.tokenize, methods=["POST"])
         router.add_api_route("/detokenize", self.detokenize, methods=["POST"])
         router.add_api_route("/load", self.load, methods=["GET"])
+        router.add_api_route("/metrics", self.metrics, methods=["GET"])
         return router
 
     # ------------------------------------------------------------------ routes
@@ -135,6 +137,10 @@ class Frontend:
             "batch_size": self.config.batch_size,
             "adapters_in_memory": state.adapters_in_memory,
         }
+
+    async def metrics(self) -> Response:
+        """Prometheus metrics (:mod:`zoo.server.metrics`)."""
+        return Response(self.engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def load_adapter(self, body: LoadAdapter) -> PlainTextResponse:
         """Serve the adapter folder ``lora_path`` as ``lora_name`` (read and checked now)."""
