@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,7 +56,8 @@ class ServerConfig:
             error event and ``[DONE]``), then the connections are closed.
         api_key: when set, every request needs ``Authorization: Bearer <api_key>`` (``tools.serve``:
             default, the ``FTZOO_API_KEY`` environment variable).
-        threads: torch threads of the decoding loop (``None``: torch's default, one per core).
+        threads: torch threads of the decoding loop; ``None``: half the cores this process may
+            use, at least 1 (:func:`default_threads`).
         header_timeout: seconds a client has, from connecting, to send its request's headers
             (then its connection is closed).
     """
@@ -107,3 +109,16 @@ class ServerConfig:
     def models(self) -> list[str]:
         """The names a request's ``model`` may give: the base, then the adapters."""
         return [self.base_name, *self.adapters]
+
+
+def default_threads() -> int:
+    """Half the cores this process may use, at least 1: the decoding loop's torch threads unless set.
+
+    Measured (SmolLM2-135M, a 32-row decode step, float32, on a 2-core host shared with other
+    jobs, load average 6.5-8): 1 thread 90-105 tokens/s, 2 threads (torch's default there)
+    8-10 tokens/s. A thread per core oversubscribes a machine whose cores something else also
+    uses (the server's own HTTP front end, tokenizing in its threads, at the least): torch's
+    threads then wait for each other at every operation.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
+    return max(1, cores // 2)

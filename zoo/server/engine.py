@@ -58,7 +58,7 @@ from zoo.inference import (
 )
 from zoo.loading import load_tokenizer
 from zoo.server.adapters import AdapterEntry
-from zoo.server.config import ServerConfig
+from zoo.server.config import ServerConfig, default_threads
 from zoo.server.metrics import Metrics
 from zoo.server.prompts import Job
 
@@ -136,8 +136,7 @@ class Engine:
         Raises:
             AdapterError: an adapter is missing, corrupt, or of another base.
         """
-        if self.config.threads is not None:
-            torch.set_num_threads(self.config.threads)
+        torch.set_num_threads(self.config.threads or default_threads())
         read = {entry.key: read_adapter(entry.path) for entry in adapters}
         model, info = load_base(self.config.base_model, read, self.config.dtype)
         model.to(pick_device(self.config.device))
