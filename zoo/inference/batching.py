@@ -139,12 +139,17 @@ class ContinuousBatcher:
         tokenizer: the base model's tokenizer (EOS, padding, text).
         max_batch_size: requests decoded together at most; the rest wait in arrival order.
         keep_logits: keep each answer's logits (tests compare them with a fused model's).
-        max_batch_tokens: the KV cache's budget, in tokens: requests join only while
-            ``rows × longest (prompt + max_new_tokens)`` stays within it (every row of the
-            cache is as wide as the longest), so the cache never outgrows memory; ``None``: no
-            budget.
+        max_batch_tokens: the KV cache's budget, in tokens: requests join only while, summed
+            over the groups (``max_groups``), ``rows × longest (prompt + max_new_tokens)`` stays
+            within it (every row of a group's cache is as wide as its longest), so the caches
+            never outgrow memory (:meth:`cache_columns`); ``None``: no budget.
         prefill_chunk: prompt tokens prefilled per step at most (a longer prompt is prefilled
             in chunks over several steps); ``None``: every admitted prompt at once.
+        max_groups: caches the running requests may be split into. One cache is as wide as its
+            longest row, so one long request among short ones makes every row cost its width;
+            with more groups a request joins the one where it adds the least memory (a long one
+            its own), and the budget counts each group at its own width. Each group is one
+            forward pass per step.
 
     Raises:
         UnsupportedCacheError: the model's KV cache has layers other than full-attention and
@@ -159,6 +164,7 @@ class ContinuousBatcher:
         keep_logits: bool = False,
         max_batch_tokens: int | None = None,
         prefill_chunk: int | None = None,
+        max_groups: int = 1,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -182,12 +188,22 @@ class ContinuousBatcher:
         self._cache_arg = "cache" if "cache" in parameters else "past_key_values"  # renamed in transformers 5
         self.waiting: deque[_Row] = deque()
         self.prefilling: deque[_Row] = deque()  # admitted, their prompts not (all) in the cache yet
-        self.rows: list[_Row] = []  # in cache order
+        self.max_groups = max_groups
+        self.groups: list[_Group] = []
         self.prefilled_last_step = 0
         """Prompt tokens the last step prefilled (at most ``prefill_chunk``)."""
         self._uids: set[Hashable] = set()
-        self._cache: Any = None
-        self._mask: torch.Tensor | None = None  # [rows, cached columns]
+
+    @property
+    def rows(self) -> list[_Row]:
+        """The requests decoding, group by group (each group in its cache's order)."""
+        return [row for group in self.groups for row in group.rows]
+
+    def cache_columns(self) -> int:
+        """Rows × columns of every KV cache held (the groups' and those of prompts being prefilled):
+        the cache's memory in tokens, which ``max_batch_tokens`` bounds."""
+        held = sum(group.mask.numel() for group in self.groups)
+        return held + sum(row.prefilled for row in self.prefilling)
 
     @property
     def busy(self) -> bool:
@@ -257,15 +273,17 @@ class ContinuousBatcher:
     def _admit(self) -> list[_Row]:
         """Waiting requests, in arrival order, while there are places and the KV budget holds."""
         joining: list[_Row] = []
-        admitted = [*self.rows, *self.prefilling]
-        longest = max((_span(row.request) for row in admitted), default=0)
-        while self.waiting and len(admitted) + len(joining) < self.max_batch_size:
-            wider = max(longest, _span(self.waiting[0].request))
-            rows = len(admitted) + len(joining) + 1
-            if self.max_batch_tokens is not None and rows * wider > self.max_batch_tokens:
+        spans = [[_span(row.request) for row in group.rows] for group in self.groups]
+        for row in self.prefilling:  # placed where they will join
+            _place(spans, _span(row.request), self.max_groups)
+        places = len(self.rows) + len(self.prefilling)
+        while self.waiting and places + len(joining) < self.max_batch_size:
+            trial = [list(group) for group in spans]
+            _place(trial, _span(self.waiting[0].request), self.max_groups)
+            if self.max_batch_tokens is not None and _memory(trial) > self.max_batch_tokens:
                 break  # the first in line waits for rows to leave (none is passed over)
             joining.append(self.waiting.popleft())
-            longest = wider
+            spans = trial
         return joining
 
     def _prefill_some(self) -> list[Update]:
@@ -294,15 +312,30 @@ class ContinuousBatcher:
     # ------------------------------------------------------------------ forward passes
 
     def _decode(self) -> list[Update]:
-        """Feed every row its last token (one position each)."""
-        ids = torch.tensor([[row.generated[-1]] for row in self.rows], device=self.device)  # [B, 1]
-        positions = self._mask.sum(dim=1, keepdim=True)  # [B, 1]: real tokens before it
-        mask = F.pad(self._mask, (0, 1), value=1)
-        with self._assigned(self.rows):
-            cache = {self._cache_arg: self._cache}
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache)
-        self._cache, self._mask = getattr(out, self._cache_arg), mask
-        return self._advance(self.rows, out.logits[:, -1])
+        """Feed every row its last token (one position each), a forward pass per group."""
+        updates = []
+        for group in self.groups:
+            ids = torch.tensor([[row.generated[-1]] for row in group.rows], device=self.device)  # [B, 1]
+            positions = group.mask.sum(dim=1, keepdim=True)  # [B, 1]: real tokens before it
+            mask = F.pad(group.mask, (0, 1), value=1)
+            with self._assigned(group.rows):
+                cache = {self._cache_arg: group.cache}
+                out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache)
+            group.cache, group.mask = getattr(out, self._cache_arg), mask
+            updates += self._advance(group.rows, out.logits[:, -1])
+        return updates
+
+    def _join(self, rows: list[_Row], cache: Any, mask: torch.Tensor) -> None:
+        """Add prefilled rows (their cache and mask) to the group where they add the least memory."""
+        spans = [[_span(row.request) for row in group.rows] for group in self.groups]
+        widest = max(_span(row.request) for row in rows)
+        best = _place(spans, widest, self.max_groups, len(rows))
+        if best == len(self.groups):
+            self.groups.append(_Group(list(rows), cache, mask))
+            return
+        group = self.groups[best]
+        group.cache, group.mask = join(group.cache, group.mask, cache, mask)
+        group.rows += rows
 
     def _prefill_chunk(self, row: _Row, count: int) -> list[Update]:
         """The next ``count`` tokens of a long prompt, on its own cache; its last chunk joins the batch."""
@@ -327,11 +360,7 @@ class ContinuousBatcher:
         updates = self._advance([row], out.logits[:, -1])
         cache, row.cache = row.cache, None
         if row.finish is None:
-            if self.rows:
-                self._cache, self._mask = join(self._cache, self._mask, cache, mask)
-            else:
-                self._cache, self._mask = cache, mask
-            self.rows.append(row)
+            self._join([row], cache, mask)
         return updates
 
     def _prefill(self, rows: list[_Row]) -> list[Update]:
@@ -360,11 +389,7 @@ class ContinuousBatcher:
         cache = getattr(out, self._cache_arg)
         if len(alive) < len(rows):
             mask = trim_padding(cache, keep_rows(cache, mask, torch.tensor(alive, device=self.device)))
-        if self.rows:
-            self._cache, self._mask = join(self._cache, self._mask, cache, mask)
-        else:
-            self._cache, self._mask = cache, mask
-        self.rows += [rows[i] for i in alive]
+        self._join([rows[i] for i in alive], cache, mask)
         return updates
 
     def _assigned(self, rows: list[_Row]) -> contextlib.AbstractContextManager:
@@ -416,13 +441,16 @@ class ContinuousBatcher:
         for row in leaving:
             self._uids.discard(row.uid)
         gone = {id(row) for row in leaving}
-        kept = [i for i, row in enumerate(self.rows) if id(row) not in gone]
-        self.rows = [self.rows[i] for i in kept]
-        if not kept:
-            self._cache = self._mask = None
-            return
-        mask = keep_rows(self._cache, self._mask, torch.tensor(kept, device=self.device))
-        self._mask = trim_padding(self._cache, mask)
+        for group in list(self.groups):
+            kept = [i for i, row in enumerate(group.rows) if id(row) not in gone]
+            if len(kept) == len(group.rows):
+                continue
+            if not kept:
+                self.groups.remove(group)
+                continue
+            group.rows = [group.rows[i] for i in kept]
+            mask = keep_rows(group.cache, group.mask, torch.tensor(kept, device=self.device))
+            group.mask = trim_padding(group.cache, mask)
 
 
 def _no_grad() -> contextlib.AbstractContextManager:
@@ -442,6 +470,34 @@ def _logprobs(logits: torch.Tensor, tokens: list[int], top: int) -> list[TokenLo
     else:
         alternatives = [()] * len(tokens)
     return [TokenLogprob(t, lp, alt) for t, lp, alt in zip(tokens, chosen, alternatives)]
+
+
+@dataclass
+class _Group:
+    """Rows that decode together in one forward pass, with their KV cache and its mask ``[rows, columns]``."""
+
+    rows: list[_Row]
+    cache: Any
+    mask: torch.Tensor
+
+
+def _memory(spans: list[list[int]]) -> int:
+    """Cache columns groups of these spans can come to: each row as wide as its group's widest."""
+    return sum(len(group) * max(group) for group in spans if group)
+
+
+def _place(spans: list[list[int]], span: int, max_groups: int, count: int = 1) -> int:
+    """Put ``count`` rows of ``span`` where they add the least memory (a new group if there is room
+    for one and it is cheaper); return the group's index. ``spans`` is changed in place."""
+    costs = [(len(g) + count) * max(*g, span) - len(g) * max(g) for g in spans]
+    if len(spans) < max_groups:
+        costs.append(count * span)
+        spans.append([])
+    best = min(range(len(costs)), key=lambda i: (costs[i], i))
+    if not spans[-1] and best != len(spans) - 1:
+        spans.pop()  # the new group was not needed
+    spans[best] += [span] * count
+    return best
 
 
 def _span(request: GenerationRequest) -> int:

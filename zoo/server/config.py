@@ -38,6 +38,10 @@ class ServerConfig:
         batch_window: seconds an idle server waits after a request for others to batch with it.
         kv_cache_gb: memory the batch's KV cache may take: requests wait for a place while
             the running ones could outgrow it, and one that alone would is refused (400).
+        kv_groups: caches the running requests may be split into (each one forward pass per
+            step): a request joins the one where it adds the least memory, so one long request
+            decodes in a cache of its own instead of making every row as wide as itself, and
+            ``kv_cache_gb`` counts each group at its own width.
         prefill_chunk: prompt tokens prefilled per decoding step at most: a longer prompt is
             prefilled in chunks between the steps of the running requests, so it delays them
             by a chunk's time per step instead of stalling them for its whole prefill.
@@ -72,6 +76,7 @@ class ServerConfig:
     batch_size: int = 32
     batch_window: float = 0.01
     kv_cache_gb: float = 4.0
+    kv_groups: int = 2
     prefill_chunk: int = 256
     max_new_tokens: int = 64
     max_tokens_limit: int = 1024
@@ -88,8 +93,10 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.base_name in self.adapters:
             raise ValueError(f"an adapter is named {self.base_name!r}, the base model's name; rename it or --base_name")
-        if min(self.batch_size, self.max_new_tokens, self.max_tokens_limit, self.prefill_chunk) < 1:
-            raise ValueError("batch_size, max_new_tokens, max_tokens_limit and prefill_chunk must be at least 1")
+        if min(self.batch_size, self.max_new_tokens, self.max_tokens_limit, self.prefill_chunk, self.kv_groups) < 1:
+            raise ValueError(
+                "batch_size, max_new_tokens, max_tokens_limit, prefill_chunk and kv_groups must be at least 1"
+            )
         if self.max_new_tokens > self.max_tokens_limit:
             raise ValueError(f"max_new_tokens {self.max_new_tokens} is above max_tokens_limit {self.max_tokens_limit}")
         if self.max_adapters is not None and self.max_adapters < 1:

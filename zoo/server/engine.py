@@ -151,7 +151,7 @@ class Engine:
         tokenizer = load_tokenizer(info.name_or_path)  # the loop's own: the front end tokenizes in its threads
         budget = self.config.kv_budget(model.config)
         self.batcher = ContinuousBatcher(
-            self.server, tokenizer, self.config.batch_size, False, budget, self.config.prefill_chunk
+            self.server, tokenizer, self.config.batch_size, False, budget, self.config.prefill_chunk, self.config.kv_groups
         )
 
     def start(self) -> None:
@@ -372,6 +372,7 @@ class Engine:
                 False,
                 batcher.max_batch_tokens,
                 batcher.prefill_chunk,
+                batcher.max_groups,
             )
 
     def _publish(self) -> None:

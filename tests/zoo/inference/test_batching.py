@@ -239,17 +239,11 @@ def test_the_kv_budget_holds_requests_back_until_rows_leave(base, adapters):
     while batcher.busy:
         done.update({u.uid: u.completion for u in batcher.step() if u.completion is not None})
         widest = max(widest, len(batcher.rows))
-        assert batcher._mask is None or batcher._mask.numel() <= 3 * 20
+        assert batcher.cache_columns() <= 3 * 20
     assert widest == 3
     assert [done[i].tokens for i in range(7)] == [answer.tokens for answer in free]
     with pytest.raises(ValueError, match="KV cache budget of 60 tokens"):
         batcher.submit("big", GenerationRequest([5] * 10, None, 51))
-
-
-def cache_columns(batcher) -> int:
-    """Rows × columns of every KV cache the batcher holds: the batch's and those of prompts being prefilled."""
-    held = batcher._mask.numel() if batcher._mask is not None else 0
-    return held + sum(row.cache.get_seq_length() for row in batcher.prefilling if row.cache is not None)
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_between_decoding_steps(base, adapters):
@@ -277,7 +271,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decoding_steps(base, adapt
             done.update({u.uid: u.completion for u in updates if u.completion is not None})
             assert all(len(row.generated) == before[row.uid] + 1 for row in batcher.rows if row.uid in before)
             assert batcher.prefilled_last_step <= (chunk or 300)
-            assert cache_columns(batcher) <= budget
+            assert batcher.cache_columns() <= budget
             if joined is None and any(row.uid == "long" for row in batcher.rows):
                 joined = steps
         assert joined == (1 if chunk is None else -(-300 // 32))  # in one step, or a chunk per step
@@ -296,3 +290,39 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decoding_steps(base, adapt
         reference = torch.log_softmax(model(torch.tensor([long.ids])).logits[0].float(), dim=-1)
     expected = reference[:-1].gather(1, torch.tensor(long.ids[1:])[:, None])[:, 0]
     torch.testing.assert_close(torch.tensor([e.logprob for e in chunked.prompt_logprobs[1:]]), expected, atol=1e-4, rtol=0)
+
+
+def test_a_long_request_gets_a_cache_of_its_own_and_the_budget_counts_each_at_its_width(base, adapters):
+    """One 300-token prompt among 8 short requests, a budget of one long row and 8 short ones: with one
+    cache every row is as wide as the longest, so the short ones wait while the long one runs; with
+    two groups it decodes in its own and all 9 run together, the caches within the budget, the
+    answers unchanged."""
+    tokenizer = tiny_tokenizer()
+    names = [*adapters, None]
+    requests = [GenerationRequest([5 + i % 200 for i in range(300)], names[0], 6)]
+    requests += [GenerationRequest(prompt_ids(tokenizer, [p], False)[0], names[i % len(names)], 12)
+                 for i, p in enumerate(PROMPTS[:8])]  # fmt: skip
+    budget = _span_of(requests[0]) + 8 * max(_span_of(r) for r in requests[1:])  # the short ones padded alike
+    results = {}
+    for groups in (1, 2):
+        batcher = ContinuousBatcher(
+            served(base, adapters), tokenizer, 16, max_batch_tokens=budget, prefill_chunk=64, max_groups=groups
+        )
+        for i, request in enumerate(requests):
+            batcher.submit(i, request)
+        done, together, most_groups = {}, 0, 0
+        while batcher.busy:
+            done.update({u.uid: u.completion for u in batcher.step() if u.completion is not None})
+            running = [row.uid for row in [*batcher.rows, *batcher.prefilling]]
+            if 0 in running:  # beside the long one
+                together = max(together, len(running))
+            most_groups = max(most_groups, len(batcher.groups))
+            assert batcher.cache_columns() <= budget
+            assert len(batcher.groups) <= groups
+        results[groups] = (done, together, most_groups)
+    assert results[1][1] == 1 and results[2][1] == 9 and results[2][2] == 2
+    assert [results[1][0][i].tokens for i in range(9)] == [results[2][0][i].tokens for i in range(9)]
+
+
+def _span_of(request):
+    return len(request.ids) + request.max_new_tokens
