@@ -14,6 +14,7 @@ runs (vLLM's ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``, or ``--a
 * :mod:`zoo.server.prompts`: templates, tokens and limits, checked before a request is queued;
 * :mod:`zoo.server.engine`: the decoding loop (a thread owning the model and the batcher);
 * :mod:`zoo.server.routes`: the routes, streaming, timeouts, cancellation;
+* :mod:`zoo.server.metrics`: Prometheus ``/metrics``;
 * :mod:`zoo.server.app`: the FastAPI app, its guards and errors, and :func:`run_server`
   (uvicorn; SIGINT and SIGTERM stop it within the shutdown grace);
 * :mod:`zoo.server.cli`: ``python -m zoo.server``;
