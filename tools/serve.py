@@ -13,9 +13,9 @@ null, "max_new_tokens": ...}`` in, a JSONL file of answers out (same order)::
     python -m tools.serve --adapters '[math=runs/math/adapter, code=runs/code/adapter]' \\
         --requests requests.jsonl --output answers.jsonl --batch_size 16
 
-or an OpenAI-compatible HTTP server (:mod:`zoo.server`, on LitServe): ``--port 8000``
-serves ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models``, and a request's
-``model`` names the adapter (or ``base``)::
+or an OpenAI-compatible HTTP server (:mod:`zoo.server`; ``python -m zoo.server`` is the same):
+``--port 8000`` serves ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models``, and a
+request's ``model`` names the adapter (or ``base``)::
 
     python -m tools.serve --adapters '[math=runs/math/adapter, code=runs/code/adapter]' --port 8000
     curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
@@ -28,9 +28,6 @@ requests of any adapters in one batch; a finished request leaves it and a waitin
 from __future__ import annotations
 
 import json
-import logging
-import os
-import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +42,6 @@ from zoo.inference import (
     Template,
     complete,
     load_base,
-    parse_named,
     pick_device,
     prompt_ids,
     read_adapter,
@@ -53,6 +49,7 @@ from zoo.inference import (
 from zoo.loading import load_tokenizer
 from zoo.outputs import atomic_file
 from zoo.server import PromptStyle, ServerConfig, run_server
+from zoo.server.cli import exit_now, server_config
 
 
 @dataclass
@@ -204,11 +201,9 @@ def serve(
     """
     if (port is None) == (requests is None or output is None) or (port is not None and requests is not None):
         raise ValueError("give --requests and --output to answer a file, or --port to serve HTTP")
-    config = ServerConfig(adapters=parse_named(adapters or []), **options)
+    config = server_config(adapters, **options)
     if chat:
         config = replace(config, prompt_style="chat")
-    if config.api_key is None and os.environ.get("FTZOO_API_KEY"):
-        config = replace(config, api_key=os.environ["FTZOO_API_KEY"])
     if port is not None:
         for path in config.adapters.values():  # refuse a bad adapter here, not in a worker once the server runs
             read_adapter(path)
@@ -265,10 +260,4 @@ def main(args: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-    # Every process of the server has ended, or the answers are written: skip Python's teardown
-    # of torch, transformers and FastAPI, which takes 2-3 s of CPU (more on a busy machine)
-    # after the server has stopped.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_now()  # the server has stopped, or the answers are written

@@ -263,7 +263,23 @@ def load_adapter(folder: str | Path, map_location: str | torch.device = "cpu", a
         return _read_adapter(folder, map_location, allow_nonfinite)
 
 
-def _read_adapter(folder: Path, map_location: str | torch.device, allow_nonfinite: bool) -> Adapter:
+def load_adapter_metadata(folder: str | Path) -> Adapter:
+    """An adapter folder's ``adapter.json`` alone, as an :class:`Adapter` whose ``tensors`` are
+    empty: its method, config, base and ``info`` (template, system prompt), for whoever needs to
+    know what an adapter is without its weights (the server's front end). Neither the tensors
+    nor their checksums are read.
+
+    Raises:
+        AdapterError: the folder or a file is missing, or the JSON is malformed or of another format.
+    """
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        raise AdapterError(f"{folder}: no such adapter folder")
+    with folder_lock(folder.parent, shared=True):
+        return _adapter(_read_metadata(folder), folder, {})
+
+
+def _read_metadata(folder: Path) -> dict[str, Any]:
     meta_path, tensors_path = folder / META_FILE, folder / TENSORS_FILE
     if not folder.is_dir():
         raise AdapterError(f"{folder}: no such adapter folder")
@@ -280,6 +296,23 @@ def _read_adapter(folder: Path, map_location: str | torch.device, allow_nonfinit
             "damaged or replaced; an adapter's metadata is UTF-8 JSON"
         ) from err
     _check_metadata(meta, meta_path)
+    return meta
+
+
+def _adapter(meta: dict[str, Any], folder: Path, tensors: dict[str, torch.Tensor]) -> Adapter:
+    return Adapter(
+        method=meta["method"],
+        config=meta["config"],
+        selection=meta.get("selection"),
+        base=BaseModelInfo(**{**meta["base"], "name_or_path": resolve_base_path(meta["base"]["name_or_path"], folder)}),
+        tensors=tensors,
+        info=meta.get("info", {}),
+    )
+
+
+def _read_adapter(folder: Path, map_location: str | torch.device, allow_nonfinite: bool) -> Adapter:
+    meta = _read_metadata(folder)
+    tensors_path = folder / TENSORS_FILE
     check_checksums(folder, meta.get(CHECKSUMS, {}))
     try:
         tensors = load_file(str(tensors_path), device=str(map_location))
@@ -296,14 +329,7 @@ def _read_adapter(folder: Path, map_location: str | torch.device, allow_nonfinit
             )
     if not allow_nonfinite:
         check_finite(tensors, what=f"adapter {folder}")
-    return Adapter(
-        method=meta["method"],
-        config=meta["config"],
-        selection=meta.get("selection"),
-        base=BaseModelInfo(**{**meta["base"], "name_or_path": resolve_base_path(meta["base"]["name_or_path"], folder)}),
-        tensors=tensors,
-        info=meta.get("info", {}),
-    )
+    return _adapter(meta, folder, tensors)
 
 
 CHECKSUMS = "sha256"

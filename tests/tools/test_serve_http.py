@@ -1,4 +1,4 @@
-"""``python -m tools.serve --port``: the OpenAI-compatible server on LitServe, asked with the ``openai`` client.
+"""``python -m zoo.server`` (``tools.serve --port``): the OpenAI-compatible server, asked with the ``openai`` client.
 
 One server (a subprocess, started once for the module) serves a tiny base model and
 adapters of six methods; its answers are compared with the in-process mixed batch. A
@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import openai
 import pytest
@@ -30,7 +30,7 @@ SERVED = {"s2ft": None, "lora": "chat", "dora": "alpaca", "sparse": None, "full"
 SYSTEMS = {"merged": "Answer briefly."}
 """Adapters trained with a system prompt (in the chat template)."""
 PROMPTS = ["hello", "the sea is", "a", "12 + 7 =", "once upon a time", "xyz", "Q:", "ok then"]
-LIMITS = ["--max_tokens_limit", "1000", "--max_body_bytes", "20000", "--body_timeout", "1"]
+LIMITS = ["--max_tokens_limit", "1000", "--max_body_bytes", "20000", "--body_timeout", "1", "--header_timeout", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -95,23 +95,24 @@ def chat_template(adapter):
 class Reply:
     status_code: int
     text: str
+    headers: dict = field(default_factory=dict)
 
     def json(self):
         return json.loads(self.text)
 
 
-def send(server, path, body=None, key=KEY):
+def send(server, path, body=None, key=KEY, headers=None):
     """A raw HTTP request (POST with a body, else GET), whatever its status."""
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
     data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
     if data is not None:
         headers["Content-Type"] = "application/json"
     request = urllib.request.Request(f"{server.url}{path}", data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=120) as reply:
-            return Reply(reply.status, reply.read().decode())
+            return Reply(reply.status, reply.read().decode(), dict(reply.headers))
     except urllib.error.HTTPError as err:
-        return Reply(err.code, err.read().decode())
+        return Reply(err.code, err.read().decode(), dict(err.headers))
 
 
 def post(server, path, body, key=KEY):
@@ -122,8 +123,11 @@ def load(server):
     return send(server, "/load").json()
 
 
-def test_models_lists_the_base_and_every_adapter(client):
-    assert [m.id for m in client.models.list().data] == ["base", *SERVED]
+def test_models_lists_the_base_and_every_adapter(client, tiny):
+    models = client.models.list().data
+    assert [m.id for m in models] == ["base", *SERVED]
+    assert {m.root for m in models} == {str(tiny.folder)}  # the base every entry runs on
+    assert {m.max_model_len for m in models} == {1024} and [m.parent for m in models] == [None, *["base"] * len(SERVED)]
 
 
 def test_the_openai_client_gets_the_in_process_answers_of_every_method_in_one_batch(client, server, in_process):
@@ -327,3 +331,87 @@ def test_a_request_past_the_timeout_gets_504_and_leaves_the_batch(adapters):
         assert state["cancelled"] >= 1 and state["finished"] >= len(replies) - len(timed_out)
         short = {"model": "full", "prompt": "hi", "max_tokens": 1, "temperature": 0}
         assert any(post(impatient, "/v1/completions", short, key=None).status_code == 200 for _ in range(20))
+
+
+def metrics(server) -> dict[tuple[str, tuple], float]:
+    """``/metrics`` parsed: (sample name, labels) → value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reply = send(server, "/metrics")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(reply.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_move_as_requests_run_and_a_client_that_leaves_is_cancelled(server, client):
+    before = metrics(server)
+    replies = [client.completions.create(model="lora", prompt=p, max_tokens=5, temperature=0) for p in PROMPTS[:3]]
+    after = metrics(server)
+    tokens = sum(r.usage.completion_tokens for r in replies)
+    assert after[("ftzoo_requests_finished_total", ())] == before[("ftzoo_requests_finished_total", ())] + 3
+    assert after[("ftzoo_generation_tokens_total", ())] == before[("ftzoo_generation_tokens_total", ())] + tokens
+    ttft = ("ftzoo_time_to_first_token_seconds_count", ())
+    per_token = ("ftzoo_time_per_output_token_seconds_count", ())
+    assert after[ttft] == before[ttft] + 3 and after[per_token] == before[per_token] + tokens - 3
+    assert after[("ftzoo_batch_rows_count", ())] > before[("ftzoo_batch_rows_count", ())]
+    assert after[("ftzoo_adapters_in_memory", ())] == len(SERVED)
+    body = {"model": "dora", "prompt": "a", "max_tokens": 800, "temperature": 0, "stream": True}
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    stream = urllib.request.urlopen(
+        urllib.request.Request(f"{server.url}/v1/completions", json.dumps(body).encode(), headers), timeout=60
+    )
+    assert stream.readline().startswith(b"data: ")
+    running = ("ftzoo_requests_running", (("model", "dora"),))
+    assert metrics(server).get(running) == 1  # the front end answers while the loop decodes
+    stream.close()  # the client leaves
+    deadline = time.monotonic() + 60
+    while metrics(server).get(running) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    final = metrics(server)
+    assert final.get(running) is None, "the stream still decodes after its client left"
+    cancelled = ("ftzoo_requests_cancelled_total", ())
+    assert final[cancelled] == after[cancelled] + 1
+    assert final[("ftzoo_generation_tokens_total", ())] < after[("ftzoo_generation_tokens_total", ())] + 800
+
+
+def test_request_ids_are_echoed_or_made(server):
+    given = send(server, "/v1/models", headers={"X-Request-Id": "my-id-42"})
+    assert given.headers["x-request-id"] == "my-id-42"
+    made = send(server, "/v1/models").headers["x-request-id"]
+    assert len(made) == 32 and made != send(server, "/v1/models").headers["x-request-id"]
+    assert send(server, "/nope", headers={"X-Request-Id": "e"}).headers["x-request-id"] == "e"  # errors too
+
+
+def test_tokenize_and_detokenize(server):
+    tokenizer = tiny_tokenizer()
+    ids = tokenizer("the sea is")["input_ids"]
+    reply = post(server, "/tokenize", {"model": "s2ft", "prompt": "the sea is"}).json()
+    assert reply == {"count": len(ids), "max_model_len": 1024, "tokens": ids}
+    chat = post(server, "/tokenize", {"model": "lora", "messages": [{"role": "user", "content": "hello"}]}).json()
+    assert chat["tokens"] == prompt_ids(tokenizer, ["hello"], "chat")[0]  # the chat template, as answered
+    assert post(server, "/detokenize", {"tokens": ids}).json() == {"prompt": "the sea is"}
+    bad = post(server, "/detokenize", {"tokens": [10**6]})
+    assert bad.status_code == 400 and "not in the vocabulary" in bad.json()["error"]["message"]
+    assert post(server, "/tokenize", {"model": "nope", "prompt": "x"}).status_code == 404
+    assert post(server, "/tokenize", {"prompt": "x"}, key=None).status_code == 401
+
+
+def test_health_is_open_docs_need_the_key(server):
+    assert send(server, "/health", key=None).status_code == 200  # load balancers probe without a key
+    for path in ("/docs", "/openapi.json", "/metrics", "/load"):
+        assert send(server, path, key=None).status_code == 401, path
+    assert send(server, "/docs").status_code == 200
+    paths = send(server, "/openapi.json").json()["paths"]
+    assert {"/v1/completions", "/v1/chat/completions", "/v1/load_lora_adapter", "/tokenize"} <= set(paths)
+
+
+def test_a_client_that_sends_its_headers_slowly_is_dropped(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # and no more
+        sock.settimeout(30)
+        started = time.monotonic()
+        assert sock.recv(4096) == b""  # closed by the server
+    assert time.monotonic() - started < 10

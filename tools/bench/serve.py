@@ -420,7 +420,7 @@ def bench_serve(
     http: bool = False,
     base_model: str = "smollm2-135m",
     clients: list[int] = [1, 8, 32, 64],  # noqa: B006 (jsonargparse shows the default)
-    http_adapters: int = 8,
+    http_adapters: int = 16,
     rounds: int = 3,
     max_tokens: int = 32,
 ) -> dict[str, Any]:
@@ -450,7 +450,7 @@ def bench_serve(
             server batching continuously and against it decoding one request at a time.
         base_model: HTTP: the base model served (alias, folder or ``.gguf``).
         clients: HTTP: the numbers of concurrent clients, one measurement each.
-        http_adapters: HTTP: adapters served (alternately S²FT and LoRA, rank ``lora_rank``).
+        http_adapters: HTTP: adapters served (in turn S²FT, LoRA and DoRA of rank ``lora_rank``, sparse).
         rounds: HTTP: requests each client sends, one after the other.
         max_tokens: HTTP: the most tokens of an answer. ``threads``: torch threads per server.
 

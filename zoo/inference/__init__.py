@@ -16,7 +16,7 @@ The tools in ``tools/`` are thin command lines over these.
 """
 
 from zoo.inference.adapters import checked_deltas, fuse_into, hooks_for, load_base, parse_named, read_adapter
-from zoo.inference.batching import Completion, ContinuousBatcher, GenerationRequest, Update, complete
+from zoo.inference.batching import Completion, ContinuousBatcher, GenerationRequest, TokenLogprob, Update, complete
 from zoo.inference.export import save_model_folder
 from zoo.inference.generate import (
     Template,
@@ -42,6 +42,7 @@ __all__ = [
     "MixedAdapterModel",
     "Sampling",
     "Template",
+    "TokenLogprob",
     "Update",
     "adapter_system_prompt",
     "adapter_template",

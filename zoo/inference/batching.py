@@ -9,10 +9,14 @@ adapter), and its KV cache. Each :meth:`step`:
 1. drops requests that were cancelled;
 2. decodes one token for every running request (one forward pass of the whole batch);
 3. lets finished requests leave: their rows are cut out of the cache;
-4. admits waiting requests into the free places (within the KV cache's budget, if any):
-   their prompts are prefilled together
-   (one forward pass, left-padded) and their rows joined to the cache
-   (:mod:`zoo.inference.kv_cache`), so from the next step on they decode with the rest.
+4. admits waiting requests into the free places (within the KV cache's budget, if any);
+5. prefills admitted prompts: short ones together (one forward pass, left-padded), their rows
+   joined to the cache (:mod:`zoo.inference.kv_cache`), so from the next step on they decode
+   with the rest. With ``prefill_chunk``, a step prefills at most that many prompt tokens
+   (vLLM's chunked prefill): a longer prompt is prefilled a chunk per step in a cache of its
+   own, between the decoding steps of the running requests, and joins when its last chunk is
+   in; one long prompt delays every running stream by one chunk's time per step, not by
+   its whole prefill.
 
 The cache holds every token of a row except its last one (the next input), so a prefilled
 row and a decoded row are in the same state and decode together. Positions are counted per
@@ -59,6 +63,22 @@ class GenerationRequest:
     max_new_tokens: int = 64
     sampling: Sampling = field(default_factory=Sampling)
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    """Give each generated token's log-probability and this many most likely alternatives
+    (0: none); ``None``: no log-probabilities."""
+    prompt_logprobs: bool = False
+    """Also give the log-probability of each prompt token after the ones before it (and
+    ``logprobs`` alternatives): what scoring a text needs (OpenAI's ``echo``)."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token, its log-probability under the model (before temperature and top-p), and the most
+    likely tokens at its place with theirs."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -73,6 +93,10 @@ class Completion:
     prompt_tokens: int
     logits: torch.Tensor | None = None
     """``[len(tokens), vocab]`` when the batcher keeps them."""
+    logprobs: list[TokenLogprob] | None = None
+    """One per token, when the request asked for them."""
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """One per prompt token (the first has none: nothing comes before it), when asked for."""
 
 
 @dataclass
@@ -86,6 +110,8 @@ class Update:
     """Tokens generated so far."""
     completion: Completion | None = None
     """Set when the request is finished (this is its last update)."""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """The log-probabilities of this step's token, when the request asked for them."""
 
 
 @dataclass
@@ -96,6 +122,10 @@ class _Row:
     generator: torch.Generator | None
     generated: list[int] = field(default_factory=list)
     logits: list[torch.Tensor] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    prefilled: int = 0  # prompt tokens in ``cache``, while the prompt is prefilled in chunks
+    cache: Any = None
     finish: FinishReason | None = None
     cancelled: bool = False
 
@@ -109,10 +139,17 @@ class ContinuousBatcher:
         tokenizer: the base model's tokenizer (EOS, padding, text).
         max_batch_size: requests decoded together at most; the rest wait in arrival order.
         keep_logits: keep each answer's logits (tests compare them with a fused model's).
-        max_batch_tokens: the KV cache's budget, in tokens: requests join only while
-            ``rows × longest (prompt + max_new_tokens)`` stays within it (every row of the
-            cache is as wide as the longest), so the cache never outgrows memory; ``None``: no
-            budget.
+        max_batch_tokens: the KV cache's budget, in tokens: requests join only while, summed
+            over the groups (``max_groups``), ``rows × longest (prompt + max_new_tokens)`` stays
+            within it (every row of a group's cache is as wide as its longest), so the caches
+            never outgrow memory (:meth:`cache_columns`); ``None``: no budget.
+        prefill_chunk: prompt tokens prefilled per step at most (a longer prompt is prefilled
+            in chunks over several steps); ``None``: every admitted prompt at once.
+        max_groups: caches the running requests may be split into. One cache is as wide as its
+            longest row, so one long request among short ones makes every row cost its width;
+            with more groups a request joins the one where it adds the least memory (a long one
+            its own), and the budget counts each group at its own width. Each group is one
+            forward pass per step.
 
     Raises:
         UnsupportedCacheError: the model's KV cache has layers other than full-attention and
@@ -126,9 +163,14 @@ class ContinuousBatcher:
         max_batch_size: int = 16,
         keep_logits: bool = False,
         max_batch_tokens: int | None = None,
+        prefill_chunk: int | None = None,
+        max_groups: int = 1,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
         self.server = server if isinstance(server, MixedAdapterModel) else None
         self.model = server.model if isinstance(server, MixedAdapterModel) else server
         check_supported(self.model.config)
@@ -145,15 +187,28 @@ class ContinuousBatcher:
         self._last_logit_only = "logits_to_keep" in parameters
         self._cache_arg = "cache" if "cache" in parameters else "past_key_values"  # renamed in transformers 5
         self.waiting: deque[_Row] = deque()
-        self.rows: list[_Row] = []  # in cache order
+        self.prefilling: deque[_Row] = deque()  # admitted, their prompts not (all) in the cache yet
+        self.max_groups = max_groups
+        self.groups: list[_Group] = []
+        self.prefilled_last_step = 0
+        """Prompt tokens the last step prefilled (at most ``prefill_chunk``)."""
         self._uids: set[Hashable] = set()
-        self._cache: Any = None
-        self._mask: torch.Tensor | None = None  # [rows, cached columns]
+
+    @property
+    def rows(self) -> list[_Row]:
+        """The requests decoding, group by group (each group in its cache's order)."""
+        return [row for group in self.groups for row in group.rows]
+
+    def cache_columns(self) -> int:
+        """Rows × columns of every KV cache held (the groups' and those of prompts being prefilled):
+        the cache's memory in tokens, which ``max_batch_tokens`` bounds."""
+        held = sum(group.mask.numel() for group in self.groups)
+        return held + sum(row.prefilled for row in self.prefilling)
 
     @property
     def busy(self) -> bool:
         """Whether any request is running or waiting."""
-        return bool(self.rows or self.waiting)
+        return bool(self.rows or self.waiting or self.prefilling)
 
     def submit(self, uid: Hashable, request: GenerationRequest) -> None:
         """Queue a request; it joins the batch at a coming step.
@@ -194,7 +249,7 @@ class ContinuousBatcher:
                 self.waiting.remove(row)
                 self._uids.discard(uid)
                 return True
-        for row in self.rows:
+        for row in [*self.prefilling, *self.rows]:
             if row.uid == uid and not row.cancelled:
                 row.cancelled = True
                 return True
@@ -205,39 +260,108 @@ class ContinuousBatcher:
         updates: list[Update] = []
         with _no_grad():
             self._leave([row for row in self.rows if row.cancelled])
+            for row in [row for row in self.prefilling if row.cancelled]:
+                self.prefilling.remove(row)
+                self._uids.discard(row.uid)
             if self.rows:
                 updates += self._decode()
                 self._leave([row for row in self.rows if row.finish is not None])
-            joining = self._admit()
-            if joining:
-                updates += self._prefill(joining)
+            self.prefilling += self._admit()
+            updates += self._prefill_some()
         return updates
 
     def _admit(self) -> list[_Row]:
         """Waiting requests, in arrival order, while there are places and the KV budget holds."""
         joining: list[_Row] = []
-        longest = max((_span(row.request) for row in self.rows), default=0)
-        while self.waiting and len(self.rows) + len(joining) < self.max_batch_size:
-            wider = max(longest, _span(self.waiting[0].request))
-            rows = len(self.rows) + len(joining) + 1
-            if self.max_batch_tokens is not None and rows * wider > self.max_batch_tokens:
+        spans = [[_span(row.request) for row in group.rows] for group in self.groups]
+        for row in self.prefilling:  # placed where they will join
+            _place(spans, _span(row.request), self.max_groups)
+        places = len(self.rows) + len(self.prefilling)
+        while self.waiting and places + len(joining) < self.max_batch_size:
+            trial = [list(group) for group in spans]
+            _place(trial, _span(self.waiting[0].request), self.max_groups)
+            if self.max_batch_tokens is not None and _memory(trial) > self.max_batch_tokens:
                 break  # the first in line waits for rows to leave (none is passed over)
             joining.append(self.waiting.popleft())
-            longest = wider
+            spans = trial
         return joining
+
+    def _prefill_some(self) -> list[Update]:
+        """Prefill admitted prompts, in order, up to ``prefill_chunk`` tokens: whole short prompts
+        together, or the next chunk of a long one."""
+        if self.prefill_chunk is None:  # everything at once
+            whole = list(self.prefilling)
+            self.prefilling.clear()
+            self.prefilled_last_step = max((len(r.request.ids) for r in whole), default=0) * len(whole)
+            return self._prefill(whole) if whole else []
+        budget = self.prefill_chunk
+        whole: list[_Row] = []
+        while self.prefilling:
+            row = self.prefilling[0]
+            width = max(len(r.request.ids) for r in [*whole, row])
+            if row.prefilled == 0 and width * (len(whole) + 1) <= budget:
+                whole.append(self.prefilling.popleft())
+                continue
+            if whole:
+                break  # the long prompt's chunk comes next step
+            self.prefilled_last_step = min(budget, len(row.request.ids) - row.prefilled)
+            return self._prefill_chunk(row, self.prefilled_last_step)
+        self.prefilled_last_step = max((len(r.request.ids) for r in whole), default=0) * len(whole)
+        return self._prefill(whole) if whole else []
 
     # ------------------------------------------------------------------ forward passes
 
     def _decode(self) -> list[Update]:
-        """Feed every row its last token (one position each)."""
-        ids = torch.tensor([[row.generated[-1]] for row in self.rows], device=self.device)  # [B, 1]
-        positions = self._mask.sum(dim=1, keepdim=True)  # [B, 1]: real tokens before it
-        mask = F.pad(self._mask, (0, 1), value=1)
-        with self._assigned(self.rows):
-            cache = {self._cache_arg: self._cache}
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache)
-        self._cache, self._mask = getattr(out, self._cache_arg), mask
-        return self._advance(self.rows, out.logits[:, -1])
+        """Feed every row its last token (one position each), a forward pass per group."""
+        updates = []
+        for group in self.groups:
+            ids = torch.tensor([[row.generated[-1]] for row in group.rows], device=self.device)  # [B, 1]
+            positions = group.mask.sum(dim=1, keepdim=True)  # [B, 1]: real tokens before it
+            mask = F.pad(group.mask, (0, 1), value=1)
+            with self._assigned(group.rows):
+                cache = {self._cache_arg: group.cache}
+                out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache)
+            group.cache, group.mask = getattr(out, self._cache_arg), mask
+            updates += self._advance(group.rows, out.logits[:, -1])
+        return updates
+
+    def _join(self, rows: list[_Row], cache: Any, mask: torch.Tensor) -> None:
+        """Add prefilled rows (their cache and mask) to the group where they add the least memory."""
+        spans = [[_span(row.request) for row in group.rows] for group in self.groups]
+        widest = max(_span(row.request) for row in rows)
+        best = _place(spans, widest, self.max_groups, len(rows))
+        if best == len(self.groups):
+            self.groups.append(_Group(list(rows), cache, mask))
+            return
+        group = self.groups[best]
+        group.cache, group.mask = join(group.cache, group.mask, cache, mask)
+        group.rows += rows
+
+    def _prefill_chunk(self, row: _Row, count: int) -> list[Update]:
+        """The next ``count`` tokens of a long prompt, on its own cache; its last chunk joins the batch."""
+        ids = row.request.ids
+        start, end = row.prefilled, row.prefilled + count
+        chunk = torch.tensor([ids[start:end]], device=self.device)
+        mask = torch.ones(1, end, dtype=torch.long, device=self.device)
+        positions = torch.arange(start, end, device=self.device)[None]
+        extra = {"logits_to_keep": 1} if self._last_logit_only and not row.request.prompt_logprobs else {}
+        extra[self._cache_arg] = row.cache if row.cache is not None else empty_cache()
+        with self._assigned([row]):
+            out = self.model(input_ids=chunk, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+        row.cache, row.prefilled = getattr(out, self._cache_arg), end
+        if row.request.prompt_logprobs:  # each position predicts the next prompt token
+            targets = ids[start + 1 : end + 1]
+            row.prompt_logprobs = (row.prompt_logprobs or [None]) + _logprobs(
+                out.logits[0, : len(targets)], targets, row.request.logprobs or 0
+            )
+        if end < len(ids):
+            return []
+        self.prefilling.popleft()
+        updates = self._advance([row], out.logits[:, -1])
+        cache, row.cache = row.cache, None
+        if row.finish is None:
+            self._join([row], cache, mask)
+        return updates
 
     def _prefill(self, rows: list[_Row]) -> list[Update]:
         """Run the new rows' prompts (left-padded, as ``generate`` does) and join them to the batch."""
@@ -249,10 +373,15 @@ class ContinuousBatcher:
             [[0] * (width - len(row.request.ids)) + [1] * len(row.request.ids) for row in rows], device=self.device
         )
         positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)
-        extra = {"logits_to_keep": 1} if self._last_logit_only else {}
+        scoring = any(row.request.prompt_logprobs for row in rows)  # then every position's logits
+        extra = {"logits_to_keep": 1} if self._last_logit_only and not scoring else {}
         extra[self._cache_arg] = empty_cache()  # every layer whole, sliding-window ones too (kv_cache)
         with self._assigned(rows):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+        for i, row in enumerate(rows):
+            if row.request.prompt_logprobs:
+                logits = out.logits[i, width - len(row.request.ids) : -1]  # each prompt token's predecessor
+                row.prompt_logprobs = [None, *_logprobs(logits, row.request.ids[1:], row.request.logprobs or 0)]
         updates = self._advance(rows, out.logits[:, -1])
         alive = [i for i, row in enumerate(rows) if row.finish is None]
         if not alive:
@@ -260,11 +389,7 @@ class ContinuousBatcher:
         cache = getattr(out, self._cache_arg)
         if len(alive) < len(rows):
             mask = trim_padding(cache, keep_rows(cache, mask, torch.tensor(alive, device=self.device)))
-        if self.rows:
-            self._cache, self._mask = join(self._cache, self._mask, cache, mask)
-        else:
-            self._cache, self._mask = cache, mask
-        self.rows += [rows[i] for i in alive]
+        self._join([rows[i] for i in alive], cache, mask)
         return updates
 
     def _assigned(self, rows: list[_Row]) -> contextlib.AbstractContextManager:
@@ -283,6 +408,8 @@ class ContinuousBatcher:
             row.generated.append(token)
             if self.keep_logits:
                 row.logits.append(scores.float().cpu())
+            new = _logprobs(scores[None], [token], row.request.logprobs) if row.request.logprobs is not None else []
+            row.logprobs += new
             if token in self.eos:
                 row.finish, text = "stop", row.stream.flush()
             else:
@@ -291,7 +418,7 @@ class ContinuousBatcher:
                     row.finish = "stop"
                 elif len(row.generated) >= row.request.max_new_tokens or self._context_full(row):
                     row.finish, text = "length", text + row.stream.flush()
-            updates.append(Update(row.uid, text, len(row.generated), self._completion(row)))
+            updates.append(Update(row.uid, text, len(row.generated), self._completion(row), new))
         return updates
 
     def _context_full(self, row: _Row) -> bool:
@@ -302,7 +429,10 @@ class ContinuousBatcher:
             return None
         self._uids.discard(row.uid)
         logits = torch.stack(row.logits) if self.keep_logits else None
-        return Completion(row.generated, row.stream.text, row.finish, len(row.request.ids), logits)
+        logprobs = row.logprobs if row.request.logprobs is not None else None
+        return Completion(
+            row.generated, row.stream.text, row.finish, len(row.request.ids), logits, logprobs, row.prompt_logprobs
+        )
 
     def _leave(self, leaving: list[_Row]) -> None:
         """Cut the rows of finished or cancelled requests out of the batch and its cache."""
@@ -311,13 +441,16 @@ class ContinuousBatcher:
         for row in leaving:
             self._uids.discard(row.uid)
         gone = {id(row) for row in leaving}
-        kept = [i for i, row in enumerate(self.rows) if id(row) not in gone]
-        self.rows = [self.rows[i] for i in kept]
-        if not kept:
-            self._cache = self._mask = None
-            return
-        mask = keep_rows(self._cache, self._mask, torch.tensor(kept, device=self.device))
-        self._mask = trim_padding(self._cache, mask)
+        for group in list(self.groups):
+            kept = [i for i, row in enumerate(group.rows) if id(row) not in gone]
+            if len(kept) == len(group.rows):
+                continue
+            if not kept:
+                self.groups.remove(group)
+                continue
+            group.rows = [group.rows[i] for i in kept]
+            mask = keep_rows(group.cache, group.mask, torch.tensor(kept, device=self.device))
+            group.mask = trim_padding(group.cache, mask)
 
 
 def _no_grad() -> contextlib.AbstractContextManager:
@@ -325,6 +458,46 @@ def _no_grad() -> contextlib.AbstractContextManager:
     under ``no_grad`` where it judges inference mode unsafe (gloo's collectives, which FSDP's
     forward passes run), and the batcher keeps that choice."""
     return torch.inference_mode() if torch.is_grad_enabled() else contextlib.nullcontext()
+
+
+def _logprobs(logits: torch.Tensor, tokens: list[int], top: int) -> list[TokenLogprob]:
+    """Each token's log-probability under its row of ``logits`` ``[n, vocab]``, and the ``top`` likeliest."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(1, torch.tensor(tokens, device=logprobs.device)[:, None])[:, 0].tolist()
+    if top > 0:
+        values, ids = logprobs.topk(top, dim=-1)
+        alternatives = [tuple(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+    else:
+        alternatives = [()] * len(tokens)
+    return [TokenLogprob(t, lp, alt) for t, lp, alt in zip(tokens, chosen, alternatives)]
+
+
+@dataclass
+class _Group:
+    """Rows that decode together in one forward pass, with their KV cache and its mask ``[rows, columns]``."""
+
+    rows: list[_Row]
+    cache: Any
+    mask: torch.Tensor
+
+
+def _memory(spans: list[list[int]]) -> int:
+    """Cache columns groups of these spans can come to: each row as wide as its group's widest."""
+    return sum(len(group) * max(group) for group in spans if group)
+
+
+def _place(spans: list[list[int]], span: int, max_groups: int, count: int = 1) -> int:
+    """Put ``count`` rows of ``span`` where they add the least memory (a new group if there is room
+    for one and it is cheaper); return the group's index. ``spans`` is changed in place."""
+    costs = [(len(g) + count) * max(*g, span) - len(g) * max(g) for g in spans]
+    if len(spans) < max_groups:
+        costs.append(count * span)
+        spans.append([])
+    best = min(range(len(costs)), key=lambda i: (costs[i], i))
+    if not spans[-1] and best != len(spans) - 1:
+        spans.pop()  # the new group was not needed
+    spans[best] += [span] * count
+    return best
 
 
 def _span(request: GenerationRequest) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -14,13 +15,21 @@ PromptStyle = Literal["adapter", "plain", "chat", "alpaca"]
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Everything the HTTP server process and its inference worker need (it is pickled to the worker).
+    """Everything the server needs: its front end (HTTP, prompts, limits) and its decoding loop.
 
-    ``python -m tools.serve`` takes each field as a flag of the same name (``--batch_size``), with
-    the default and help written here; its JSONL mode uses the model and batching fields.
+    ``python -m zoo.server`` (and ``python -m tools.serve --port``) takes each field as a flag of
+    the same name (``--batch_size``), with the default and help written here; the JSONL mode of
+    ``tools.serve`` uses the model and batching fields.
 
     Attributes:
-        adapters: adapter name → folder.
+        adapters: adapter name → folder, served from the start (more can be loaded while the
+            server runs: ``POST /v1/load_lora_adapter``, or ``adapter_folder``).
+        adapter_folder: a folder of adapter folders: a request whose ``model`` names no loaded
+            adapter is answered by ``<adapter_folder>/<model>`` if that is an adapter of the
+            base, loaded on first use; ``None``: no such lookup.
+        max_adapters: adapters held in memory at most; past it the least recently used one
+            that no request is using is dropped from memory (it is read again from its
+            folder when asked for); ``None``: no limit.
         base_model: the base model; ``None``: the one the adapters record.
         base_name: the ``model`` name that asks for the base model without an adapter.
         dtype: dtype of the base weights.
@@ -29,6 +38,13 @@ class ServerConfig:
         batch_window: seconds an idle server waits after a request for others to batch with it.
         kv_cache_gb: memory the batch's KV cache may take: requests wait for a place while
             the running ones could outgrow it, and one that alone would is refused (400).
+        kv_groups: caches the running requests may be split into (each one forward pass per
+            step): a request joins the one where it adds the least memory, so one long request
+            decodes in a cache of its own instead of making every row as wide as itself, and
+            ``kv_cache_gb`` counts each group at its own width.
+        prefill_chunk: prompt tokens prefilled per decoding step at most: a longer prompt is
+            prefilled in chunks between the steps of the running requests, so it delays them
+            by a chunk's time per step instead of stalling them for its whole prefill.
         max_new_tokens: answer length of a request that gives no ``max_tokens``.
         max_tokens_limit: the most ``max_tokens`` a request may ask for.
         temperature: temperature of a request that gives none (OpenAI's default is 1).
@@ -44,10 +60,15 @@ class ServerConfig:
             error event and ``[DONE]``), then the connections are closed.
         api_key: when set, every request needs ``Authorization: Bearer <api_key>`` (``tools.serve``:
             default, the ``FTZOO_API_KEY`` environment variable).
-        threads: torch threads of the inference worker (``None``: torch's default).
+        threads: torch threads of the decoding loop; ``None``: half the cores this process may
+            use, at least 1 (:func:`default_threads`).
+        header_timeout: seconds a client has, from connecting, to send its request's headers
+            (then its connection is closed).
     """
 
     adapters: dict[str, str] = field(default_factory=dict)
+    adapter_folder: str | None = None
+    max_adapters: int | None = None
     base_model: str | None = None
     base_name: str = "base"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -55,6 +76,8 @@ class ServerConfig:
     batch_size: int = 32
     batch_window: float = 0.01
     kv_cache_gb: float = 4.0
+    kv_groups: int = 2
+    prefill_chunk: int = 256
     max_new_tokens: int = 64
     max_tokens_limit: int = 1024
     temperature: float = 1.0
@@ -65,17 +88,22 @@ class ServerConfig:
     shutdown_timeout: float = 2.0
     api_key: str | None = None
     threads: int | None = None
+    header_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.base_name in self.adapters:
             raise ValueError(f"an adapter is named {self.base_name!r}, the base model's name; rename it or --base_name")
-        if self.batch_size < 1 or self.max_new_tokens < 1 or self.max_tokens_limit < 1:
-            raise ValueError("batch_size, max_new_tokens and max_tokens_limit must be at least 1")
+        if min(self.batch_size, self.max_new_tokens, self.max_tokens_limit, self.prefill_chunk, self.kv_groups) < 1:
+            raise ValueError(
+                "batch_size, max_new_tokens, max_tokens_limit, prefill_chunk and kv_groups must be at least 1"
+            )
         if self.max_new_tokens > self.max_tokens_limit:
             raise ValueError(f"max_new_tokens {self.max_new_tokens} is above max_tokens_limit {self.max_tokens_limit}")
+        if self.max_adapters is not None and self.max_adapters < 1:
+            raise ValueError(f"max_adapters must be at least 1, got {self.max_adapters}")
         if self.kv_cache_gb <= 0:
             raise ValueError("kv_cache_gb must be positive")
-        for name in ("batch_window", "request_timeout", "body_timeout", "shutdown_timeout"):
+        for name in ("batch_window", "request_timeout", "body_timeout", "shutdown_timeout", "header_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
 
@@ -88,3 +116,16 @@ class ServerConfig:
     def models(self) -> list[str]:
         """The names a request's ``model`` may give: the base, then the adapters."""
         return [self.base_name, *self.adapters]
+
+
+def default_threads() -> int:
+    """Half the cores this process may use, at least 1: the decoding loop's torch threads unless set.
+
+    Measured (SmolLM2-135M, a 32-row decode step, float32, on a 2-core host shared with other
+    jobs, load average 6.5-8): 1 thread 90-105 tokens/s, 2 threads (torch's default there)
+    8-10 tokens/s. A thread per core oversubscribes a machine whose cores something else also
+    uses (the server's own HTTP front end, tokenizing in its threads, at the least): torch's
+    threads then wait for each other at every operation.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
+    return max(1, cores // 2)

@@ -1,10 +1,9 @@
-"""A server in a subprocess, for tests and benchmarks: started, waited for, and stopped with all its processes.
+"""A server in a subprocess, for tests and benchmarks: started, waited for, and stopped.
 
-``python -m tools.serve ... --port`` starts several processes (LitServe's HTTP process, the
-inference worker, a queue manager). :class:`ServerProcess` runs it in its own process
-group, waits until ``/health`` answers, and on exit asks it to stop (SIGTERM: it ends every
-process within seconds, :mod:`zoo.server.stopping`) and kills whatever of that group is left
-after a short grace.
+:class:`ServerProcess` runs ``python -m zoo.server ... --port`` in its own process group,
+waits until ``/health`` answers, and on exit asks it to stop (SIGTERM: requests in flight get
+its ``--shutdown_timeout``, :func:`zoo.server.run_server`) and kills whatever of that group is
+left after a short grace.
 """
 
 from __future__ import annotations
@@ -31,10 +30,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m tools.serve <args> --port <port>`` as a context manager.
+    """``python -m zoo.server <args> --port <port>`` as a context manager.
 
     Args:
-        args: the command line of ``tools.serve`` (without ``--port``).
+        args: the command line of ``zoo.server`` (without ``--port``).
         api_key: the server's key, to ask ``/health`` with.
         cwd: where to run (default: the repository holding this file).
         startup_timeout: seconds to wait for ``/health``.
@@ -50,7 +49,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
-        self.args = [sys.executable, "-m", "tools.serve", *args, "--port", str(self.port)]
+        self.args = [sys.executable, "-m", "zoo.server", *args, "--port", str(self.port)]
         self.api_key = api_key
         self.cwd = Path(cwd) if cwd is not None else Path(__file__).resolve().parents[2]
         self.startup_timeout = startup_timeout

@@ -1,6 +1,6 @@
 """A request's prompt in its template, tokenized and checked against the limits, before it is queued.
 
-This runs in the HTTP process, so a request that cannot be answered is refused with its 4xx
+This runs in the front end, so a request that cannot be answered is refused with its 4xx
 at once and never takes a place in the batch: an unknown ``model`` (404), an empty prompt,
 ``max_tokens`` above the server's cap, or a prompt that with ``max_tokens`` does not fit the
 model's context (400).
@@ -17,7 +17,8 @@ template      ``/v1/completions`` prompt      ``/v1/chat/completions`` messages
 ``plain``     as it is                        one user turn (system before it), as it is
 ============  ==============================  ==========================================
 
-The base model (and an adapter that records no template) answers completions in ``plain``
+A completion prompt given as token ids is taken as it is, in no template (as lm-eval's
+``local-completions`` sends it). The base model (and an adapter that records no template) answers completions in ``plain``
 and chat requests in the chat template, when the tokenizer has one. An adapter trained with a
 system prompt (:func:`zoo.inference.adapter_system_prompt`) gets it in its chat template, unless
 the request brings its own system message.
@@ -28,28 +29,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from zoo.inference import Template, adapter_system_prompt, adapter_template, read_adapter
+from zoo.adapter import AdapterError
+from zoo.inference import Template
 from zoo.inference.generate import render
 from zoo.loading import load_config, load_tokenizer
+from zoo.server.adapters import AdapterEntry, AdapterRegistry
 from zoo.server.config import ServerConfig
 from zoo.server.protocol import ApiError, ChatRequest, CompletionRequest
 
 
 @dataclass(frozen=True)
 class Job:
-    """A checked request, as the inference worker takes it."""
+    """A checked request, as the decoding loop takes it."""
 
     ids: list[int]
-    adapter: str | None
+    adapter: AdapterEntry | None
     max_tokens: int
     temperature: float
     top_p: float
     seed: int | None
     stop: tuple[str, ...]
     stream: bool
-
-    def payload(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+    logprobs: int | None = None
+    """Log-probabilities of each token and this many alternatives; ``None``: none."""
+    echo: bool = False
+    """The prompt comes back before the answer (with its log-probabilities, if asked)."""
 
 
 class Prompts:
@@ -58,9 +62,8 @@ class Prompts:
     Args:
         config: the server's options.
         tokenizer: the base model's tokenizer.
-        templates: adapter name → the template it was trained with.
+        adapters: the adapters served (their templates and system prompts).
         context: the model's context length (prompt and answer together).
-        systems: adapter name → the system prompt it was trained with (chat template), if any.
         kv_budget: the KV cache's budget in tokens (``kv_cache_gb``); ``None``: none.
     """
 
@@ -68,67 +71,79 @@ class Prompts:
         self,
         config: ServerConfig,
         tokenizer: Any,
-        templates: dict[str, Template],
+        adapters: AdapterRegistry,
         context: int,
-        systems: dict[str, str | None] | None = None,
         kv_budget: int | None = None,
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
-        self.templates = templates
+        self.adapters = adapters
         self.context = context
-        self.systems = systems or {}
         self.kv_budget = kv_budget
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
 
     @classmethod
-    def load(cls, config: ServerConfig) -> Prompts:
-        """Read the adapters' templates and the base model's tokenizer and context (not its weights).
+    def load(cls, config: ServerConfig, adapters: AdapterRegistry, base: str) -> Prompts:
+        """The base model's tokenizer and context (not its weights), with ``adapters``.
 
         Raises:
-            AdapterError: an adapter folder is missing or its method is not installed.
             ValueError: the tokenizer has no chat template but ``prompt_style`` is ``chat``.
         """
-        templates, systems, base = {}, {}, config.base_model
-        for name, path in config.adapters.items():
-            adapter = read_adapter(path)
-            templates[name] = adapter_template(adapter)
-            systems[name] = adapter_system_prompt(adapter)
-            base = base or adapter.base.name_or_path
-        if base is None:
-            raise ValueError("give the base model (no adapter to read it from)")
         tokenizer = load_tokenizer(base)
         if config.prompt_style == "chat" and not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"--prompt_style chat needs a tokenizer with a chat template; {base}'s has none")
         model_config = load_config(base)
         context = int(model_config.max_position_embeddings)
-        return cls(config, tokenizer, templates, context, systems, config.kv_budget(model_config))
+        return cls(config, tokenizer, adapters, context, config.kv_budget(model_config))
 
-    def adapter(self, model: str) -> str | None:
+    def adapter(self, model: str) -> AdapterEntry | None:
         """The adapter a request's ``model`` names (``None``: the base).
 
         Raises:
-            ApiError: 404, no such model here.
+            ApiError: 404, no such model here; 400, ``adapter_folder`` holds one that cannot be served.
         """
         if model == self.config.base_name:
             return None
-        if model not in self.config.adapters:
+        try:
+            entry = self.adapters.resolve(model)
+        except AdapterError as err:
+            raise ApiError(400, str(err), param="model", code="adapter_error") from err
+        if entry is None:
+            names = [self.config.base_name, *self.adapters.names]
             raise ApiError(
                 404,
-                f"the model {model!r} does not exist; this server has {', '.join(map(repr, self.config.models))}",
+                f"the model {model!r} does not exist; this server has {', '.join(map(repr, names))}",
                 param="model",
                 code="model_not_found",
             )
-        return model
+        return entry
 
     def completion(self, request: CompletionRequest) -> Job:
-        """A ``/v1/completions`` request as a job (see the module docstring for its template)."""
+        """A ``/v1/completions`` request of one prompt as a job (see the module docstring for its template)."""
+        return self.completions(request)[0]
+
+    def completions(self, request: CompletionRequest) -> list[Job]:
+        """A ``/v1/completions`` request as one job per prompt (see the module docstring for its template)."""
         adapter = self.adapter(request.model)
-        if not request.text:
-            raise ApiError(400, "prompt is empty", param="prompt", code="empty_prompt")
-        template = self._template(adapter, chat=False)
-        text, special = render(self.tokenizer, request.text, template, self._system(adapter, template))
-        return self._job(request, adapter, self._ids(text, special, "prompt"), "prompt")
+        jobs = []
+        for number, prompt in enumerate(request.prompts):
+            param = "prompt" if len(request.prompts) == 1 else f"prompt.{number}"
+            if not prompt:
+                raise ApiError(400, f"{param} is empty", param=param, code="empty_prompt")
+            if isinstance(prompt, list):
+                vocab = len(self.tokenizer)
+                if any(not 0 <= token < vocab for token in prompt):
+                    bad = next(token for token in prompt if not 0 <= token < vocab)
+                    raise ApiError(
+                        400, f"{param}: token id {bad} is not in the vocabulary (0 to {vocab - 1})", param=param
+                    )
+                ids = list(prompt)
+            else:
+                template = self._template(adapter, chat=False)
+                text, special = render(self.tokenizer, prompt, template, self._system(adapter, template))
+                ids = self._ids(text, special, param)
+            jobs.append(self._job(request, adapter, ids, param))
+        return jobs
 
     def chat(self, request: ChatRequest) -> Job:
         """A ``/v1/chat/completions`` request as a job (see the module docstring for its template)."""
@@ -147,21 +162,21 @@ class Prompts:
             text, special = render(self.tokenizer, self._one_turn(request, adapter, template), template)
         return self._job(request, adapter, self._ids(text, special, "messages"), "messages")
 
-    def _template(self, adapter: str | None, chat: bool) -> Template:
+    def _template(self, adapter: AdapterEntry | None, chat: bool) -> Template:
         if self.config.prompt_style != "adapter":
             return self.config.prompt_style
-        recorded = self.templates[adapter] if adapter is not None else "plain"
+        recorded = adapter.template if adapter is not None else "plain"
         if recorded == "plain" and chat and self.has_chat_template:
             return "chat"
         return recorded
 
-    def _system(self, adapter: str | None, template: Template) -> str | None:
+    def _system(self, adapter: AdapterEntry | None, template: Template) -> str | None:
         """The adapter's recorded system prompt, when requests follow the adapter's own template."""
         if self.config.prompt_style != "adapter" or adapter is None or template != "chat":
             return None
-        return self.systems.get(adapter)
+        return adapter.system
 
-    def _one_turn(self, request: ChatRequest, adapter: str | None, template: Template) -> str:
+    def _one_turn(self, request: ChatRequest, adapter: AdapterEntry | None, template: Template) -> str:
         """The one user turn a single-turn template takes (a system message goes before it)."""
         users = [m for m in request.messages if m.role == "user"]
         if len(users) != 1 or any(m.role == "assistant" for m in request.messages):
@@ -181,7 +196,9 @@ class Prompts:
             raise ApiError(400, f"{param}: the prompt is empty (no tokens)", param=param, code="empty_prompt")
         return ids
 
-    def _job(self, request: ChatRequest | CompletionRequest, adapter: str | None, ids: list[int], param: str) -> Job:
+    def _job(
+        self, request: ChatRequest | CompletionRequest, adapter: AdapterEntry | None, ids: list[int], param: str
+    ) -> Job:
         asked, cap, room = request.requested_tokens, self.config.max_tokens_limit, self.context - len(ids)
         if asked is not None and asked > cap:
             raise ApiError(
@@ -217,4 +234,6 @@ class Prompts:
             seed=request.seed,
             stop=request.stop_strings,
             stream=request.stream,
+            logprobs=request.logprob_count,
+            echo=bool(getattr(request, "echo", False)),
         )

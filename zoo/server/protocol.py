@@ -2,8 +2,8 @@
 
 FastAPI validates a body against :class:`ChatRequest` or :class:`CompletionRequest`; a
 field of the wrong type or out of range becomes a 400 naming the field
-(:func:`validation_error`). Options this server cannot honour (``n`` > 1, ``logprobs``,
-``tools``, penalties, ...) are refused by name rather than ignored, so a client never gets
+(:func:`validation_error`). Options this server cannot honour (``n`` > 1, ``tools``,
+penalties, ...) are refused by name rather than ignored, so a client never gets
 an answer made differently from what it asked. Unknown fields are ignored, as OpenAI
 clients send some (``user``, ``metadata``).
 """
@@ -11,17 +11,20 @@ clients send some (``user``, ``metadata``).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 from pydantic_core import PydanticCustomError
 
+from zoo.inference import TokenLogprob
+
+MAX_TOP_LOGPROBS = 20
+"""The most alternatives a request may ask for per token (OpenAI's chat limit; vLLM's default)."""
+
 UNSUPPORTED = {
     "n": lambda v: v not in (None, 1),
     "best_of": lambda v: v not in (None, 1),
-    "logprobs": lambda v: v not in (None, False),
-    "top_logprobs": lambda v: v not in (None, 0),
-    "echo": lambda v: v not in (None, False),
     "suffix": lambda v: v not in (None, ""),
     "tools": lambda v: bool(v),
     "functions": lambda v: bool(v),
@@ -148,6 +151,19 @@ class ChatRequest(_Request):
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise _refuse("top_logprobs", "needs logprobs: true")
+        return self
+
+    @property
+    def logprob_count(self) -> int | None:
+        """Alternatives per token when log-probabilities are asked for (``None``: they are not)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def requested_tokens(self) -> int | None:
@@ -155,23 +171,37 @@ class ChatRequest(_Request):
 
 
 class CompletionRequest(_Request):
-    """``POST /v1/completions``: one prompt (a list holding one prompt is accepted too)."""
+    """``POST /v1/completions``: a prompt (text or token ids), or a list of them (one choice each)."""
 
-    prompt: str | list[str]
+    prompt: str | list[StrictInt] | list[str] | list[list[StrictInt]]
+    logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: StrictBool = False
 
     @property
     def requested_tokens(self) -> int | None:
         return self.max_tokens
 
     @model_validator(mode="after")
-    def _one_prompt(self) -> CompletionRequest:
-        if isinstance(self.prompt, list) and len(self.prompt) != 1:
-            raise _refuse("prompt", f"send one prompt per request (got a list of {len(self.prompt)})")
+    def _prompts(self) -> CompletionRequest:
+        several = isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], (str, list))
+        if several and self.stream and len(self.prompt) > 1:
+            raise _refuse("prompt", f"a streamed request takes one prompt (got a list of {len(self.prompt)})")
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise _refuse("prompt", "the list of prompts is empty")
         return self
 
     @property
-    def text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts: text, or token ids taken as they are."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return list(self.prompt)
+
+    @property
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
 
 # ----------------------------------------------------------------------------- answers
@@ -185,47 +215,103 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_completion(uid: str, model: str, text: str, finish: str, prompt: int, completion: int) -> dict[str, Any]:
+def chat_completion(
+    uid: str,
+    model: str,
+    text: str,
+    finish: str,
+    prompt: int,
+    completion: int,
+    logprobs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    message = {"role": "assistant", "content": text}
     return {
         "id": f"chatcmpl-{uid}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}],
+        "usage": usage(prompt, completion),
+    }
+
+
+def text_completion(
+    uid: str, model: str, choices: list[tuple[str, str, dict[str, Any] | None]], prompt: int, completion: int
+) -> dict[str, Any]:
+    """An answer of ``(text, finish_reason, logprobs)`` per prompt, with the usage of all of them."""
+    return {
+        "id": f"cmpl-{uid}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+            {"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish}
+            for i, (text, finish, logprobs) in enumerate(choices)
         ],
         "usage": usage(prompt, completion),
     }
 
 
-def text_completion(uid: str, model: str, text: str, finish: str, prompt: int, completion: int) -> dict[str, Any]:
-    return {
-        "id": f"cmpl-{uid}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-        "usage": usage(prompt, completion),
-    }
-
-
-def chat_chunk(uid: str, model: str, delta: dict[str, str], finish: str | None) -> dict[str, Any]:
+def chat_chunk(
+    uid: str, model: str, delta: dict[str, str], finish: str | None, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{uid}",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
     }
 
 
-def text_chunk(uid: str, model: str, text: str, finish: str | None) -> dict[str, Any]:
+def text_chunk(
+    uid: str, model: str, text: str, finish: str | None, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "id": f"cmpl-{uid}",
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
+    }
+
+
+def chat_logprobs(tokenizer: Any, entries: Sequence[TokenLogprob]) -> dict[str, Any]:
+    """Chat's ``logprobs``: ``{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}``."""
+
+    def one(token: int, logprob: float) -> dict[str, Any]:
+        text = tokenizer.decode([token])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {
+        "content": [
+            {**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]} for e in entries
+        ]
+    }
+
+
+def completion_logprobs(tokenizer: Any, entries: Sequence[TokenLogprob | None], tokens: Sequence[int]) -> dict[str, Any]:
+    """Completions' ``logprobs``: ``tokens``, ``token_logprobs``, ``top_logprobs`` (the chosen token
+    among them, as OpenAI gives it) and ``text_offset``; an entry ``None`` (the first token of an
+    echoed prompt: nothing comes before it) has no log-probability."""
+    texts = [tokenizer.decode([token]) for token in tokens]
+    offsets, at = [], 0
+    for text in texts:
+        offsets.append(at)
+        at += len(text)
+    top = []
+    for entry in entries:
+        if entry is None:
+            top.append(None)
+            continue
+        alternatives = {tokenizer.decode([t]): lp for t, lp in entry.top}
+        alternatives.setdefault(tokenizer.decode([entry.token]), entry.logprob)
+        top.append(alternatives)
+    return {
+        "tokens": texts,
+        "token_logprobs": [None if e is None else e.logprob for e in entries],
+        "top_logprobs": top,
+        "text_offset": offsets,
     }
 
 
@@ -234,7 +320,9 @@ def usage_chunk(chunk: dict[str, Any], prompt: int, completion: int) -> dict[str
     return {**chunk, "choices": [], "usage": usage(prompt, completion)}
 
 
-def model_list(names: list[str], base_name: str, created: int) -> dict[str, Any]:
+def model_list(names: list[str], base_name: str, created: int, root: str, max_model_len: int) -> dict[str, Any]:
+    """``/v1/models``: the base and each adapter, with the base model they run on (``root``) and
+    the context length (``max_model_len``, prompt and answer together), as vLLM lists them."""
     return {
         "object": "list",
         "data": [
@@ -243,7 +331,9 @@ def model_list(names: list[str], base_name: str, created: int) -> dict[str, Any]
                 "object": "model",
                 "created": created,
                 "owned_by": "ftzoo",
+                "root": root,
                 "parent": None if name == base_name else base_name,
+                "max_model_len": max_model_len,
             }
             for name in names
         ],

@@ -21,7 +21,7 @@ def test_the_load_test_runs_both_servers_at_each_number_of_clients(tiny_llama_di
         http=True,
         base_model=str(tiny_llama_dir),
         clients=[1, 3],
-        http_adapters=2,
+        http_adapters=4,  # one of each method
         rounds=2,
         max_tokens=3,
         lora_rank=4,
@@ -71,7 +71,7 @@ def fake_results(clients, speedup, failures):
 
 @pytest.mark.parametrize(
     ("clients", "speedup", "failures", "met"),
-    [(64, 3.5, 0, True), (64, 2.5, 0, False), (64, 4.0, 1, False), (8, 5, 0, False)],
+    [(64, 6.5, 0, True), (64, 5.5, 0, False), (64, 8.0, 1, False), (8, 9, 0, False)],
 )
 def test_the_verdict_holds_the_run_to_the_target(clients, speedup, failures, met):
     results = fake_results(clients, speedup, failures)

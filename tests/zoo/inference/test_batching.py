@@ -239,8 +239,90 @@ def test_the_kv_budget_holds_requests_back_until_rows_leave(base, adapters):
     while batcher.busy:
         done.update({u.uid: u.completion for u in batcher.step() if u.completion is not None})
         widest = max(widest, len(batcher.rows))
-        assert batcher._mask is None or batcher._mask.numel() <= 3 * 20
+        assert batcher.cache_columns() <= 3 * 20
     assert widest == 3
     assert [done[i].tokens for i in range(7)] == [answer.tokens for answer in free]
     with pytest.raises(ValueError, match="KV cache budget of 60 tokens"):
         batcher.submit("big", GenerationRequest([5] * 10, None, 51))
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_decoding_steps(base, adapters):
+    """A 300-token prompt arrives among 3 running requests, with chunks of 32: every step still
+    gives each running request its token, no step prefills more than 32 prompt tokens, the caches
+    stay within the KV budget, and every answer (logits and prompt log-probabilities included) is
+    what it is without chunks."""
+    tokenizer = tiny_tokenizer()
+    names = list(adapters)
+    short = [GenerationRequest(prompt_ids(tokenizer, [p], False)[0], names[i], 40) for i, p in enumerate(PROMPTS[:3])]
+    long = GenerationRequest([5 + i % 200 for i in range(300)], names[3], 6, logprobs=2, prompt_logprobs=True)
+    budget = 4 * (300 + 40)
+    answers = {}
+    for chunk in (None, 32):
+        batcher = ContinuousBatcher(served(base, adapters), tokenizer, 8, True, max_batch_tokens=budget, prefill_chunk=chunk)
+        for i, request in enumerate(short):
+            batcher.submit(i, request)
+        done = {u.uid: u.completion for u in batcher.step() if u.completion is not None}  # the short ones join
+        batcher.submit("long", long)
+        steps, joined = 0, None
+        while batcher.busy:
+            before = {row.uid: len(row.generated) for row in batcher.rows}
+            updates = batcher.step()
+            steps += 1
+            done.update({u.uid: u.completion for u in updates if u.completion is not None})
+            assert all(len(row.generated) == before[row.uid] + 1 for row in batcher.rows if row.uid in before)
+            assert batcher.prefilled_last_step <= (chunk or 300)
+            assert batcher.cache_columns() <= budget
+            if joined is None and any(row.uid == "long" for row in batcher.rows):
+                joined = steps
+        assert joined == (1 if chunk is None else -(-300 // 32))  # in one step, or a chunk per step
+        answers[chunk] = done
+    for uid, whole in answers[None].items():
+        chunked = answers[32][uid]
+        assert chunked.tokens == whole.tokens, uid
+        torch.testing.assert_close(chunked.logits, whole.logits, atol=2e-5, rtol=1e-4)
+    whole, chunked = answers[None]["long"], answers[32]["long"]
+    assert len(chunked.prompt_logprobs) == 300 and chunked.prompt_logprobs[0] is None
+    for a, b in zip(whole.prompt_logprobs[1:], chunked.prompt_logprobs[1:]):
+        assert a.token == b.token and abs(a.logprob - b.logprob) < 1e-4 and [t for t, _ in a.top] == [t for t, _ in b.top]
+    model = copy.deepcopy(base[0])
+    hooks_for(adapters[names[3]]).ftzoo_fuse_adapter(model=model, adapter=adapters[names[3]], scale=1.0)
+    with torch.inference_mode():
+        reference = torch.log_softmax(model(torch.tensor([long.ids])).logits[0].float(), dim=-1)
+    expected = reference[:-1].gather(1, torch.tensor(long.ids[1:])[:, None])[:, 0]
+    torch.testing.assert_close(torch.tensor([e.logprob for e in chunked.prompt_logprobs[1:]]), expected, atol=1e-4, rtol=0)
+
+
+def test_a_long_request_gets_a_cache_of_its_own_and_the_budget_counts_each_at_its_width(base, adapters):
+    """One 300-token prompt among 8 short requests, a budget of one long row and 8 short ones: with one
+    cache every row is as wide as the longest, so the short ones wait while the long one runs; with
+    two groups it decodes in its own and all 9 run together, the caches within the budget, the
+    answers unchanged."""
+    tokenizer = tiny_tokenizer()
+    names = [*adapters, None]
+    requests = [GenerationRequest([5 + i % 200 for i in range(300)], names[0], 6)]
+    requests += [GenerationRequest(prompt_ids(tokenizer, [p], False)[0], names[i % len(names)], 12)
+                 for i, p in enumerate(PROMPTS[:8])]  # fmt: skip
+    budget = _span_of(requests[0]) + 8 * max(_span_of(r) for r in requests[1:])  # the short ones padded alike
+    results = {}
+    for groups in (1, 2):
+        batcher = ContinuousBatcher(
+            served(base, adapters), tokenizer, 16, max_batch_tokens=budget, prefill_chunk=64, max_groups=groups
+        )
+        for i, request in enumerate(requests):
+            batcher.submit(i, request)
+        done, together, most_groups = {}, 0, 0
+        while batcher.busy:
+            done.update({u.uid: u.completion for u in batcher.step() if u.completion is not None})
+            running = [row.uid for row in [*batcher.rows, *batcher.prefilling]]
+            if 0 in running:  # beside the long one
+                together = max(together, len(running))
+            most_groups = max(most_groups, len(batcher.groups))
+            assert batcher.cache_columns() <= budget
+            assert len(batcher.groups) <= groups
+        results[groups] = (done, together, most_groups)
+    assert results[1][1] == 1 and results[2][1] == 9 and results[2][2] == 2
+    assert [results[1][0][i].tokens for i in range(9)] == [results[2][0][i].tokens for i in range(9)]
+
+
+def _span_of(request):
+    return len(request.ids) + request.max_new_tokens

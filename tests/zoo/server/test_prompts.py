@@ -7,6 +7,7 @@ from tiny_models import tiny_tokenizer
 
 from datamodules.prompts import ALPACA_NO_INPUT
 from zoo.inference import prompt_ids
+from zoo.server.adapters import AdapterEntry, AdapterRegistry
 from zoo.server.config import ServerConfig
 from zoo.server.prompts import Prompts
 from zoo.server.protocol import ApiError, ChatRequest, CompletionRequest
@@ -16,7 +17,11 @@ TEMPLATES = {"chatty": "chat", "alpaca": "alpaca", "plain": "plain"}
 
 def prompts(kv_budget=None, **options):
     config = ServerConfig(adapters={name: f"/{name}" for name in TEMPLATES}, max_tokens_limit=100, **options)
-    return Prompts(config, tiny_tokenizer(), TEMPLATES, 256, {"chatty": "Be kind."}, kv_budget)
+    registry = AdapterRegistry("base")
+    systems = {"chatty": "Be kind."}
+    for name, template in TEMPLATES.items():
+        registry.add_entry(AdapterEntry(name, f"{name}#0", f"/{name}", template, systems.get(name), "lora"))
+    return Prompts(config, tiny_tokenizer(), registry, 256, kv_budget)
 
 
 def chat(model, *messages, **fields):
@@ -48,7 +53,7 @@ def test_the_job_carries_the_sampling_and_the_servers_defaults():
     job = prompts(max_new_tokens=10, temperature=0.5).completion(
         CompletionRequest(model="plain", prompt="hi", stop="x", seed=3, top_p=0.9)
     )
-    got = (job.adapter, job.max_tokens, job.temperature, job.top_p, job.seed, job.stop)
+    got = (job.adapter.name, job.max_tokens, job.temperature, job.top_p, job.seed, job.stop)
     assert got == ("plain", 10, 0.5, 0.9, 3, ("x",))
     room = prompts(max_new_tokens=100).completion(CompletionRequest(model="base", prompt="x" * 252))
     assert room.max_tokens == 4  # no max_tokens given: what the context leaves
@@ -73,3 +78,28 @@ def test_every_limit_is_refused_by_name(request_, status, message):
         p.chat(request_) if isinstance(request_, ChatRequest) else p.completion(request_)
     assert err.value.status == status and message in err.value.message
     assert set(err.value.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_token_ids_are_taken_as_they_are_and_a_list_of_prompts_is_one_job_each():
+    p = prompts()
+    job = p.completion(CompletionRequest(model="alpaca", prompt=[5, 6, 7], logprobs=2, echo=True, max_tokens=1))
+    assert job.ids == [5, 6, 7] and job.logprobs == 2 and job.echo  # no template around token ids
+    jobs = p.completions(CompletionRequest(model="base", prompt=[[5, 6], [7]]))
+    assert [j.ids for j in jobs] == [[5, 6], [7]]
+    texts = p.completions(CompletionRequest(model="base", prompt=["hi", "yo"]))
+    assert [j.ids for j in texts] == [prompt_ids(tiny_tokenizer(), [t], "plain")[0] for t in ("hi", "yo")]
+    with pytest.raises(ApiError, match=r"prompt.1: token id 100000 is not in the vocabulary"):
+        p.completions(CompletionRequest(model="base", prompt=[[5], [100000]]))
+    assert p.completion(CompletionRequest(model="base", prompt="hi")).logprobs is None
+
+
+def test_logprob_options_are_checked():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="top_logprobs: needs logprobs: true"):
+        ChatRequest(model="base", messages=[{"role": "user", "content": "hi"}], top_logprobs=2)
+    with pytest.raises(ValidationError, match="a streamed request takes one prompt"):
+        CompletionRequest(model="base", prompt=["a", "b"], stream=True)
+    with pytest.raises(ValidationError, match="less than or equal to 20"):
+        CompletionRequest(model="base", prompt="a", logprobs=21)
+    assert chat("base", ("user", "hi"), logprobs=True, top_logprobs=3).logprob_count == 3

@@ -1,0 +1,87 @@
+"""One long prompt arriving among running streams: how long each decoding step takes while it is
+prefilled, and how much KV cache the batcher holds.
+
+``python -m tools.bench.long_prompt --chunks '[0, 32, 64, 128, 256]'`` (0: no chunking): for each
+setting, ``streams`` requests decode (EOS ignored, so they run on), then a ``prompt_tokens``-token
+prompt arrives; printed per setting: the median decoding step before it arrives, the steps
+until it has joined the batch and their median and longest time, the requests running beside it,
+and the peak of :meth:`zoo.inference.ContinuousBatcher.cache_columns` against ``kv_cache_gb``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from zoo.inference import ContinuousBatcher, GenerationRequest, prompt_ids
+from zoo.inference.kv_cache import bytes_per_token
+from zoo.loading import load_model, load_tokenizer
+
+
+def long_prompt(
+    base_model: str = "smollm2-135m",
+    chunks: list[int] | None = None,
+    groups: int = 2,
+    streams: int = 32,
+    prompt_tokens: int = 4000,
+    kv_cache_gb: float = 1.0,
+    threads: int = 1,
+) -> list[dict[str, float]]:
+    """Measure (see the module docstring); return one dict per chunk setting."""
+    torch.set_num_threads(threads)
+    model, tokenizer = load_model(base_model).eval(), load_tokenizer(base_model)
+    short = prompt_ids(tokenizer, ["Write one sentence about the sea."], "chat")[0]
+    long = tokenizer("The quick brown fox jumps over the lazy dog. " * (prompt_tokens // 8))["input_ids"][:prompt_tokens]
+    per_token = bytes_per_token(model.config, torch.float32)
+    budget = int(kv_cache_gb * 2**30) // per_token
+    results = []
+    for chunk in chunks or [0, 64, 256]:
+        batcher = ContinuousBatcher(
+            model, tokenizer, 2 * streams, max_batch_tokens=budget, prefill_chunk=chunk or None, max_groups=groups
+        )
+        batcher.eos = set()  # the streams run on (a chat model would end its sentence)
+        for i in range(streams):
+            batcher.submit(i, GenerationRequest(short, None, 1000))
+        while batcher.prefilling or batcher.waiting or len(batcher.rows) < streams:
+            batcher.step()
+        for _ in range(4):
+            batcher.step()  # warm up
+        plain = [_timed(batcher.step) for _ in range(8)]
+        batcher.submit("long", GenerationRequest(long, None, 16))
+        during, peak = [], 0
+        while not any(row.uid == "long" for row in batcher.rows) and len(during) < 10 * prompt_tokens:
+            during.append(_timed(batcher.step))
+            peak = max(peak, batcher.cache_columns())
+        result = {
+            "chunk": chunk,
+            "decode_step_s": statistics.median(plain),
+            "steps_to_join": len(during),
+            "step_while_prefilling_median_s": statistics.median(during),
+            "step_while_prefilling_max_s": max(during),
+            "running_beside": len(batcher.rows) - 1,
+            "kv_peak_gib": peak * per_token / 2**30,
+            "kv_budget_gib": kv_cache_gb,
+        }
+        print(
+            f"chunk {chunk or 'none'}: decode step {result['decode_step_s'] * 1000:.0f} ms; {len(during)} steps until "
+            f"the long prompt joined, median {result['step_while_prefilling_median_s'] * 1000:.0f} ms, longest "
+            f"{result['step_while_prefilling_max_s'] * 1000:.0f} ms; {result['running_beside']} streams beside it; "
+            f"KV cache peak {result['kv_peak_gib']:.3f} GiB of {kv_cache_gb:g}",
+            flush=True,
+        )
+        results.append(result)
+    return results
+
+
+def _timed(step) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    CLI(long_prompt, as_positional=False)
