@@ -72,6 +72,13 @@ def test_sigint_stops_a_server_started_with_sigint_ignored(server):
     assert "Traceback" not in server.log_tail(200)
 
 
+def _long_stream(server: ServerProcess, model: str) -> urllib.request.Request:
+    """A streamed completion of up to 1,000 tokens: still running when the server is stopped."""
+    body = {"model": model, "prompt": "hi", "max_tokens": 1000, "stream": True, "temperature": 0}
+    return urllib.request.Request(f"{server.url}/v1/completions", json.dumps(body).encode(),
+                                  {"Content-Type": "application/json"})  # fmt: skip
+
+
 def test_ctrl_c_with_a_stream_in_flight(server):
     """Ctrl+C signals the whole process group; the stream ends within the grace, with its last
     events: the finish reason, or the worker's shutdown error (never a connection cut half-way)."""
@@ -79,10 +86,7 @@ def test_ctrl_c_with_a_stream_in_flight(server):
     first, ended = threading.Event(), {}
 
     def stream() -> None:
-        body = {"model": "base", "prompt": "hi", "max_tokens": 1000, "stream": True, "temperature": 0}
-        request = urllib.request.Request(
-            f"{server.url}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
-        )
+        request = _long_stream(server, "base")
         lines = []
         try:
             with urllib.request.urlopen(request, timeout=2 * BOUND) as reply:
@@ -153,10 +157,7 @@ def test_sigint_under_load_beside_a_cpu_hog(tiny, tmp_path):
     started = threading.Barrier(5)
 
     def stream() -> None:
-        body = {"model": "lora", "prompt": "hi", "max_tokens": 1000, "stream": True, "temperature": 0}
-        request = urllib.request.Request(
-            f"{server.url}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
-        )
+        request = _long_stream(server, "lora")
         lines = []
         try:
             with urllib.request.urlopen(request, timeout=4 * BOUND) as reply:
