@@ -44,7 +44,7 @@ def word_problem_accuracy(adapter: str, data_dir: str, output: Path) -> dict[str
 
 
 def quickstart(
-    config: str = "configs/quickstart.yaml",
+    recipe: str = "configs/quickstart.yaml",
     run_dir: str = "runs/quickstart",
     overrides: list[str] | None = None,
     word_problems: str | None = None,
@@ -52,7 +52,8 @@ def quickstart(
     """Measure base accuracy, fine-tune, measure again.
 
     Args:
-        config: the recipe (model, method, data, trainer).
+        recipe: the ``lightning fit`` config (model, method, data, trainer); not ``--config``, which
+            is this command's own config file, as for every jsonargparse command line.
         run_dir: where the run's logs, checkpoint, adapter and results go.
         overrides: more ``lightning`` arguments for all three steps, e.g. another method on the same
             budget: ``[--config, configs/methods/lora.yaml, --model.optimizer.init_args.lr, "1e-3"]``.
@@ -62,13 +63,13 @@ def quickstart(
     run = Path(run_dir)
     extra = [*(overrides or []), "--trainer.default_root_dir", str(run)]
     started = time.monotonic()
-    base = _test_accuracy(config, *extra)
+    base = _test_accuracy(recipe, *extra)
     fit_started = time.monotonic()
-    fit = build_cli(["fit", "--config", config, *extra,
+    fit = build_cli(["fit", "--config", recipe, *extra,
                      "--trainer.logger.init_args.save_dir", str(run), "--trainer.logger.init_args.name", "logs",
                      "--model.adapter_dir", str(run / "adapter")])  # fmt: skip
     fit_minutes = (time.monotonic() - fit_started) / 60
-    tuned = _test_accuracy(config, *extra, "--model.adapter", str(run / "adapter"))
+    tuned = _test_accuracy(recipe, *extra, "--model.adapter", str(run / "adapter"))
     results = {
         "method": type(fit.model.method).__name__,
         "trainable_parameters": fit.model.trainable_parameter_count,
