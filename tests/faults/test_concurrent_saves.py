@@ -62,11 +62,10 @@ def _process_writer(adapter, folder, errors) -> None:
         errors.put(repr(err))
 
 
-@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="the writers are forked processes (fork start method: Linux, where CI runs)")
 def test_processes_saving_to_one_folder(tiny, tmp_path):
     saved = variants(tiny, 2)
     folder = tmp_path / "adapter"
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")  # every platform has it
     errors = context.Queue()
     workers = [context.Process(target=_process_writer, args=(a, folder, errors)) for a, _ in saved]
     for worker in workers:
@@ -96,12 +95,11 @@ def test_a_failed_swap_keeps_the_previous_adapter(tiny, tmp_path, monkeypatch):
     assert torch.equal(load_adapter(folder).tensors[key], first.tensors[key])
 
 
-@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="the writers are forked processes (fork start method: Linux, where CI runs)")
 def test_a_reader_never_sees_an_adapter_being_replaced(tiny, tmp_path):
     saved = variants(tiny, 2)
     key = saved[0][1]
     folder = save_adapter(saved[0][0], tmp_path / "adapter")
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")  # every platform has it
     errors = context.Queue()
     workers = [context.Process(target=_process_writer, args=(a, folder, errors)) for a, _ in saved]
     for worker in workers:
