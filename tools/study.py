@@ -4,6 +4,7 @@ smallest difference it could detect (:mod:`zoo.studies`)::
 
     python -m tools.study study --config configs/studies/commonsense.yaml   # <output>/results.{json,md}
     python -m tools.study curve --config configs/studies/commonsense_curve.yaml  # accuracy against steps
+    python -m tools.study seeds --results '[0=runs/s0/results.json, 1=runs/s1/results.json]' --output runs/over-seeds
 
 Each seed is one ``tools.compare`` run in ``<output>/seed-<s>`` (training resumes run by run; a
 seed whose ``results.json`` is written is not trained or evaluated again), followed by its further
@@ -29,6 +30,7 @@ from datamodules.base import FineTuneDataModule
 from datamodules.choices import PromptForm
 from tools.compare import Contender, compare
 from tools.evaluate import evaluate
+from zoo.inference import parse_named
 from zoo.outputs import atomic_file
 from zoo.report import write_results
 from zoo.studies import study_markdown, summarize
@@ -191,10 +193,39 @@ def _plot_curve(points: dict[str, list[dict[str, Any]]], base: dict[str, float],
     plt.close(fig)
 
 
+def seeds(results: list[str], output: str, title: str = "Over seeds", metric: str | None = None) -> dict[str, Any]:
+    """Summarise evaluations made outside a study, one ``tools.evaluate`` results file per seed
+    (``[0=runs/seed-0/results.json, 1=...]``): e.g. recipes trained by ``tools.quickstart`` with
+    several seeds, each seed's adapters scored together. The same mean ± sd and pooled paired
+    tests as a study's; entries are matched by name, and only those every seed has are compared.
+
+    Args:
+        results: ``seed=path`` of each seed's ``results.json`` (with per-item outcomes).
+        output: folder of the summary's ``results.json`` and ``results.md``.
+        title: heading of the report.
+        metric: which outcomes (``correct``, ``acc``, ``acc_norm``); default: the results' first.
+    """
+    files = parse_named(results, what="seed")
+    per_seed: dict[int, dict[str, Any]] = {}
+    for seed, path in files.items():
+        if not seed.lstrip("-").isdigit():
+            raise ValueError(f"seed {seed!r} of {path}: give each file as <seed>=<path>, the seed an integer")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such results file (seed {seed})")
+        loaded = json.loads(Path(path).read_text())
+        if "outcomes" not in loaded:
+            raise ValueError(f"{path}: no per-item 'outcomes' (write it with tools.evaluate)")
+        per_seed[int(seed)] = loaded
+    summary = summarize(per_seed, title, metric)
+    write_results({"title": title, "files": files, "summary": summary},
+                  output, study_markdown(summary))  # fmt: skip
+    return summary
+
+
 def main() -> None:
     from jsonargparse import CLI
 
-    CLI([study, curve], as_positional=False)
+    CLI([study, curve, seeds], as_positional=False)
 
 
 if __name__ == "__main__":
