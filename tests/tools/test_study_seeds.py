@@ -17,7 +17,12 @@ def test_seeds_pool_items_and_keep_common_entries(tmp_path):
     files = {
         0: _results({"base": [False] * 4, "new": [True, True, True, False], "old": [True, False, False, False]}, tasks),
         1: _results(
-            {"base": [False] * 4, "new": [True, False, True, True], "old": [False, False, True, False], "lora": [True] * 4},
+            {
+                "base": [False] * 4,
+                "new": [True, False, True, True],
+                "old": [False, False, True, False],
+                "lora": [True] * 4,
+            },
             tasks,
         ),
     }
