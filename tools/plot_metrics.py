@@ -54,7 +54,14 @@ def plot_metrics(run_dir: str, output: str | None = None) -> Path:
     return path
 
 
-if __name__ == "__main__":
+def main() -> None:
     from jsonargparse import CLI
 
-    print(CLI(plot_metrics, as_positional=False))
+    from zoo.cli import one_line_errors  # here: the plot itself needs neither torch nor Lightning
+
+    with one_line_errors():
+        print(CLI(plot_metrics, as_positional=False))
+
+
+if __name__ == "__main__":
+    main()

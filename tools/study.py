@@ -29,6 +29,7 @@ from datamodules.base import FineTuneDataModule
 from datamodules.choices import PromptForm
 from tools.compare import Contender, compare
 from tools.evaluate import evaluate
+from zoo.cli import one_line_errors
 from zoo.outputs import atomic_file
 from zoo.report import write_results
 from zoo.studies import study_markdown, summarize
@@ -194,7 +195,8 @@ def _plot_curve(points: dict[str, list[dict[str, Any]]], base: dict[str, float],
 def main() -> None:
     from jsonargparse import CLI
 
-    CLI([study, curve], as_positional=False)
+    with one_line_errors():
+        CLI([study, curve], as_positional=False)
 
 
 if __name__ == "__main__":
