@@ -16,6 +16,9 @@
 | or non-positive learning-rate list), or no      | installed. Did you mean 'lora'? ..." / "... its           |                |
 | contenders                                      | learning-rate list (lrs) is empty ..." / "give at least   |                |
 |                                                 | one contender ..."                                        |                |
+| ``tools.compare --output`` that cannot be       | OutputPathError before the first run: "cannot write to    | nothing        |
+| written (``/proc``, a read-only mount, a file   | /proc (...); choose another output folder" / "cannot      |                |
+| in the way)                                     | create <dir>: <file> is a file"                           |                |
 """
 
 from __future__ import annotations
@@ -105,3 +108,13 @@ def test_compare_checks_every_contender_before_the_first_run(contenders, message
     with pytest.raises(ValueError, match=message):
         compare("recipe.yaml", contenders, eval_data(), str(tmp_path / "cmp"))
     assert not (tmp_path / "cmp").exists()
+
+
+def test_compare_checks_its_output_before_the_first_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_tool, "train_one", lambda *a, **k: pytest.fail("a run started"))
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(OutputPathError, match=r"cannot write to /proc \("):
+        compare("recipe.yaml", [Contender("lora", "lora")], eval_data(), "/proc/ftzoo-compare")
+    with pytest.raises(OutputPathError, match=rf"cannot create {tmp_path}/file/cmp: {tmp_path}/file is a file"):
+        compare("recipe.yaml", [Contender("lora", "lora")], eval_data(), str(tmp_path / "file" / "cmp"))
+    assert (tmp_path / "file").read_text() == "mine"
