@@ -16,7 +16,7 @@
 | a request naming one in                |                                                       |                                    |
 | ``--adapter_folder``)                  |                                                       |                                    |
 | ``allow_nonfinite`` given (export,     | it is written as asked                                | the NaN adapter / model            |
-| merge, ``save_adapter``)               |                                                       |                                    |
+| ``save_adapter``)                      |                                                       |                                    |
 | the loss becomes NaN at step 3 of fit  | NonFiniteLossError "the training loss became nan at   | ``interrupted.ckpt`` with the      |
 |                                        | step 3; ... stopped before that update", and the      | finite weights of step 2; no       |
 |                                        | resume command                                        | adapter                            |

@@ -21,6 +21,10 @@
 | or fails on the untrained adapter             | 'model.norm.weight' shape [1, 64]; the base has [64]"   |                     |
 |                                               | / "... fails on the adapter of the                      |                     |
 |                                               | untrained rewrite: KeyError: ..."                       |                     |
+
+A plugin author imports what the methods implement against from the package's face (``from zoo
+import Method, hookimpl, MergeOptions, How, ...``), as the built-in plugins and the example package
+do: ``tests/zoo/test_plugins.py::test_builtin_plugins_use_only_the_face_an_outside_plugin_has``.
 """
 
 from __future__ import annotations
