@@ -31,7 +31,7 @@ from tools.evaluate import Scoring, evaluate
 from zoo.callbacks import TokenCounter
 from zoo.cli import build_cli, one_line_errors
 from zoo.evaluation import mean_response_loss
-from zoo.outputs import atomic_file
+from zoo.outputs import atomic_file, check_writable
 from zoo.plugins import PluginError, available_methods, method_hooks, resolve_method_class
 from zoo.report import markdown_report, plot_results
 
@@ -177,6 +177,7 @@ def compare(
             same items the same way (:func:`tools.evaluate.evaluate`).
     """
     check_contenders(contenders)
+    check_writable(output)  # before the first run, not when its logs or the report are written
     out = Path(output)
     runs: dict[str, list[dict[str, Any]]] = {}
     for contender in contenders:
@@ -231,8 +232,10 @@ def comparison_report(results: dict[str, Any]) -> str:
     lines = [
         f"## {results['title']}",
         "",
-        f"Every run: {results['steps']} optimizer steps on the same batches; learning rate chosen by the loss on "
-        f"{results['holdout']} held-out training records.",
+        (
+            f"Every run: {results['steps']} optimizer steps on the same batches; learning rate chosen by the loss on "
+            f"{results['holdout']} held-out training records."
+        ),
         "",
         "| method | trainable parameters | × " + (results["reference"] or "—") + " | training tokens (response) "
         "| learning rates tried (held-out loss) | chosen | train minutes |",

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from zoo.cli import one_line_errors
 from zoo.inference import BASE, parse_named
 from zoo.outputs import check_writable
 from zoo.report import markdown_report, score_entries, write_results
@@ -215,7 +216,8 @@ def _summary(results: dict[str, dict[str, Any]]) -> str:
 def main() -> None:
     from jsonargparse import CLI
 
-    results = CLI(harness, as_positional=False)
+    with one_line_errors():
+        results = CLI(harness, as_positional=False)
     print(markdown_report(results), end="")
     for other in results["other_metrics"].values():
         print("\n" + markdown_report(other), end="")

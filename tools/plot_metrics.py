@@ -26,14 +26,14 @@ def plot_metrics(run_dir: str, output: str | None = None) -> Path:
             (the newest ``metrics.csv`` below it is used).
         output: PNG path; default ``<folder of metrics.csv>/metrics.png``.
     """
+    found = sorted(Path(run_dir).rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    if not found:  # before matplotlib (an optional extra) is needed
+        raise FileNotFoundError(f"{run_dir}: no metrics.csv below it (log with CSVLogger)")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    found = sorted(Path(run_dir).rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"{run_dir}: no metrics.csv below it (log with CSVLogger)")
     series = read_metrics(found[-1])
     losses = {k: v for k, v in series.items() if k.endswith("loss")}
     accuracies = {k: v for k, v in series.items() if "/acc" in k}
@@ -54,7 +54,14 @@ def plot_metrics(run_dir: str, output: str | None = None) -> Path:
     return path
 
 
-if __name__ == "__main__":
+def main() -> None:
     from jsonargparse import CLI
 
-    print(CLI(plot_metrics, as_positional=False))
+    from zoo.cli import one_line_errors  # here: the plot itself needs neither torch nor Lightning
+
+    with one_line_errors():
+        print(CLI(plot_metrics, as_positional=False))
+
+
+if __name__ == "__main__":
+    main()

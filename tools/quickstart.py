@@ -19,7 +19,7 @@ import yaml
 
 from tools.evaluate import evaluate
 from tools.plot_metrics import plot_metrics
-from zoo.cli import build_cli
+from zoo.cli import build_cli, one_line_errors
 
 WORD_PROBLEMS = Path(__file__).resolve().parents[1] / "configs" / "data" / "word_problems.yaml"
 
@@ -105,7 +105,12 @@ def quickstart(
     return results
 
 
-if __name__ == "__main__":
+def main() -> None:
     from jsonargparse import CLI
 
-    CLI(quickstart, as_positional=False)
+    with one_line_errors():
+        CLI(quickstart, as_positional=False)
+
+
+if __name__ == "__main__":
+    main()

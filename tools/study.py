@@ -30,6 +30,7 @@ from datamodules.base import FineTuneDataModule
 from datamodules.choices import PromptForm
 from tools.compare import Contender, compare
 from tools.evaluate import evaluate
+from zoo.cli import one_line_errors
 from zoo.inference import parse_named
 from zoo.outputs import atomic_file
 from zoo.report import write_results
@@ -225,7 +226,8 @@ def seeds(results: list[str], output: str, title: str = "Over seeds", metric: st
 def main() -> None:
     from jsonargparse import CLI
 
-    CLI([study, curve, seeds], as_positional=False)
+    with one_line_errors():
+        CLI([study, curve, seeds], as_positional=False)
 
 
 if __name__ == "__main__":

@@ -279,6 +279,18 @@ def load_adapter_metadata(folder: str | Path) -> Adapter:
         return _adapter(_read_metadata(folder), folder, {})
 
 
+def is_adapter_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds an adapter (its ``adapter.json``), asked under the readers' lock:
+    a save replacing the adapter moves the old folder aside before the new one is in place, and
+    a look in between would find none (a server's ``adapter_folder`` lookup answered "no such
+    model" while the adapter was being replaced)."""
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        return False
+    with folder_lock(folder.parent, shared=True):
+        return (folder / META_FILE).is_file()
+
+
 def _read_metadata(folder: Path) -> dict[str, Any]:
     meta_path, tensors_path = folder / META_FILE, folder / TENSORS_FILE
     if not folder.is_dir():

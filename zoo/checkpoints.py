@@ -111,7 +111,8 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
     uninterrupted run would. SIGTERM (what a scheduler or ``kill`` sends) does the same
     (Lightning finishes the step); the CLI then exits with status 143. A second Ctrl-C stops
     at once, in the middle of the step: nothing is written then (a half-updated step is no
-    checkpoint), and one line names the last complete checkpoint. Nothing is saved when the
+    checkpoint), and one line names the last complete checkpoint. Once the checkpoint is being
+    written, Ctrl-C waits for it (a cut write would leave none). Nothing is saved when the
     error comes before the first training step (nothing is lost then, and the model may not
     be built).
 
@@ -142,6 +143,8 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         if self._step_finished:  # the checkpoint is being written (whole or not at all): let it finish
+            with contextlib.suppress(Exception):  # never break the write (e.g. a reentrant print): say it if we can
+                print("\nCtrl-C: the checkpoint is being written; it will be complete in a moment", file=sys.stderr)
             return
         if self._stop_requested:  # the second Ctrl-C: stop in the middle of the step
             self._stopped_now = True
@@ -152,7 +155,8 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
 
     def _restore_handler(self) -> None:
         if self._previous_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_handler)
+            if signal.getsignal(signal.SIGINT) == self._request_stop:  # not a handler set since (Lightning ignores
+                signal.signal(signal.SIGINT, self._previous_handler)  # Ctrl-C while it shuts down after one)
             self._previous_handler = None
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
@@ -164,19 +168,20 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         self._restore_handler()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_handler()
-        if not self._started:
-            return
-        if self._stopped_now:
-            if trainer.is_global_zero:
+        if not self._started or self._stopped_now:
+            self._restore_handler()
+            if self._stopped_now and trainer.is_global_zero:
                 print(self.stopped_now_message(trainer), file=sys.stderr, flush=True)
             return
+        self._step_finished = True  # a Ctrl-C from now on waits for the checkpoint (SIGTERM, an error)
         try:
             super().on_exception(trainer)
         except Exception as err:  # noqa: BLE001  # never hide the error that stopped training
             if trainer.is_global_zero:
                 print(self.unsaved_message(trainer, exception, err), file=sys.stderr, flush=True)
             return
+        finally:
+            self._restore_handler()
         if trainer.is_global_zero:
             print(self.message(trainer.global_step, exception), file=sys.stderr, flush=True)
 

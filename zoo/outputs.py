@@ -226,8 +226,11 @@ def check_output(target: str | Path, overwrite: bool, marker: str) -> None:
     Raises:
         FileExistsError: ``target`` exists and is not empty, and ``overwrite`` is off, or
             it is not a folder of this kind.
+        OutputPathError: the folder it is written beside cannot be created or written
+            (:func:`check_writable`), which would otherwise surface after the work.
     """
     target = Path(target)
+    check_writable(target.absolute().parent)  # the new folder is written beside the target, then renamed
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         return
     if not overwrite:

@@ -71,6 +71,20 @@ class SigintTwiceAt(SigintAt):
             signal.raise_signal(signal.SIGINT)
 
 
+class _SigintWhileSaving(Callback):
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if trainer.interrupted:  # the interrupt checkpoint, not a periodic one
+            signal.raise_signal(signal.SIGINT)
+
+
+class SigintWhileSavingAt(_SigintWhileSaving, SigintAt):
+    """Ctrl-C in step ``step``, and again while the interrupt checkpoint it asked for is made."""
+
+
+class SigtermThenSigintWhileSavingAt(_SigintWhileSaving, SigtermAt):
+    """SIGTERM in step ``step``, then Ctrl-C while the interrupt checkpoint is made."""
+
+
 @contextlib.contextmanager
 def sigint_restored() -> Iterator[None]:
     """Lightning ignores SIGINT after it handles one; give the test process its handler back."""

@@ -41,3 +41,23 @@ class StrangerDeltas(Norms):
     @hookimpl
     def ftzoo_adapter_deltas(self, adapter, model):
         return {"model.layers.0.nonexistent.weight": torch.zeros(2)}
+
+
+class BatchedDeltas(Norms):
+    """Its deltas are zero, but with a leading batch axis: not the shape of the base weight."""
+
+    name = "batched-deltas"
+
+    @hookimpl
+    def ftzoo_adapter_deltas(self, adapter, model):
+        return {n: torch.zeros(1, *model.get_parameter(n).shape) for n in adapter.tensors}
+
+
+class FailingDeltas(Norms):
+    """Its deltas hook fails on any adapter (here: on the untrained one, before training)."""
+
+    name = "failing-deltas"
+
+    @hookimpl
+    def ftzoo_adapter_deltas(self, adapter, model):
+        raise KeyError("lm_head.weight")

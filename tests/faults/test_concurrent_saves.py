@@ -7,7 +7,9 @@
 | 2 processes x 25 saves                      | the same             | the same                                           |
 | a save fails while swapping folders         | its error            | the previous adapter, whole                        |
 | a reader loads the adapter while 2          | every load succeeds  | each load is one complete adapter (readers take a  |
-| processes replace it 25 times each          |                      | shared lock; a swap waits for them, they for it)   |
+| processes replace it 25 times each, and     | (no raw              | shared lock; a swap waits for them, they for it)   |
+| asks whether it is there, as a server's     | FileNotFoundError);  |                                                    |
+| ``adapter_folder`` lookup does              | it is always there   |                                                    |
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 import torch
 
 from zoo import adapter as adapter_module
-from zoo.adapter import load_adapter, save_adapter
+from zoo.adapter import is_adapter_folder, load_adapter, save_adapter
 
 SAVES = 25
 
@@ -109,6 +111,7 @@ def test_a_reader_never_sees_an_adapter_being_replaced(tiny, tmp_path):
         try:
             loaded = load_adapter(folder)
             assert float(loaded.tensors[key][0]) in {0.0, 1.0} and set(loaded.tensors) == set(saved[0][0].tensors)
+            assert is_adapter_folder(folder), "the adapter was missing"  # a server's adapter_folder lookup
         except Exception as err:  # noqa: BLE001 - counted, then reported
             failures.append(repr(err))
         loads += 1

@@ -17,6 +17,14 @@
 |                                               | training step ...; it must return fused - base weights" |                     |
 |                                               | / "... changes 'model.layers.0.nonexistent.weight',     |                     |
 |                                               | which the base model does not have"                     |                     |
+| the same hook gives a delta of another shape, | PluginError before the first step: "... gives           | the same            |
+| or fails on the untrained adapter             | 'model.norm.weight' shape [1, 64]; the base has [64]"   |                     |
+|                                               | / "... fails on the adapter of the                      |                     |
+|                                               | untrained rewrite: KeyError: ..."                       |                     |
+
+A plugin author imports what the methods implement against from the package's face (``from zoo
+import Method, hookimpl, MergeOptions, How, ...``), as the built-in plugins and the example package
+do: ``tests/zoo/test_plugins.py::test_builtin_plugins_use_only_the_face_an_outside_plugin_has``.
 """
 
 from __future__ import annotations
@@ -113,8 +121,12 @@ def test_a_method_argument_that_is_not_json_is_refused_when_the_method_is_loaded
     [("ValueDeltas", (r"method 'value-deltas': ftzoo_adapter_deltas gives '[\w.]+norm.weight' a difference of up "
                       r"to [\d.]+ before any training step .*it must return fused - base weights")),
      ("StrangerDeltas", (r"method 'stranger-deltas': ftzoo_adapter_deltas changes "
-                         r"'model.layers.0.nonexistent.weight', which the base model does not have"))],
-    ids=["values", "stranger-key"],
+                         r"'model.layers.0.nonexistent.weight', which the base model does not have")),
+     ("BatchedDeltas", (r"method 'batched-deltas': ftzoo_adapter_deltas gives '[\w.]+norm.weight' shape \[1, \d+\]; "
+                        r"the base has \[\d+\]")),
+     ("FailingDeltas", (r"method 'failing-deltas': ftzoo_adapter_deltas fails on the adapter of the untrained "
+                        r"rewrite: KeyError: 'lm_head.weight'"))],
+    ids=["values", "stranger-key", "wrong-shape", "hook-fails"],
 )  # fmt: skip
 def test_deltas_that_are_not_differences_are_refused_before_the_first_step(method, message, tiny_llama_dir, tmp_path):
     args = quickstart_args(tiny_llama_dir, tmp_path, 2, "--model.method", f"faults.methods.{method}")

@@ -9,6 +9,10 @@
 | asks to finish the step)            | checkpoint of that step was written; the last complete     | was; no ``interrupted.ckpt``     |
 |                                     | checkpoint is <last.ckpt> (step 25); resume with           |                                  |
 |                                     | --ckpt_path <last.ckpt>"; no traceback                     |                                  |
+| Ctrl-C (again) while the interrupt  | the checkpoint is finished (after SIGTERM or an error:     | ``interrupted.ckpt`` of step 4,  |
+| checkpoint is written, after Ctrl-C | "Ctrl-C: the checkpoint is being written; it will be       | whole (was: the write cut by a   |
+| or SIGTERM                          | complete in a moment"), then "Checkpoint at step 4:        | KeyboardInterrupt traceback)     |
+|                                     | <path>" and the resume command; exit status 1 / 143        |                                  |
 | Ctrl-C while the run is set up      | one line: "Stopped (Ctrl-C) while the run was set up:      | nothing                          |
 | (``lightning`` console script)      | nothing was written"; exit status 130                      |                                  |
 """
@@ -74,6 +78,28 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line_and_names_the_last_complete_c
     assert "Traceback" not in printed and "Checkpoint at step" not in printed
     assert sorted(p.name for p in folder.iterdir()) == ["epoch=8-step=25.ckpt", "last.ckpt"]  # no interrupted.ckpt
     assert torch.load(last, weights_only=True)["global_step"] == 25
+
+
+@pytest.mark.parametrize(
+    ("callback", "status", "notice"),
+    [("SigintWhileSavingAt", 1, ""),  # Lightning ignores Ctrl-C once it stops on one
+     ("SigtermThenSigintWhileSavingAt", 143, "\nCtrl-C: the checkpoint is being written; it will be complete in a moment\n")],
+    ids=["after-ctrl-c", "after-sigterm"],
+)  # fmt: skip
+def test_ctrl_c_while_the_checkpoint_is_written_lets_it_finish(
+    callback, status, notice, tiny_llama_dir, tmp_path, capsys
+):
+    args = quickstart_args(tiny_llama_dir, tmp_path, 6, f"--trainer.callbacks+=faults.harness.{callback}",
+                           "--trainer.callbacks.step", "4")  # fmt: skip
+    with sigint_restored(), sigterm_survived(), pytest.raises(SystemExit) as exit_:
+        build_cli(args)
+    assert exit_.value.code == status
+    printed = capsys.readouterr().err
+    assert notice in printed, printed
+    checkpoint = run_dir(tmp_path) / "checkpoints" / "interrupted.ckpt"
+    assert f"Checkpoint at step 4: {checkpoint}\nResume with:" in printed, printed
+    assert "Traceback" not in printed and "Stopped at once" not in printed
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 4  # whole
 
 
 def test_ctrl_c_while_the_run_is_set_up_prints_one_line(monkeypatch, capsys):

@@ -9,14 +9,21 @@
 | ``tools.paired`` with one prediction file        | "error: give at least two prediction files to compare"     |
 | ``tools.switch`` / ``tools.serve`` with a        | "error: /nowhere: no such adapter folder"                  |
 | missing adapter                                  |                                                            |
+| ``tools.compare`` / ``tools.study`` with no      | "error: give at least one contender (--contenders): there  |
+| contenders                                       | is nothing to compare"                                     |
+| ``tools.quickstart --overrides                   | "error: no method named 'lorra' is installed. Did you mean |
+| '[--model.method, lorra]'``                      | 'lora'? Installed methods: ..."                            |
+| ``tools.plot_metrics --run_dir /nowhere``        | "error: /nowhere: no metrics.csv below it (log with        |
+|                                                  | CSVLogger)"                                                |
 | any of these with ``FTZOO_DEBUG=1``              | the exception with its traceback                           |
 """
 
 from __future__ import annotations
 
 import pytest
+from locations import REPO
 
-from tools import evaluate, export, merge, paired, serve, switch
+from tools import compare, evaluate, export, merge, paired, plot_metrics, quickstart, serve, study, switch
 from zoo.adapter import AdapterError
 
 
@@ -28,6 +35,8 @@ def report(tmp_path):
 
 
 def cases(tmp_path, report):
+    eval_data = ["--eval_data", "datamodules.ArithmeticDataModule", "--eval_data.num_test", "2"]
+    recipe = str(REPO / "configs" / "quickstart.yaml")
     return {
         "export": (export.main, ["--adapter", "/nowhere", "--output", str(tmp_path / "model")],
                    "error: /nowhere: no such adapter folder"),
@@ -40,10 +49,20 @@ def cases(tmp_path, report):
         "switch": (switch.main, ["--adapters", "[/nowhere]"], "error: /nowhere: no such adapter folder"),
         "serve": (serve.main, ["--adapters", "[x=/nowhere]", "--requests", str(tmp_path / "r.jsonl"),
                                "--output", str(tmp_path / "o.jsonl")], "error: /nowhere: no such adapter folder"),
+        "compare": (compare.main, ["--recipe", recipe, "--contenders", "[]", *eval_data,
+                                   "--output", str(tmp_path / "cmp")], "error: give at least one contender"),
+        "study": (study.main, ["study", "--recipe", recipe, "--contenders", "[]", *eval_data,
+                               "--output", str(tmp_path / "study")], "error: give at least one contender"),
+        "quickstart": (quickstart.main, ["--recipe", recipe, "--run_dir", str(tmp_path / "qs"), "--overrides", "[--model.method, lorra]"],
+                       "error: no method named 'lorra' is installed. Did you mean 'lora'?"),
+        "plot_metrics": (plot_metrics.main, ["--run_dir", "/nowhere"], "error: /nowhere: no metrics.csv below it"),
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("tool", ["export", "merge", "evaluate", "paired", "switch", "serve"])
+@pytest.mark.parametrize(
+    "tool",
+    ["export", "merge", "evaluate", "paired", "switch", "serve", "compare", "study", "quickstart", "plot_metrics"],
+)
 def test_a_user_error_is_one_line(tool, tmp_path, report, monkeypatch):
     main, args, line = cases(tmp_path, report)[tool]
     monkeypatch.setattr("sys.argv", [f"tools.{tool}", *args])

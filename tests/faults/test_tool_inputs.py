@@ -16,6 +16,11 @@
 | or non-positive learning-rate list), or no      | installed. Did you mean 'lora'? ..." / "... its           |                |
 | contenders                                      | learning-rate list (lrs) is empty ..." / "give at least   |                |
 |                                                 | one contender ..."                                        |                |
+| ``tools.export`` / ``tools.merge`` ``--output`` | OutputPathError before any adapter is read: "cannot      | nothing        |
+| that cannot be written (``/proc``, read-only)   | write to /proc (...); choose another output folder"       |                |
+| ``tools.compare --output`` that cannot be       | OutputPathError before the first run: "cannot write to    | nothing        |
+| written (``/proc``, a read-only mount, a file   | /proc (...); choose another output folder" / "cannot      |                |
+| in the way)                                     | create <dir>: <file> is a file"                           |                |
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import pytest
 from datamodules import ArithmeticDataModule
 from tools import compare as compare_tool
 from tools import evaluate as evaluate_tool
+from tools import export as export_tool
 from tools import merge as merge_tool
 from tools.compare import Contender, compare
 from tools.evaluate import evaluate
@@ -105,3 +111,22 @@ def test_compare_checks_every_contender_before_the_first_run(contenders, message
     with pytest.raises(ValueError, match=message):
         compare("recipe.yaml", contenders, eval_data(), str(tmp_path / "cmp"))
     assert not (tmp_path / "cmp").exists()
+
+
+def test_compare_checks_its_output_before_the_first_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_tool, "train_one", lambda *a, **k: pytest.fail("a run started"))
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(OutputPathError, match=r"cannot write to /proc \("):
+        compare("recipe.yaml", [Contender("lora", "lora")], eval_data(), "/proc/ftzoo-compare")
+    with pytest.raises(OutputPathError, match=rf"cannot create {tmp_path}/file/cmp: {tmp_path}/file is a file"):
+        compare("recipe.yaml", [Contender("lora", "lora")], eval_data(), str(tmp_path / "file" / "cmp"))
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.parametrize("tool", ["export", "merge"])
+def test_export_and_merge_check_their_output_before_any_work(tool, tiny, tmp_path, monkeypatch):
+    sources = [str(tiny.saved("s2ft", tmp_path / "a")), str(tiny.saved("s2ft", tmp_path / "b", seed=1))]
+    module = export_tool if tool == "export" else merge_tool
+    monkeypatch.setattr(module, "read_adapter", lambda *a, **k: pytest.fail("an adapter was read"))
+    with pytest.raises(OutputPathError, match=r"cannot write to /proc \(.*\); choose another output folder"):
+        export_tool.export(sources[0], "/proc/ftzoo-model") if tool == "export" else merge(sources, "/proc/ftzoo-merged")

@@ -121,9 +121,10 @@ def test_list_plugins_names_the_distribution():
 
 
 def test_builtin_plugins_use_only_the_face_an_outside_plugin_has():
-    """Built-ins register and import like third parties: only ``from zoo import ...`` of names in ``zoo.__all__``."""
+    """Built-ins (and the example package) register and import like third parties: only
+    ``from zoo import ...`` of names in ``zoo.__all__``."""
     inside = []
-    for path in sorted((REPO / "plugins").rglob("*.py")):
+    for path in sorted([*(REPO / "plugins").rglob("*.py"), *(REPO / "examples").glob("*/src/**/*.py")]):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("zoo"):
                 if node.module != "zoo":

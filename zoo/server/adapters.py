@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo.adapter import META_FILE, AdapterError, BaseModelInfo, load_adapter_metadata
+from zoo.adapter import AdapterError, BaseModelInfo, is_adapter_folder, load_adapter_metadata
 from zoo.inference import Template, adapter_system_prompt, adapter_template, hooks_for
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -110,7 +110,7 @@ class AdapterRegistry:
         if self.folder is None or not NAME.fullmatch(name) or name == self.base_name:
             return None
         path = self.folder / name
-        if not (path / META_FILE).is_file():
+        if not is_adapter_folder(path):  # under the readers' lock: never between a save's two renames
             return None
         try:
             return self.add(name, str(path))
