@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,17 @@ import yaml
 
 from tools.evaluate import evaluate
 from tools.plot_metrics import plot_metrics
+from zoo.adapter import META_FILE
 from zoo.cli import build_cli, one_line_errors
+from zoo.outputs import check_output_folder
 
-WORD_PROBLEMS = Path(__file__).resolve().parents[1] / "configs" / "data" / "word_problems.yaml"
+REPO = Path(__file__).resolve().parents[1]
+WORD_PROBLEMS = REPO / "configs" / "data" / "word_problems.yaml"
+BASE_WORD_PROBLEMS = (
+    REPO / "docs" / "results" / "studies" / "quickstart-recipes" / "word-problems-base" / "results.json"
+)
+"""The base model's committed outcomes on the word problems (its rambling 256-token answers take about 19
+minutes on 2 cores): reused only when the items and settings match (``tools.evaluate --base_from``)."""
 
 
 def _test_accuracy(config: str, *overrides: str) -> dict[str, float]:
@@ -32,13 +41,15 @@ def _test_accuracy(config: str, *overrides: str) -> dict[str, float]:
 
 def word_problem_accuracy(adapter: str, data_dir: str, output: Path) -> dict[str, Any]:
     """The base model's and ``adapter``'s accuracy on the real word problems, paired
-    (``configs/data/word_problems.yaml``, its chat prompt being the quickstart's)."""
+    (``configs/data/word_problems.yaml``, its chat prompt being the quickstart's); the base
+    model's outcomes come from :data:`BASE_WORD_PROBLEMS` when they were scored the same way."""
     from datamodules import ReasoningDataModule
 
     spec = yaml.safe_load(WORD_PROBLEMS.read_text())["init_args"]
     data = ReasoningDataModule(**{**spec, "data_dir": data_dir})
+    base_from = str(BASE_WORD_PROBLEMS) if BASE_WORD_PROBLEMS.is_file() else None
     results = evaluate(data, adapters=[f"fine_tuned={adapter}"], output=str(output), overwrite=True,
-                       title="Real word problems (AddSub, SingleEq, MultiArith)")  # fmt: skip
+                       title="Real word problems (AddSub, SingleEq, MultiArith)", base_from=base_from)  # fmt: skip
     return {entry: results["scores"][entry]["pooled"] for entry in results["entries"]} | {
         "mcnemar": results["mcnemar"], "items": results["items"]}  # fmt: skip
 
@@ -62,6 +73,9 @@ def quickstart(
     """
     run = Path(run_dir)
     extra = [*(overrides or []), "--trainer.default_root_dir", str(run)]
+    overwrite = any(a == "--model.overwrite" and b.lower() == "true" for a, b in pairwise(extra))
+    # An earlier run's adapter is refused now, not by fit after the base model's test.
+    check_output_folder(run / "adapter", overwrite, META_FILE, flag="--model.overwrite true in --overrides")
     started = time.monotonic()
     base = _test_accuracy(recipe, *extra)
     fit_started = time.monotonic()

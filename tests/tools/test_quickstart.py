@@ -18,9 +18,7 @@ def tiny_budget(model_dir) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("method_args", "method"), [([], "S2FT"), (["--config", "configs/methods/lora.yaml"], "LoRA")]
-)
+@pytest.mark.parametrize(("method_args", "method"), [([], "S2FT"), (["--config", "configs/methods/lora.yaml"], "LoRA")])
 def test_quickstart_measures_base_and_fine_tuned(tiny_llama_dir, tmp_path, monkeypatch, method_args, method):
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the recipe paths are relative
     run = tmp_path / "run"
@@ -45,10 +43,24 @@ def test_quickstart_scores_real_word_problems_when_given_the_data(tiny_llama_dir
                  "output": f"{k} + {k} = {2 * k}. The answer is {2 * k}.", "answer": str(2 * k)} for k in (1, 2)]  # fmt: skip
         (data / f"{task}.json").write_text(json.dumps(rows))
     run = tmp_path / "run"
-    results = quickstart(run_dir=str(run), overrides=tiny_budget(tiny_llama_dir), word_problems=str(tmp_path / "reasoning"))
+    results = quickstart(
+        run_dir=str(run), overrides=tiny_budget(tiny_llama_dir), word_problems=str(tmp_path / "reasoning")
+    )
 
     real = results["word_problems"]
     assert real["items"] == {"addsub": 2, "singleeq": 2, "multiarith": 2}
     assert real["base"]["total"] == real["fine_tuned"]["total"] == 6
     assert real["mcnemar"][0]["first"] == "base" and real["mcnemar"][0]["second"] == "fine_tuned"
     assert (run / "word_problems" / "results.md").is_file()
+
+
+def test_quickstart_refuses_a_run_folder_with_an_adapter_before_any_work(tmp_path, monkeypatch):
+    """An earlier run's adapter is refused before the base model is scored (minutes), not by ``fit`` after it."""
+    import tools.quickstart
+    from zoo.outputs import OutputPathError
+
+    (tmp_path / "run" / "adapter").mkdir(parents=True)
+    (tmp_path / "run" / "adapter" / "adapter.json").write_text("{}")
+    monkeypatch.setattr(tools.quickstart, "_test_accuracy", lambda *a: pytest.fail("the base model was scored"))
+    with pytest.raises(OutputPathError, match="already exists; pass --model.overwrite true"):
+        quickstart(run_dir=str(tmp_path / "run"))
