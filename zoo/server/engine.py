@@ -150,8 +150,18 @@ class Engine:
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         tokenizer = load_tokenizer(info.name_or_path)  # the loop's own: the front end tokenizes in its threads
         budget = self.config.kv_budget(model.config)
-        self.batcher = ContinuousBatcher(
-            self.server, tokenizer, self.config.batch_size, False, budget, self.config.prefill_chunk, self.config.kv_groups
+        self.batcher = self._batcher(tokenizer, budget)
+
+    def _batcher(self, tokenizer: Any, kv_budget: int) -> ContinuousBatcher:
+        config = self.config
+        return ContinuousBatcher(
+            self.server,
+            tokenizer,
+            config.batch_size,
+            max_batch_tokens=kv_budget,
+            prefill_chunk=config.prefill_chunk,
+            max_groups=config.kv_groups,
+            prefill_share=config.prefill_share,
         )
 
     def start(self) -> None:
@@ -364,16 +374,7 @@ class Engine:
             _safe(route.send, {"error": message, "status": status, "code": code})
         self.routes.clear()
         if self.batcher is not None:
-            batcher = self.batcher
-            self.batcher = ContinuousBatcher(
-                batcher.server or batcher.model,
-                batcher.tokenizer,
-                batcher.max_batch_size,
-                False,
-                batcher.max_batch_tokens,
-                batcher.prefill_chunk,
-                batcher.max_groups,
-            )
+            self.batcher = self._batcher(self.batcher.tokenizer, self.batcher.max_batch_tokens)
 
     def _publish(self) -> None:
         running: dict[str, int] = {}
