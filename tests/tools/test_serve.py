@@ -221,7 +221,6 @@ def test_serve_builds_the_server_config_from_its_options(monkeypatch):
 
     seen = {}
     monkeypatch.setattr("tools.serve.run_server", lambda config, host, port, log_level: seen.update(config=config))
-    monkeypatch.setattr("tools.serve.read_adapter", lambda path: None)  # the adapters are checked before serving
     monkeypatch.setenv("FTZOO_API_KEY", "from-env")
     serve(["a=x"], port=8000, batch_size=4, chat=True, shutdown_timeout=0.5)
     expected = ServerConfig(
@@ -232,3 +231,14 @@ def test_serve_builds_the_server_config_from_its_options(monkeypatch):
     assert seen["config"].api_key == "given"
     with pytest.raises(TypeError, match="nope"):
         serve(["a=x"], port=8000, nope=1)
+
+
+def test_serving_http_reads_no_adapter_tensors_before_the_server_starts(tiny, tmp_path, monkeypatch):
+    """The tool hands the adapters to the server unread: its front end reads their ``adapter.json``,
+    its decoding loop their tensors, once."""
+    folder = tiny.saved("lora", tmp_path / "lora")
+    seen = {}
+    monkeypatch.setattr("tools.serve.read_adapter", lambda path: pytest.fail(f"the tool read {path}'s tensors"))
+    monkeypatch.setattr("tools.serve.run_server", lambda config, host, port, log_level: seen.update(config=config))
+    serve([f"a={folder}"], port=8000)
+    assert seen["config"].adapters == {"a": str(folder)}
