@@ -132,6 +132,8 @@ class Update:
     """Set when the request is finished (this is its last update)."""
     logprobs: list[TokenLogprob] = field(default_factory=list)
     """The log-probabilities of this step's token, when the request asked for them."""
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """On a request's first update, its prompt's log-probabilities, when it asked for them."""
 
 
 @dataclass
@@ -489,7 +491,8 @@ class ContinuousBatcher:
                     row.finish = "stop"
                 elif len(row.generated) >= row.request.max_new_tokens or self._context_full(row):
                     row.finish, text = "length", text + row.stream.flush()
-            updates.append(Update(row.uid, text, len(row.generated), self._completion(row), new))
+            prompt = row.prompt_logprobs if len(row.generated) == 1 else None
+            updates.append(Update(row.uid, text, len(row.generated), self._completion(row), new, prompt))
         return updates
 
     def _context_full(self, row: _Row) -> bool:

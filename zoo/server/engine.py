@@ -16,7 +16,8 @@ they only put a message in the loop's inbox. The loop, between two decoding step
 * publishes its state (:class:`LoopState`), which ``/load`` and ``/metrics`` read without
   waiting for a step to end.
 
-A message is a dict: ``{"text", "logprobs"}`` while streaming, then ``{"text", "finish_reason",
+A message is a dict: ``{"text", "logprobs"}`` while streaming (first ``{"prompt_logprobs"}`` if
+the request echoes its prompt with log-probabilities), then ``{"text", "finish_reason",
 "prompt_tokens", "completion_tokens", "logprobs", "prompt_logprobs"}``; ``{"error", "status",
 "code"}`` if the request failed.
 
@@ -349,6 +350,8 @@ class Engine:
         else:
             self.metrics.time_per_token.observe(now - route.last_token)
         route.last_token = now
+        if route.job.stream and update.prompt_logprobs is not None:  # the echoed prompt's, before any text
+            _safe(route.send, {"prompt_logprobs": update.prompt_logprobs})
         route.pending += update.logprobs
         done = update.completion
         if done is None:
