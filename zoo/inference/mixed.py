@@ -227,14 +227,34 @@ class MixedAdapterModel:
         self._stacks: OrderedDict[tuple[str, tuple[str, ...]], StackedColumns] = OrderedDict()  # least recent first
         self._in_delta = False
 
-    def add_adapter(self, name: str, adapter: Adapter) -> None:
-        """Build the adapter's delta modules (``ftzoo_serving_deltas``) beside the base.
+    def add_adapter(self, name: str, adapter: Adapter, deltas: dict[str, nn.Module] | None = None) -> None:
+        """Add the adapter's delta modules (``ftzoo_serving_deltas``) beside the base: those
+        :meth:`build_adapter` gave (``deltas``), or built now.
+
+        Raises:
+            AdapterError: it belongs to another base model or names modules the base lacks.
+            ValueError: an adapter of that name is loaded.
+        """
+        if name in self.adapters:
+            raise ValueError(f"an adapter named {name!r} is already loaded")
+        deltas = deltas if deltas is not None else self.build_adapter(name, adapter)
+        self.adapters[name] = deltas
+        self._stacks.clear()
+        self.templates[name] = adapter_template(adapter)
+        self.system_prompts[name] = adapter_system_prompt(adapter)
+        modules = dict(self.model.named_modules())
+        for module_name in deltas:
+            if module_name not in self._hooks:
+                self._hooks[module_name] = modules[module_name].register_forward_hook(self._hook(module_name))
+
+    def build_adapter(self, name: str, adapter: Adapter) -> dict[str, nn.Module]:
+        """Check the adapter against the base and build its delta modules on the base's device,
+        without adding them: this only reads the base, so another thread may do it while the
+        model runs (a server loads an adapter beside its decoding loop, then :meth:`add_adapter`).
 
         Raises:
             AdapterError: it belongs to another base model or names modules the base lacks.
         """
-        if name in self.adapters:
-            raise ValueError(f"an adapter named {name!r} is already loaded")
         adapter.base.check_same(self.base_info, what=f"adapter {name}")
         hooks = hooks_for(adapter, what=f"adapter {name}")
         checked_deltas(hooks, adapter, self.model, what=f"adapter {name}")  # a wrong key or shape, named
@@ -249,13 +269,7 @@ class MixedAdapterModel:
             if module_name not in modules:
                 raise AdapterError(f"adapter {name} changes module {module_name!r}, which the base model lacks")
         device = next(self.model.parameters()).device
-        self.adapters[name] = {n: d.to(device).eval() for n, d in deltas.items()}
-        self._stacks.clear()
-        self.templates[name] = adapter_template(adapter)
-        self.system_prompts[name] = adapter_system_prompt(adapter)
-        for module_name in deltas:
-            if module_name not in self._hooks:
-                self._hooks[module_name] = modules[module_name].register_forward_hook(self._hook(module_name))
+        return {n: d.to(device).eval() for n, d in deltas.items()}
 
     def remove_adapter(self, name: str) -> None:
         """Forget an adapter; unhook modules no adapter changes any more."""

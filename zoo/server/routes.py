@@ -149,7 +149,8 @@ class Frontend:
                 entry = await asyncio.to_thread(self.adapters.describe, body.lora_name, body.lora_path)
                 if body.lora_name in self.adapters.entries or body.lora_name == self.config.base_name:
                     raise ValueError(f"the model {body.lora_name!r} is served already; unload it first")
-                await asyncio.wrap_future(self.engine.call(lambda engine: engine.ensure_loaded(entry)))
+                built = await asyncio.to_thread(self.engine.build, entry)  # beside the decoding loop
+                await asyncio.wrap_future(self.engine.call(lambda engine: engine.install(entry, built)))
                 self.adapters.add_entry(entry)
             except (AdapterError, ValueError) as err:
                 raise ApiError(400, str(err), param="lora_path", code="adapter_error") from err
