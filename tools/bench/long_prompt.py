@@ -5,11 +5,12 @@ prefilled, and how much KV cache the batcher holds.
 chunking; a share: chunks sized to that share of a decoding step's time, at most 256 tokens, as
 the server's ``--prefill_share`` does): for each setting, ``streams`` requests decode (EOS ignored,
 so they run on), then a ``prompt_tokens``-token prompt arrives; printed per setting: the median
-decoding step before it arrives, the steps until it has joined the batch and their median and
-longest time, how much longer than that median decoding step a step took while the prompt was
-prefilled (the delay of every stream, in decoding steps: median, longest, and the share of steps
-over 2), the time until the long prompt's first token, the requests running beside it, and the
-peak of :meth:`zoo.inference.ContinuousBatcher.cache_columns` against ``kv_cache_gb``.
+decoding step before it arrives; the steps until it has joined the batch and their median and
+longest time; the delay of every stream per step, in decoding steps (each step's prefill time
+over its own decoding time, so that other load on the machine, which slows both, cancels out):
+median, longest, and the share of steps over 2; the time until the long prompt's first token;
+the requests running beside it; and the peak of
+:meth:`zoo.inference.ContinuousBatcher.cache_columns` against ``kv_cache_gb``.
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ def long_prompt(
     share_cap: int = 256,
     groups: int = 2,
     streams: int = 32,
+    stream_tokens: int = 400,
     prompt_tokens: int = 4000,
     kv_cache_gb: float = 1.0,
     threads: int = 1,
 ) -> list[dict[str, float]]:
-    """Measure (see the module docstring); return one dict per setting (``chunk``, ``share``)."""
+    """Measure (see the module docstring); return one dict per setting (``chunk``, ``share``).
+
+    ``stream_tokens``: each stream's ``max_new_tokens`` (the KV budget holds every stream at that
+    length beside the long prompt: 32 × 430 + 4,016 tokens of SmolLM2's 46 KB each is 0.8 GiB)."""
     torch.set_num_threads(threads)
     model, tokenizer = load_model(base_model).eval(), load_tokenizer(base_model)
     short = prompt_ids(tokenizer, ["Write one sentence about the sea."], "chat")[0]
@@ -57,20 +62,21 @@ def long_prompt(
         )
         batcher.eos = set()  # the streams run on (a chat model would end its sentence)
         for i in range(streams):
-            batcher.submit(i, GenerationRequest(short, None, 1000))
+            batcher.submit(i, GenerationRequest(short, None, stream_tokens))
         while batcher.prefilling or batcher.waiting or len(batcher.rows) < streams:
             batcher.step()
         for _ in range(4):
             batcher.step()  # warm up
         plain = [_timed(batcher.step) for _ in range(8)]
         batcher.submit("long", GenerationRequest(long, None, 16))
-        during, peak, chunk_tokens = [], 0, []
+        during, peak, chunk_tokens, delays = [], 0, [], []
         while not any(row.uid == "long" for row in batcher.rows) and len(during) < 10 * prompt_tokens:
             during.append(_timed(batcher.step))
             chunk_tokens.append(batcher.prefilled_last_step)
+            decoding, prefilling = batcher.step_seconds
+            delays.append(prefilling / decoding)  # in the step's own decoding time: other load falls on both
             peak = max(peak, batcher.cache_columns())
         decode = statistics.median(plain)
-        delays = [(seconds - decode) / decode for seconds in during]
         result = {
             "chunk": chunk,
             "share": share,

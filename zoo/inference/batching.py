@@ -207,6 +207,8 @@ class ContinuousBatcher:
         self.prefill_token_seconds: float | None = None
         """Seconds per prompt token of the last prefill."""
         self._prefill_measured = 0  # tokens of the last prefill measured
+        self.step_seconds = (0.0, 0.0)
+        """The last step's decoding and prefill time (``clock``), apart."""
         self.server = server if isinstance(server, MixedAdapterModel) else None
         self.model = server.model if isinstance(server, MixedAdapterModel) else server
         check_supported(self.model.config)
@@ -299,15 +301,16 @@ class ContinuousBatcher:
             for row in [row for row in self.prefilling if row.cancelled]:
                 self.prefilling.remove(row)
                 self._uids.discard(row.uid)
-            decoded = bool(self.rows)
+            decoded, start = bool(self.rows), self.clock()
             if decoded:
-                start = self.clock()
                 updates += self._decode()
                 self._measured_decode(self.clock() - start)
                 self._leave([row for row in self.rows if row.finish is not None])
+            middle = self.clock()
             self.prefilling += self._admit()
             timed = decoded and self.prefill_share is not None
             updates += self._prefill_some(self.prefill_budget() if decoded else self.prefill_chunk, timed)
+            self.step_seconds = (middle - start, self.clock() - middle)
         return updates
 
     def prefill_budget(self) -> int | None:
