@@ -51,17 +51,21 @@ MAX_PADDING = 2.0
 
 
 class LoopPlan:
-    """Each adapter's delta module on its own rows."""
+    """Each adapter's delta module on its own rows (a module with ``takes_base_output`` also gets
+    the base module's output on them: DoRA rescales it)."""
 
     def __init__(self, groups: list[tuple[torch.Tensor | None, nn.Module]]) -> None:
         self.groups = groups  # (row indices, or None for every row; delta module)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         for rows, delta in self.groups:
+            extra = getattr(delta, "takes_base_output", False)
             if rows is None:
-                y += delta(x).to(y.dtype)
+                y += (delta(x, y) if extra else delta(x)).to(y.dtype)
             else:
-                y.index_add_(0, rows, delta(x.index_select(0, rows)).to(y.dtype))
+                xs = x.index_select(0, rows)
+                change = delta(xs, y.index_select(0, rows)) if extra else delta(xs)
+                y.index_add_(0, rows, change.to(y.dtype))
         return y
 
 
