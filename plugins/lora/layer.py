@@ -14,6 +14,7 @@ from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 from torch import nn
 
 from plugins.lora.model import ADAPTER
+from zoo.serving import LowRankParts
 
 
 def delta_weight(weight: torch.Tensor, tensors: dict[str, torch.Tensor], config: LoraConfig) -> torch.Tensor:
@@ -65,6 +66,10 @@ class LowRankDelta(nn.Module):
         x = x.to(self.lora_A.dtype)
         out = (x @ self.lora_A.T) @ self.lora_B.T * self.scaling  # [..., in] → [..., r] → [..., out]
         return out if self.bias_delta is None else out + self.bias_delta
+
+    def low_rank(self) -> LowRankParts | None:
+        """The parts the mixed model batches across adapters (``None`` with a bias change)."""
+        return LowRankParts(self.lora_A, self.lora_B, self.scaling) if self.bias_delta is None else None
 
 
 class DoraDelta(nn.Module):
@@ -119,3 +124,7 @@ class DoraDelta(nn.Module):
         low = (x @ self.lora_A.T) @ self.lora_B.T * self.scaling  # [..., out]
         plain = base_output if self.base_bias is None else base_output - self.base_bias
         return self.rescale * plain.float() + self.factor * low.float()
+
+    def low_rank(self) -> LowRankParts:
+        """The parts the mixed model batches across adapters."""
+        return LowRankParts(self.lora_A, self.lora_B, self.scaling, self.rescale, self.factor, self.base_bias)
