@@ -27,14 +27,15 @@ def random_batch(vocab: int, seed: int, rows: int = 4, length: int = 12) -> dict
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
-def train_adapter(method: str, model: nn.Module, base: BaseModelInfo, seed: int = 0, steps: int = 2) -> Adapter:
-    """Train ``method`` (default config) for a few steps on random tokens; return its adapter.
+def train_adapter(method: str | object, model: nn.Module, base: BaseModelInfo, seed: int = 0, steps: int = 2) -> Adapter:
+    """Train ``method`` (a registered name: its default config; or a method instance) for a few
+    steps on random tokens; return its adapter.
 
     ``model`` is not changed (a copy is trained).
     """
     if method == "merged":
         return merged_adapter(column_deltas(model, seed), base, info={"built_by": "tests"})
-    instance = method_class(method)()
+    instance = method_class(method)() if isinstance(method, str) else method
     hooks = method_hooks(instance)
     work = copy.deepcopy(model).train().requires_grad_(False)
     batches = [random_batch(model.config.vocab_size, seed + i) for i in range(steps)]

@@ -204,9 +204,7 @@ def serve(
     config = server_config(adapters, **options)
     if chat:
         config = replace(config, prompt_style="chat")
-    if port is not None:
-        for path in config.adapters.values():  # refuse a bad adapter here, not in a worker once the server runs
-            read_adapter(path)
+    if port is not None:  # the server checks the adapters (metadata, then tensors) before it listens
         run_server(config, host, port, log_level)
         return []
     return answer_file(config, requests, output)

@@ -396,7 +396,8 @@ def ftzoo_serving_deltas(adapter: Adapter, model: nn.Module) -> dict[str, nn.Mod
         Name of a base module (as in ``model.named_modules()``: usually an ``nn.Linear``;
         the default also covers embeddings and norms) → module mapping that module's input
         to the change of its output (for a linear: ``[..., in_features]`` →
-        ``[..., out_features]``).
+        ``[..., out_features]``). A module whose ``takes_base_output`` is true is called with
+        the input and the base module's output on the same rows (DoRA's change rescales it).
     """
 
 

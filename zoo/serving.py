@@ -26,6 +26,7 @@ parameters and subtracts the base output.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -74,6 +75,29 @@ class SliceDelta(nn.Module):
         rows = "all" if self.rows is None else len(self.rows)
         cols = "all" if self.cols is None else len(self.cols)
         return f"rows={rows}, cols={cols}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+@dataclass(frozen=True)
+class LowRankParts:
+    """A linear layer's change as ``rescale ⊙ (y - base_bias) + factor ⊙ s (x Aᵀ) Bᵀ``, ``y`` its base
+    output: what a delta module's ``low_rank()`` gives so that the mixed model batches the
+    low-rank terms of several adapters into one pair of ``bmm`` (LoRA: no vectors; DoRA: both).
+
+    Attributes:
+        a: ``A`` [r, in].
+        b: ``B`` [out, r].
+        scaling: ``s``.
+        rescale: [out] float32, or ``None``: the base output is not rescaled.
+        factor: [out] float32, or ``None``: 1.
+        base_bias: the base layer's bias [out] (``None``: none), taken out of ``y`` before the rescale.
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+    scaling: float
+    rescale: torch.Tensor | None = None
+    factor: torch.Tensor | None = None
+    base_bias: torch.Tensor | None = None
 
 
 class EmbeddingDelta(nn.Module):

@@ -14,6 +14,7 @@ from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 from torch import nn
 
 from plugins.lora.model import ADAPTER
+from zoo.serving import LowRankParts
 
 
 def delta_weight(weight: torch.Tensor, tensors: dict[str, torch.Tensor], config: LoraConfig) -> torch.Tensor:
@@ -65,3 +66,65 @@ class LowRankDelta(nn.Module):
         x = x.to(self.lora_A.dtype)
         out = (x @ self.lora_A.T) @ self.lora_B.T * self.scaling  # [..., in] → [..., r] → [..., out]
         return out if self.bias_delta is None else out + self.bias_delta
+
+    def low_rank(self) -> LowRankParts | None:
+        """The parts the mixed model batches across adapters (``None`` with a bias change)."""
+        return LowRankParts(self.lora_A, self.lora_B, self.scaling) if self.bias_delta is None else None
+
+
+class DoraDelta(nn.Module):
+    """``(x, y) ↦ (c - 1) ⊙ (y - b) + c ⊙ s · B (A x)``: a DoRA layer's output change, for mixed-batch serving.
+
+    DoRA's merged weight is ``c ⊙ (W + s B A)`` with ``c = m / ‖W + s B A‖`` per output row, so its
+    change of the output is the base output ``y = W x + b`` (without ``b``) rescaled, plus the
+    rescaled low-rank term: ``r`` columns per row and a vector per step, where the dense delta
+    read a whole ``[out, in]`` matrix per adapter per step. The mixed model passes the base
+    output (``takes_base_output``).
+
+    Args:
+        lora_a: ``A`` [r, in].
+        lora_b: ``B`` [out, r].
+        scaling: ``s``.
+        factor: ``c`` [out] (float32: ``c - 1`` is small, and is kept as computed).
+        base_bias: the base layer's bias ``b`` [out], or ``None``.
+    """
+
+    takes_base_output = True
+
+    def __init__(
+        self,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+        factor: torch.Tensor,
+        base_bias: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("lora_A", lora_a)
+        self.register_buffer("lora_B", lora_b)
+        self.register_buffer("factor", factor.to(torch.float32))
+        self.register_buffer("rescale", factor.to(torch.float32) - 1)  # c - 1, before any rounding of c
+        self.register_buffer("base_bias", base_bias)
+        self.scaling = scaling
+
+    @classmethod
+    def of(
+        cls, weight: torch.Tensor, bias: torch.Tensor | None, tensors: dict[str, torch.Tensor], scaling: float
+    ) -> DoraDelta:
+        """The delta of one layer: base ``weight`` [out, in] and ``bias``, its ``lora_A.weight``,
+        ``lora_B.weight`` and ``lora_magnitude_vector`` (``c`` computed as PEFT merges, in float32)."""
+        a, b, m = (tensors[k].to(device=weight.device) for k in ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector"))
+        w32 = weight.detach().to(torch.float32)
+        norm = torch.linalg.norm(w32 + (b.float() @ a.float()) * scaling, dim=1)
+        factor = m.float() / norm
+        return cls(a.to(weight.dtype), b.to(weight.dtype), scaling, factor, None if bias is None else bias.detach())
+
+    def forward(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.lora_A.dtype)
+        low = (x @ self.lora_A.T) @ self.lora_B.T * self.scaling  # [..., out]
+        plain = base_output if self.base_bias is None else base_output - self.base_bias
+        return self.rescale * plain.float() + self.factor * low.float()
+
+    def low_rank(self) -> LowRankParts:
+        """The parts the mixed model batches across adapters."""
+        return LowRankParts(self.lora_A, self.lora_B, self.scaling, self.rescale, self.factor, self.base_bias)

@@ -18,7 +18,7 @@ from peft import LoraConfig
 from torch import nn
 
 from plugins.lora.config import LLM_ADAPTERS_TARGETS, check_init, mutates_base, peft_config, stored_rank
-from plugins.lora.layer import LowRankDelta, delta_weight
+from plugins.lora.layer import DoraDelta, LowRankDelta, delta_weight
 from plugins.lora.model import base_name, extract, inject, load, split_by_layer
 from plugins.lora.peft_format import write_peft_files
 from zoo import (
@@ -162,13 +162,19 @@ class LoRA(Method):
 
     @hookimpl
     def ftzoo_serving_deltas(self, adapter: Adapter, model: nn.Module) -> dict[str, nn.Module] | None:
-        """``s · B A x`` per target; DoRA and trained biases decline (dense default)."""
-        if self.options(adapter)["use_dora"] or _trains_bias(adapter):
+        """``s · B A x`` per target (DoRA: the base output rescaled plus the rescaled ``s · B A x``,
+        :class:`DoraDelta`); trained biases decline (dense default)."""
+        if _trains_bias(adapter):
             return None
         scaling = self._scaling(adapter)
         modules = {}
+        dora = self.options(adapter)["use_dora"]
         for module, tensors in split_by_layer(adapter.tensors).items():
             weight = model.get_parameter(f"{module}.weight")
+            if dora:
+                bias = model.get_submodule(module).bias
+                modules[module] = DoraDelta.of(weight, bias, tensors, scaling)
+                continue
             a, b = (tensors[k].to(device=weight.device, dtype=weight.dtype) for k in ("lora_A.weight", "lora_B.weight"))
             modules[module] = LowRankDelta(a, b, scaling)
         return modules

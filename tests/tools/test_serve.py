@@ -76,6 +76,29 @@ def test_column_deltas_are_batched_into_one_plan(tiny, rows_per_adapter):
     assert_as_fused(tiny, adapters, requests, answers)
 
 
+@pytest.mark.parametrize("rows_per_adapter", [1, 2])
+def test_low_rank_deltas_of_lora_and_dora_are_batched_into_one_plan(tiny, rows_per_adapter):
+    """LoRA and DoRA adapters of several ranks, one batch: their low-rank terms (and DoRA's rescaled
+    base output) run as one pair of batched matmuls per module, and each answer is the fused model's."""
+    from tiny_adapters import train_adapter
+
+    from plugins.lora import DoRA, LoRA
+
+    adapters = {"l0": tiny.adapter("lora", 0), "d0": tiny.adapter("dora", 0), "d1": tiny.adapter("dora", 1)}
+    adapters["l4"] = train_adapter(LoRA(r=4, alpha=8, dropout=0.0), tiny.model, tiny.info, seed=4)  # other ranks
+    adapters["d2"] = train_adapter(DoRA(r=2, alpha=4, dropout=0.0), tiny.model, tiny.info, seed=5)
+    server = server_with(tiny, adapters)
+    names = [n for n in adapters for _ in range(rows_per_adapter)][:-1] + [None]  # uneven rows, one base row
+    with server.assign(names):
+        plan = server._plans["model.layers.0.self_attn.v_proj"]
+        assert plan.low_rank is not None and not plan.rest.groups and plan.low_rank.stacked.rescale is not None
+    requests = [Request(PROMPTS[i % len(PROMPTS)], n) for i, n in enumerate(names)]
+    answers = generate_mixed(
+        server, tiny_tokenizer(), requests, batch_size=len(names), max_new_tokens=NEW_TOKENS, logits=True
+    )
+    assert_as_fused(tiny, adapters, requests, answers)
+
+
 def test_removing_adapters_unhooks_the_base(tiny):
     server = server_with(tiny, {"a": tiny.adapter("merged", 0)})
     assert server._hooks
@@ -221,7 +244,6 @@ def test_serve_builds_the_server_config_from_its_options(monkeypatch):
 
     seen = {}
     monkeypatch.setattr("tools.serve.run_server", lambda config, host, port, log_level: seen.update(config=config))
-    monkeypatch.setattr("tools.serve.read_adapter", lambda path: None)  # the adapters are checked before serving
     monkeypatch.setenv("FTZOO_API_KEY", "from-env")
     serve(["a=x"], port=8000, batch_size=4, chat=True, shutdown_timeout=0.5)
     expected = ServerConfig(
@@ -232,3 +254,14 @@ def test_serve_builds_the_server_config_from_its_options(monkeypatch):
     assert seen["config"].api_key == "given"
     with pytest.raises(TypeError, match="nope"):
         serve(["a=x"], port=8000, nope=1)
+
+
+def test_serving_http_reads_no_adapter_tensors_before_the_server_starts(tiny, tmp_path, monkeypatch):
+    """The tool hands the adapters to the server unread: its front end reads their ``adapter.json``,
+    its decoding loop their tensors, once."""
+    folder = tiny.saved("lora", tmp_path / "lora")
+    seen = {}
+    monkeypatch.setattr("tools.serve.read_adapter", lambda path: pytest.fail(f"the tool read {path}'s tensors"))
+    monkeypatch.setattr("tools.serve.run_server", lambda config, host, port, log_level: seen.update(config=config))
+    serve([f"a={folder}"], port=8000)
+    assert seen["config"].adapters == {"a": str(folder)}

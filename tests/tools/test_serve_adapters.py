@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 
 import pytest
 from tiny_models import tiny_tokenizer
 
 from zoo.adapter import save_adapter
-from zoo.inference import ContinuousBatcher, GenerationRequest, MixedAdapterModel, complete, prompt_ids
+from zoo.inference import ContinuousBatcher, GenerationRequest, MixedAdapterModel, complete, prompt_ids, read_adapter
 from zoo.server.process import ServerProcess
 
 METHODS = {"a": "lora", "b": "s2ft", "c": "sparse", "d": "dora", "e": "full"}
@@ -146,3 +147,62 @@ def test_bad_loads_are_refused_with_their_reason(server, folders, other_base, tm
     got, text = post(server, "/v1/unload_lora_adapter", {"lora_name": "nope"})
     assert got == 404 and "no adapter named 'nope'" in text
     assert "o" not in models(server) and "m" not in models(server)
+
+
+def test_an_adapter_loads_beside_the_decoding_loop_while_running_streams_go_on(tiny, tmp_path, monkeypatch, expected):
+    """An adapter loaded on first use is read and built in the loader thread: while its (held up)
+    load runs, a running stream keeps getting tokens and the request waits (``/load``'s count);
+    once loaded, the request joins and gets the adapter's answer. A load that fails answers its
+    requests with the reason, and the loop goes on."""
+    from zoo.server.adapters import AdapterEntry, AdapterRegistry
+    from zoo.server.config import ServerConfig
+    from zoo.server.engine import Engine
+    from zoo.server.prompts import Job
+
+    folder = save_adapter(tiny.adapter(METHODS["b"], 11), tmp_path / "b")
+    gate, started = threading.Event(), threading.Event()
+    real_read = read_adapter
+
+    def held_up(path):
+        started.set()
+        assert gate.wait(60)
+        return real_read(path)
+
+    monkeypatch.setattr("zoo.server.engine.read_adapter", held_up)
+    engine = Engine(ServerConfig(base_model=str(tiny.folder), threads=1, batch_size=4))
+    engine.load([])
+    engine.batcher.eos = set()  # the stream runs on
+    entry = AdapterRegistry("base").add("b", str(folder))
+    ids = prompt_ids(tiny_tokenizer(), ["hello"], "plain")[0]
+    messages = {"stream": [], "b": [], "bad": []}
+
+    def job(adapter, tokens, stream):
+        return Job(ids, adapter, tokens, 0.0, 1.0, None, (), stream)
+
+    engine.start()
+    try:
+        engine.submit("stream", job(None, 1000, True), messages["stream"].append)
+        _wait(lambda: len(messages["stream"]) >= 3)
+        engine.submit("b", job(entry, 6, False), messages["b"].append)
+        assert started.wait(60)
+        before = len(messages["stream"])
+        _wait(lambda: len(messages["stream"]) >= before + 10)  # decoding goes on while the load is held up
+        assert messages["b"] == [] and engine.state.waiting == 1 and engine.state.running == 1
+        gate.set()
+        _wait(lambda: messages["b"])
+        assert messages["b"][0]["text"] == expected("hello", "b", 6) and "b#" in next(iter(engine.server.adapters))
+        bad = AdapterEntry("bad", "bad#99", str(tmp_path / "missing"), "plain", None, "lora")
+        engine.submit("bad", job(bad, 6, False), messages["bad"].append)
+        _wait(lambda: messages["bad"])
+        assert messages["bad"][0]["status"] == 400 and "adapter 'bad' could not be loaded" in messages["bad"][0]["error"]
+        before = len(messages["stream"])
+        _wait(lambda: len(messages["stream"]) > before)  # the stream still runs
+    finally:
+        engine.stop()
+
+
+def _wait(condition, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)

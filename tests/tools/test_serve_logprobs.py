@@ -79,6 +79,31 @@ def test_completion_logprobs_and_echo_equal_the_in_process_model(client, fused):
     assert logprobs.text_offset == [sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(ids))]
 
 
+def test_a_streamed_echo_with_logprobs_gives_the_prompts_logprobs_as_the_answer_not_streamed(client):
+    """``stream`` with ``echo`` and ``logprobs``: the first chunk is the prompt with its log-probabilities,
+    and the chunks' text and ``logprobs`` (``text_offset`` included) put together are the answer's."""
+    tokenizer = tiny_tokenizer()
+    prompt = tokenizer("the sea is")["input_ids"]
+    options = {"model": "lora", "prompt": prompt, "max_tokens": 6, "temperature": 0, "logprobs": 2, "echo": True}
+    whole = client.completions.create(**options).choices[0]
+    chunks = [c.choices[0] for c in client.completions.create(**options, stream=True) if c.choices]
+    first = chunks[0]
+    assert first.text == tokenizer.decode(prompt) and len(first.logprobs.tokens) == len(prompt)
+    assert first.logprobs.token_logprobs[0] is None
+    assert "".join(c.text for c in chunks) == whole.text
+    merged = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for c in chunks:
+        if c.logprobs is not None:
+            for key, values in merged.items():
+                values += getattr(c.logprobs, key)
+    assert merged["tokens"] == whole.logprobs.tokens and merged["text_offset"] == whole.logprobs.text_offset
+    assert merged["token_logprobs"][0] is None and merged["top_logprobs"][0] is None
+    for mine, theirs in zip(merged["token_logprobs"][1:], whole.logprobs.token_logprobs[1:]):
+        assert math.isclose(mine, theirs, abs_tol=TOLERANCE)
+    for mine, theirs in zip(merged["top_logprobs"][1:], whole.logprobs.top_logprobs[1:]):
+        assert mine.keys() == theirs.keys() and all(math.isclose(mine[k], theirs[k], abs_tol=TOLERANCE) for k in mine)
+
+
 def test_chat_logprobs_and_top_logprobs_equal_the_in_process_model(client, fused):
     tokenizer = tiny_tokenizer()
     messages = [{"role": "user", "content": "hello"}]

@@ -18,6 +18,20 @@ adapter), and its KV cache. Each :meth:`step`:
    in; one long prompt delays every running stream by one chunk's time per step, not by
    its whole prefill.
 
+How long a chunk may take is a matter of time, not tokens: a token's prefill costs more on a
+CPU than on a GPU, and more late in a long prompt (attention over all before it) than early.
+With ``prefill_share`` a step that decodes prefills only as many prompt tokens as fit in
+``prefill_share`` times its decoding time, the time budget in the spirit of vLLM's per-step
+token budget (``max_num_batched_tokens``), but measured: the tokens are the decoding time
+(an average of the last steps) over the seconds per token of the last prefill, which the
+next chunk, a little further into its prompt, will cost about as much as. So each running
+stream waits at most about ``prefill_share`` decoding steps per chunk, on any machine. A
+prompt's first chunk is ``MIN_PREFILL_TOKENS`` and each next one at most twice the one before
+(a forward pass has a fixed cost too, so a cost per token measured on more tokens is too low
+for fewer: growing from below, the chunks approach the share without passing it). The number
+is never below ``MIN_PREFILL_TOKENS`` (a long prompt always moves on); a step with nothing to
+decode prefills ``prefill_chunk`` tokens.
+
 The cache holds every token of a row except its last one (the next input), so a prefilled
 row and a decoded row are in the same state and decode together. Positions are counted per
 row (left padding is masked out), so a row's tokens are what it would get alone (what
@@ -35,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import time
 from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
@@ -48,6 +63,11 @@ from zoo.inference.kv_cache import check_supported, empty_cache, join, keep_rows
 from zoo.inference.mixed import MixedAdapterModel
 from zoo.inference.sampling import Sampling, next_tokens
 from zoo.inference.text import TextStream
+
+MIN_PREFILL_TOKENS = 16
+"""The fewest prompt tokens a step prefills under ``prefill_share`` (see the module docstring)."""
+DECODE_AVERAGE = 0.25
+"""Weight of the newest decoding step in the average ``prefill_share`` is measured against."""
 
 FinishReason = Literal["stop", "length"]
 """``stop``: the EOS token or a stop string; ``length``: ``max_new_tokens`` or the context."""
@@ -112,6 +132,8 @@ class Update:
     """Set when the request is finished (this is its last update)."""
     logprobs: list[TokenLogprob] = field(default_factory=list)
     """The log-probabilities of this step's token, when the request asked for them."""
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """On a request's first update, its prompt's log-probabilities, when it asked for them."""
 
 
 @dataclass
@@ -150,6 +172,9 @@ class ContinuousBatcher:
             with more groups a request joins the one where it adds the least memory (a long one
             its own), and the budget counts each group at its own width. Each group is one
             forward pass per step.
+        prefill_share: while requests decode, a step's prefill is held to about this many of
+            its decoding steps' time (measured; see the module docstring), and to
+            ``prefill_chunk`` tokens if that is set; ``None``: ``prefill_chunk`` tokens a step.
 
     Raises:
         UnsupportedCacheError: the model's KV cache has layers other than full-attention and
@@ -165,12 +190,25 @@ class ContinuousBatcher:
         max_batch_tokens: int | None = None,
         prefill_chunk: int | None = None,
         max_groups: int = 1,
+        prefill_share: float | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
+        if prefill_share is not None and not prefill_share > 0:
+            raise ValueError(f"prefill_share must be positive, got {prefill_share}")
         self.prefill_chunk = prefill_chunk
+        self.prefill_share = prefill_share
+        self.clock = time.perf_counter
+        """Seconds, for ``prefill_share``'s measurements (a test may count work instead)."""
+        self.decode_seconds: float | None = None
+        """The decoding steps' time, averaged (``DECODE_AVERAGE``)."""
+        self.prefill_token_seconds: float | None = None
+        """Seconds per prompt token of the last prefill."""
+        self._prefill_measured = 0  # tokens of the last prefill measured
+        self.step_seconds = (0.0, 0.0)
+        """The last step's decoding and prefill time (``clock``), apart."""
         self.server = server if isinstance(server, MixedAdapterModel) else None
         self.model = server.model if isinstance(server, MixedAdapterModel) else server
         check_supported(self.model.config)
@@ -191,7 +229,7 @@ class ContinuousBatcher:
         self.max_groups = max_groups
         self.groups: list[_Group] = []
         self.prefilled_last_step = 0
-        """Prompt tokens the last step prefilled (at most ``prefill_chunk``)."""
+        """Prompt tokens the last step prefilled (at most :meth:`prefill_budget`'s)."""
         self._uids: set[Hashable] = set()
 
     @property
@@ -263,12 +301,45 @@ class ContinuousBatcher:
             for row in [row for row in self.prefilling if row.cancelled]:
                 self.prefilling.remove(row)
                 self._uids.discard(row.uid)
-            if self.rows:
+            decoded, start = bool(self.rows), self.clock()
+            if decoded:
                 updates += self._decode()
+                self._measured_decode(self.clock() - start)
                 self._leave([row for row in self.rows if row.finish is not None])
+            middle = self.clock()
             self.prefilling += self._admit()
-            updates += self._prefill_some()
+            timed = decoded and self.prefill_share is not None
+            updates += self._prefill_some(self.prefill_budget() if decoded else self.prefill_chunk, timed)
+            self.step_seconds = (middle - start, self.clock() - middle)
         return updates
+
+    def prefill_budget(self) -> int | None:
+        """Prompt tokens a step that decodes may prefill (``None``: no limit): ``prefill_chunk``, or
+        with ``prefill_share`` what fits in that share of a decoding step (see the module docstring)."""
+        if self.prefill_share is None or self.decode_seconds is None:
+            return self.prefill_chunk
+        if self.prefill_token_seconds is None:
+            tokens = MIN_PREFILL_TOKENS
+        else:
+            fits = int(self.prefill_share * self.decode_seconds / max(self.prefill_token_seconds, 1e-12))
+            tokens = max(MIN_PREFILL_TOKENS, min(fits, 2 * self._prefill_measured))
+        return tokens if self.prefill_chunk is None else min(tokens, self.prefill_chunk)
+
+    def _measured_decode(self, seconds: float) -> None:
+        if self.decode_seconds is None:
+            self.decode_seconds = seconds
+        else:
+            self.decode_seconds += DECODE_AVERAGE * (seconds - self.decode_seconds)
+
+    def _timed_forward(self, tokens: int, **inputs: Any) -> Any:
+        """The model's forward pass on a prompt's ``tokens`` (padding included), its time per token noted."""
+        start = self.clock()
+        out = self.model(**inputs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the kernels' time, not their launch's
+        self.prefill_token_seconds = (self.clock() - start) / tokens
+        self._prefill_measured = tokens
+        return out
 
     def _admit(self) -> list[_Row]:
         """Waiting requests, in arrival order, while there are places and the KV budget holds."""
@@ -286,15 +357,14 @@ class ContinuousBatcher:
             spans = trial
         return joining
 
-    def _prefill_some(self) -> list[Update]:
-        """Prefill admitted prompts, in order, up to ``prefill_chunk`` tokens: whole short prompts
-        together, or the next chunk of a long one."""
-        if self.prefill_chunk is None:  # everything at once
+    def _prefill_some(self, budget: int | None, timed: bool = False) -> list[Update]:
+        """Prefill admitted prompts, in order, up to ``budget`` tokens (``None``: all): whole short
+        prompts together, or the next chunk of a long one (``timed``: its first is ``MIN_PREFILL_TOKENS``)."""
+        if budget is None:  # everything at once
             whole = list(self.prefilling)
             self.prefilling.clear()
             self.prefilled_last_step = max((len(r.request.ids) for r in whole), default=0) * len(whole)
             return self._prefill(whole) if whole else []
-        budget = self.prefill_chunk
         whole: list[_Row] = []
         while self.prefilling:
             row = self.prefilling[0]
@@ -304,6 +374,8 @@ class ContinuousBatcher:
                 continue
             if whole:
                 break  # the long prompt's chunk comes next step
+            if timed and row.prefilled == 0:
+                budget = min(budget, MIN_PREFILL_TOKENS)
             self.prefilled_last_step = min(budget, len(row.request.ids) - row.prefilled)
             return self._prefill_chunk(row, self.prefilled_last_step)
         self.prefilled_last_step = max((len(r.request.ids) for r in whole), default=0) * len(whole)
@@ -347,7 +419,9 @@ class ContinuousBatcher:
         extra = {"logits_to_keep": 1} if self._last_logit_only and not row.request.prompt_logprobs else {}
         extra[self._cache_arg] = row.cache if row.cache is not None else empty_cache()
         with self._assigned([row]):
-            out = self.model(input_ids=chunk, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+            out = self._timed_forward(
+                count, input_ids=chunk, attention_mask=mask, position_ids=positions, use_cache=True, **extra
+            )
         row.cache, row.prefilled = getattr(out, self._cache_arg), end
         if row.request.prompt_logprobs:  # each position predicts the next prompt token
             targets = ids[start + 1 : end + 1]
@@ -377,7 +451,9 @@ class ContinuousBatcher:
         extra = {"logits_to_keep": 1} if self._last_logit_only and not scoring else {}
         extra[self._cache_arg] = empty_cache()  # every layer whole, sliding-window ones too (kv_cache)
         with self._assigned(rows):
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+            out = self._timed_forward(
+                ids.numel(), input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra
+            )
         for i, row in enumerate(rows):
             if row.request.prompt_logprobs:
                 logits = out.logits[i, width - len(row.request.ids) : -1]  # each prompt token's predecessor
@@ -418,7 +494,8 @@ class ContinuousBatcher:
                     row.finish = "stop"
                 elif len(row.generated) >= row.request.max_new_tokens or self._context_full(row):
                     row.finish, text = "length", text + row.stream.flush()
-            updates.append(Update(row.uid, text, len(row.generated), self._completion(row), new))
+            prompt = row.prompt_logprobs if len(row.generated) == 1 else None
+            updates.append(Update(row.uid, text, len(row.generated), self._completion(row), new, prompt))
         return updates
 
     def _context_full(self, row: _Row) -> bool:

@@ -19,12 +19,17 @@ Per module and batch, a *plan* applies the deltas:
   ``[A, r·T, k]``, times the stacked blocks ``[A, k, out]``, added back with
   ``index_add_``. When every row has its own adapter it is a single ``gather`` +
   ``baddbmm`` on the batch in place.
+* :class:`LowRankPlan` batches the low-rank deltas (LoRA's ``s · B A x``, DoRA's rescaled
+  base output plus rescaled ``s · B A x``: a delta module's ``low_rank()``) of all adapters
+  the same way: rows gathered per adapter ``[A, r·T, in]``, two ``bmm`` with the stacked
+  factors (ranks padded with zeros), DoRA's vectors, added back with ``index_add_``.
 * :class:`LoopPlan` runs any other delta module on its adapter's rows, one adapter at a time.
 
 Plans are cheap to rebuild (continuous batching assigns a new batch whenever a request
-joins or leaves): the row indices are built once per batch (:class:`Assignment`) and the
-stacked column blocks are kept per module for the sets of adapters batched recently
-(:class:`StackedColumns`).
+joins or leaves): the row indices are built once per batch (:class:`Assignment`), the
+stacked column blocks and low-rank factors are kept per module for the sets of adapters
+batched recently (:class:`StackedColumns`, :class:`StackedLowRank`), and the plans of the
+last few assignments are kept whole (a decoding batch keeps its rows for many steps).
 """
 
 from __future__ import annotations
@@ -41,27 +46,34 @@ from torch.utils.hooks import RemovableHandle
 from zoo.adapter import Adapter, AdapterError, BaseModelInfo
 from zoo.inference.adapters import FIT_ERRORS, checked_deltas, hooks_for
 from zoo.inference.generate import Template, adapter_system_prompt, adapter_template
-from zoo.serving import SliceDelta
+from zoo.serving import LowRankParts, SliceDelta
 
 STACKS_PER_MODULE = 2
-"""Stacked column blocks kept between batches, per hooked module (the most recent sets of adapters)."""
+"""Stacked column blocks (and as many stacked low-rank factors) kept between batches, per hooked
+module (the most recent sets of adapters)."""
+PLANS_KEPT = 4
+"""Assignments whose plans are kept whole (each cache group of a batch is one assignment)."""
 MAX_PADDING = 2.0
 """A :class:`ColumnPlan` may stack at most this many times the columns the adapters hold
 (padding to the widest adapter); beyond that the loop is cheaper."""
 
 
 class LoopPlan:
-    """Each adapter's delta module on its own rows."""
+    """Each adapter's delta module on its own rows (a module with ``takes_base_output`` also gets
+    the base module's output on them: DoRA rescales it)."""
 
     def __init__(self, groups: list[tuple[torch.Tensor | None, nn.Module]]) -> None:
         self.groups = groups  # (row indices, or None for every row; delta module)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         for rows, delta in self.groups:
+            extra = getattr(delta, "takes_base_output", False)
             if rows is None:
-                y += delta(x).to(y.dtype)
+                y += (delta(x, y) if extra else delta(x)).to(y.dtype)
             else:
-                y.index_add_(0, rows, delta(x.index_select(0, rows)).to(y.dtype))
+                xs = x.index_select(0, rows)
+                change = delta(xs, y.index_select(0, rows)) if extra else delta(xs)
+                y.index_add_(0, rows, change.to(y.dtype))
         return y
 
 
@@ -154,6 +166,66 @@ class ColumnPlan:
         return y.index_add_(0, self.rows, change)
 
 
+class StackedLowRank:
+    """The low-rank factors of several adapters' deltas of one module, stacked (ranks padded with
+    zeros): ``a [A, in, r]``, ``b [A, r, out]`` (scaled), and for DoRA ``rescale`` and ``factor``
+    ``[A, 1, out]`` (0 and 1 for a LoRA adapter), ``base_bias`` [out] or ``None``."""
+
+    def __init__(self, parts: list[LowRankParts]) -> None:
+        rank = max(p.a.shape[0] for p in parts)
+        first = parts[0]
+        self.a = first.a.new_zeros(len(parts), first.a.shape[1], rank)
+        self.b = first.b.new_zeros(len(parts), rank, first.b.shape[0])
+        for i, p in enumerate(parts):
+            self.a[i, :, : p.a.shape[0]] = p.a.T
+            self.b[i, : p.b.shape[1]] = p.b.T * p.scaling
+        self.rescale = self.factor = None
+        self.base_bias = next((p.base_bias for p in parts if p.base_bias is not None), None)
+        if any(p.rescale is not None for p in parts):
+            out = first.b.shape[0]
+            self.rescale = torch.stack([_or(p.rescale, 0.0, out, first.a) for p in parts])[:, None]
+            self.factor = torch.stack([_or(p.factor, 1.0, out, first.a) for p in parts])[:, None]
+
+
+def _or(vector: torch.Tensor | None, fill: float, size: int, like: torch.Tensor) -> torch.Tensor:
+    return vector.float() if vector is not None else torch.full((size,), fill, device=like.device)
+
+
+class LowRankPlan:
+    """Low-rank deltas of several adapters (a delta module's ``low_rank()``), batched.
+
+    Args:
+        names: the adapters, in the model's order.
+        stacked: their stacked factors, in the same order.
+        assignment: the batch's rows.
+    """
+
+    def __init__(self, names: tuple[str, ...], stacked: StackedLowRank, assignment: Assignment) -> None:
+        self.rows, self.mask, _, self.rmax = assignment.padded(names)
+        self.stacked = stacked
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        s = self.stacked
+        _, t, width = x.shape
+        adapters = s.a.shape[0]
+        xg = x.index_select(0, self.rows).view(adapters, self.rmax * t, width).to(s.a.dtype)  # [A, r·T, in]
+        change = torch.bmm(torch.bmm(xg, s.a), s.b)  # [A, r·T, out]
+        if s.rescale is not None:  # DoRA: rescale the base output too
+            base = y.index_select(0, self.rows).view(adapters, self.rmax * t, -1)
+            if s.base_bias is not None:
+                base = base - s.base_bias
+            change = s.rescale * base.float() + s.factor * change.float()
+        change = change.view(adapters * self.rmax, t, -1)
+        if self.mask is not None:
+            change = change * self.mask
+        return y.index_add_(0, self.rows, change.to(y.dtype))
+
+
+def _low_rank(delta: nn.Module) -> LowRankParts | None:
+    low_rank = getattr(delta, "low_rank", None)
+    return low_rank() if callable(low_rank) else None
+
+
 def _columns(delta: SliceDelta) -> torch.Tensor:
     if delta.cols is not None:
         return delta.cols
@@ -170,7 +242,8 @@ class ModulePlan:
     Args:
         assigned: ``(adapter, delta module)`` of the adapters in the batch that change this module.
         assignment: the batch's rows.
-        stack: the stacked column blocks of a tuple of adapters (cached by the model).
+        stack: the stacked column blocks (``kind`` ``"columns"``) or low-rank factors (``"low_rank"``)
+            of a tuple of adapters, built by the model's cache from their delta modules.
         order: each adapter's place in the model's order (stacks follow it, so that one set
             of adapters has one stack whatever rows they hold).
     """
@@ -179,7 +252,7 @@ class ModulePlan:
         self,
         assigned: list[tuple[str, nn.Module]],
         assignment: Assignment,
-        stack: Callable[[tuple[str, ...], list[SliceDelta]], StackedColumns],
+        stack: Callable[[str, tuple[str, ...], list[nn.Module]], StackedColumns | StackedLowRank],
         order: dict[str, int],
     ) -> None:
         self.batch_rows = assignment.batch_rows
@@ -193,7 +266,15 @@ class ModulePlan:
         self.columns = None
         if columns:
             names = tuple(n for n, _ in columns)
-            self.columns = ColumnPlan(names, stack(names, [d for _, d in columns]), assignment)
+            self.columns = ColumnPlan(names, stack("columns", names, [d for _, d in columns]), assignment)
+        low = sorted(((n, d) for n, d in assigned if id(d) not in batched and _low_rank(d) is not None),
+                     key=lambda group: order[group[0]])  # fmt: skip
+        self.low_rank = None
+        if len(low) > 1:
+            names = tuple(n for n, _ in low)
+            self.low_rank = LowRankPlan(names, stack("low_rank", names, [d for _, d in low]), assignment)
+            columns += low
+            batched |= {id(d) for _, d in low}
         self.columns_fallback = LoopPlan([(assignment.index(n), d) for n, d in columns])  # inputs not [B, T, in]
         self.rest = LoopPlan([(assignment.index(n), d) for n, d in assigned if id(d) not in batched])
 
@@ -203,8 +284,13 @@ class ModulePlan:
                 f"the batch has {x.shape[0]} rows but the adapter assignment has {self.batch_rows}; "
                 "assign one adapter (or None) per row"
             )
-        if self.columns is not None:
-            y = self.columns(x, y) if x.dim() == 3 else self.columns_fallback(x, y)
+        if x.dim() != 3:  # the batched plans take [B, T, in]
+            y = self.columns_fallback(x, y)
+        else:
+            if self.columns is not None:
+                y = self.columns(x, y)
+            if self.low_rank is not None:
+                y = self.low_rank(x, y)
         return self.rest(x, y)
 
 
@@ -224,17 +310,39 @@ class MixedAdapterModel:
         self.system_prompts: dict[str, str | None] = {}  # and its chat system prompt, when it set one
         self._hooks: dict[str, RemovableHandle] = {}
         self._plans: dict[str, ModulePlan] = {}
-        self._stacks: OrderedDict[tuple[str, tuple[str, ...]], StackedColumns] = OrderedDict()  # least recent first
+        self._stacks: OrderedDict[tuple, StackedColumns | StackedLowRank] = OrderedDict()  # least recent first
+        self._kept_plans: OrderedDict[tuple[str | None, ...], dict[str, ModulePlan]] = OrderedDict()
         self._in_delta = False
 
-    def add_adapter(self, name: str, adapter: Adapter) -> None:
-        """Build the adapter's delta modules (``ftzoo_serving_deltas``) beside the base.
+    def add_adapter(self, name: str, adapter: Adapter, deltas: dict[str, nn.Module] | None = None) -> None:
+        """Add the adapter's delta modules (``ftzoo_serving_deltas``) beside the base: those
+        :meth:`build_adapter` gave (``deltas``), or built now.
+
+        Raises:
+            AdapterError: it belongs to another base model or names modules the base lacks.
+            ValueError: an adapter of that name is loaded.
+        """
+        if name in self.adapters:
+            raise ValueError(f"an adapter named {name!r} is already loaded")
+        deltas = deltas if deltas is not None else self.build_adapter(name, adapter)
+        self.adapters[name] = deltas
+        self._stacks.clear()
+        self._kept_plans.clear()
+        self.templates[name] = adapter_template(adapter)
+        self.system_prompts[name] = adapter_system_prompt(adapter)
+        modules = dict(self.model.named_modules())
+        for module_name in deltas:
+            if module_name not in self._hooks:
+                self._hooks[module_name] = modules[module_name].register_forward_hook(self._hook(module_name))
+
+    def build_adapter(self, name: str, adapter: Adapter) -> dict[str, nn.Module]:
+        """Check the adapter against the base and build its delta modules on the base's device,
+        without adding them: this only reads the base, so another thread may do it while the
+        model runs (a server loads an adapter beside its decoding loop, then :meth:`add_adapter`).
 
         Raises:
             AdapterError: it belongs to another base model or names modules the base lacks.
         """
-        if name in self.adapters:
-            raise ValueError(f"an adapter named {name!r} is already loaded")
         adapter.base.check_same(self.base_info, what=f"adapter {name}")
         hooks = hooks_for(adapter, what=f"adapter {name}")
         checked_deltas(hooks, adapter, self.model, what=f"adapter {name}")  # a wrong key or shape, named
@@ -249,13 +357,7 @@ class MixedAdapterModel:
             if module_name not in modules:
                 raise AdapterError(f"adapter {name} changes module {module_name!r}, which the base model lacks")
         device = next(self.model.parameters()).device
-        self.adapters[name] = {n: d.to(device).eval() for n, d in deltas.items()}
-        self._stacks.clear()
-        self.templates[name] = adapter_template(adapter)
-        self.system_prompts[name] = adapter_system_prompt(adapter)
-        for module_name in deltas:
-            if module_name not in self._hooks:
-                self._hooks[module_name] = modules[module_name].register_forward_hook(self._hook(module_name))
+        return {n: d.to(device).eval() for n, d in deltas.items()}
 
     def remove_adapter(self, name: str) -> None:
         """Forget an adapter; unhook modules no adapter changes any more."""
@@ -263,6 +365,7 @@ class MixedAdapterModel:
         del self.templates[name]
         del self.system_prompts[name]
         self._stacks.clear()
+        self._kept_plans.clear()
         used = {m for deltas in self.adapters.values() for m in deltas}
         for module_name in [m for m in self._hooks if m not in used]:
             self._hooks.pop(module_name).remove()
@@ -280,17 +383,33 @@ class MixedAdapterModel:
 
         return hook
 
-    def _stacked(self, module_name: str, names: tuple[str, ...], deltas: list[SliceDelta]) -> StackedColumns:
-        """The stacked blocks of ``names`` for one module, kept for the sets of adapters batched recently
-        (a running batch keeps the same set for many steps while its rows come and go)."""
-        key = (module_name, names)
+    def _stacked(
+        self, module_name: str, kind: str, names: tuple[str, ...], deltas: list[nn.Module]
+    ) -> StackedColumns | StackedLowRank:
+        """The stacked blocks or factors of ``names`` for one module, kept for the sets of adapters
+        batched recently (a running batch keeps the same set for many steps while its rows come and go)."""
+        key = (module_name, kind, names)
         if key in self._stacks:
             self._stacks.move_to_end(key)
         else:
-            while len(self._stacks) >= STACKS_PER_MODULE * max(len(self._hooks), 1):
-                self._stacks.popitem(last=False)
-            self._stacks[key] = StackedColumns(deltas)
+            same_kind = [k for k in self._stacks if k[1] == kind]  # least recent first
+            for old in same_kind[: max(len(same_kind) - STACKS_PER_MODULE * max(len(self._hooks), 1) + 1, 0)]:
+                del self._stacks[old]
+            stacked = StackedColumns(deltas) if kind == "columns" else StackedLowRank([_low_rank(d) for d in deltas])
+            self._stacks[key] = stacked
         return self._stacks[key]
+
+    def _build_plans(self, adapters: Sequence[str | None]) -> dict[str, ModulePlan]:
+        assignment = Assignment(adapters, next(self.model.parameters()).device)
+        per_module: dict[str, list[tuple[str, nn.Module]]] = {}
+        for name in assignment.rows:
+            for module_name, delta in self.adapters[name].items():
+                per_module.setdefault(module_name, []).append((name, delta))
+        order = {name: i for i, name in enumerate(self.adapters)}
+        return {
+            m: ModulePlan(assigned, assignment, functools.partial(self._stacked, m), order)
+            for m, assigned in per_module.items()
+        }
 
     @contextlib.contextmanager
     def assign(self, adapters: Sequence[str | None]) -> Iterator[None]:
@@ -302,16 +421,14 @@ class MixedAdapterModel:
         unknown = sorted({a for a in adapters if a is not None and a not in self.adapters})
         if unknown:
             raise KeyError(f"no adapter named {unknown} is loaded (loaded: {sorted(self.adapters) or 'none'})")
-        assignment = Assignment(adapters, next(self.model.parameters()).device)
-        per_module: dict[str, list[tuple[str, nn.Module]]] = {}
-        for name in assignment.rows:
-            for module_name, delta in self.adapters[name].items():
-                per_module.setdefault(module_name, []).append((name, delta))
-        order = {name: i for i, name in enumerate(self.adapters)}
-        self._plans = {
-            m: ModulePlan(assigned, assignment, functools.partial(self._stacked, m), order)
-            for m, assigned in per_module.items()
-        }
+        key = tuple(adapters)
+        if key in self._kept_plans:
+            self._kept_plans.move_to_end(key)
+        else:
+            while len(self._kept_plans) >= PLANS_KEPT:
+                self._kept_plans.popitem(last=False)
+            self._kept_plans[key] = self._build_plans(adapters)
+        self._plans = self._kept_plans[key]
         try:
             yield
         finally:

@@ -45,6 +45,11 @@ class ServerConfig:
         prefill_chunk: prompt tokens prefilled per decoding step at most: a longer prompt is
             prefilled in chunks between the steps of the running requests, so it delays them
             by a chunk's time per step instead of stalling them for its whole prefill.
+        prefill_share: while requests decode, a step prefills only what takes about this many
+            of its decoding steps' time (measured as the server runs: the chunks are smaller on
+            a slow CPU and late in a long prompt, larger on a GPU; see
+            :mod:`zoo.inference.batching`), and at most ``prefill_chunk`` tokens. 1.5 keeps each
+            chunk within 2 decoding steps' time with a margin for the estimate's error.
         max_new_tokens: answer length of a request that gives no ``max_tokens``.
         max_tokens_limit: the most ``max_tokens`` a request may ask for.
         temperature: temperature of a request that gives none (OpenAI's default is 1).
@@ -78,6 +83,7 @@ class ServerConfig:
     kv_cache_gb: float = 4.0
     kv_groups: int = 2
     prefill_chunk: int = 256
+    prefill_share: float = 1.5
     max_new_tokens: int = 64
     max_tokens_limit: int = 1024
     temperature: float = 1.0
@@ -103,6 +109,8 @@ class ServerConfig:
             raise ValueError(f"max_adapters must be at least 1, got {self.max_adapters}")
         if self.kv_cache_gb <= 0:
             raise ValueError("kv_cache_gb must be positive")
+        if not self.prefill_share > 0:
+            raise ValueError(f"prefill_share must be positive, got {self.prefill_share}")
         for name in ("batch_window", "request_timeout", "body_timeout", "shutdown_timeout", "header_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

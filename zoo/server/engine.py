@@ -16,13 +16,17 @@ they only put a message in the loop's inbox. The loop, between two decoding step
 * publishes its state (:class:`LoopState`), which ``/load`` and ``/metrics`` read without
   waiting for a step to end.
 
-A message is a dict: ``{"text", "logprobs"}`` while streaming, then ``{"text", "finish_reason",
+A message is a dict: ``{"text", "logprobs"}`` while streaming (first ``{"prompt_logprobs"}`` if
+the request echoes its prompt with log-probabilities), then ``{"text", "finish_reason",
 "prompt_tokens", "completion_tokens", "logprobs", "prompt_logprobs"}``; ``{"error", "status",
 "code"}`` if the request failed.
 
-Adapters: a request names an adapter's registration key (:mod:`zoo.server.adapters`); one not
-in memory is read from its folder before the request is queued. With ``max_adapters``, the
-least recently used adapter that no request is using leaves memory. An adapter unloaded
+Adapters: a request names an adapter's registration key (:mod:`zoo.server.adapters`). One not
+in memory (first asked for from ``adapter_folder``, or evicted) is read and its delta modules
+built by a loader thread (:meth:`Engine.build`: it only reads the base model), while the loop
+goes on decoding the running requests; the request waits for it, then joins the batch when
+the loop has added it (:meth:`Engine.install`, quick). With ``max_adapters``, the least
+recently used adapter that no request is using leaves memory. An adapter unloaded
 (``/v1/unload_lora_adapter``) leaves memory once its last request has finished.
 
 Shutdown: :meth:`Engine.begin_shutdown` gives the requests in flight ``grace`` seconds; those
@@ -45,7 +49,7 @@ from typing import Any
 
 import torch
 
-from zoo.adapter import BaseModelInfo
+from zoo.adapter import Adapter, AdapterError, BaseModelInfo
 from zoo.inference import (
     ContinuousBatcher,
     GenerationRequest,
@@ -97,6 +101,7 @@ class _Route:
     arrived: float  # when the front end submitted it (monotonic)
     last_token: float | None = None
     pending: list = field(default_factory=list)  # log-probabilities not sent yet (their text is held back)
+    request: GenerationRequest | None = None  # while it waits for its adapter to be loaded
 
 
 class Engine:
@@ -122,6 +127,8 @@ class Engine:
         self.routes: dict[Hashable, _Route] = {}
         self.recent: OrderedDict[str, None] = OrderedDict()  # adapter keys in memory, least recently used first
         self.forgotten: set[str] = set()  # unloaded: to leave memory once no request uses them
+        self.loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ftzoo-adapter-loader")
+        self.loading: dict[str, list[Hashable]] = {}  # adapter key being loaded → the requests waiting for it
         self.counts = {"finished": 0, "cancelled": 0, "generated_tokens": 0, "steps": 0}
         self.shutdown_at: float | None = None
         self.shutdown_grace = 0.0
@@ -150,8 +157,18 @@ class Engine:
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         tokenizer = load_tokenizer(info.name_or_path)  # the loop's own: the front end tokenizes in its threads
         budget = self.config.kv_budget(model.config)
-        self.batcher = ContinuousBatcher(
-            self.server, tokenizer, self.config.batch_size, False, budget, self.config.prefill_chunk, self.config.kv_groups
+        self.batcher = self._batcher(tokenizer, budget)
+
+    def _batcher(self, tokenizer: Any, kv_budget: int) -> ContinuousBatcher:
+        config = self.config
+        return ContinuousBatcher(
+            self.server,
+            tokenizer,
+            config.batch_size,
+            max_batch_tokens=kv_budget,
+            prefill_chunk=config.prefill_chunk,
+            max_groups=config.kv_groups,
+            prefill_share=config.prefill_share,
         )
 
     def start(self) -> None:
@@ -163,6 +180,7 @@ class Engine:
         """End the loop (after its current step) and wait up to ``timeout`` seconds for it."""
         self.stopped.set()
         self.inbox.put(("wake",))
+        self.loader.shutdown(wait=False, cancel_futures=True)
         if self.thread is not None:
             self.thread.join(timeout)
 
@@ -193,17 +211,26 @@ class Engine:
 
     # ------------------------------------------------------------------ adapters (in the loop)
 
-    def ensure_loaded(self, entry: AdapterEntry) -> None:
-        """Read ``entry``'s adapter into memory unless it is there; mark it used now.
+    def build(self, entry: AdapterEntry) -> tuple[Adapter, dict[str, torch.nn.Module]]:
+        """Read ``entry``'s adapter and build its delta modules (any thread: the model is only read).
 
         Raises:
             AdapterError: its folder cannot be read or it does not fit the base.
         """
+        adapter = read_adapter(entry.path)
+        return adapter, self.server.build_adapter(entry.key, adapter)
+
+    def install(self, entry: AdapterEntry, built: tuple[Adapter, dict[str, torch.nn.Module]]) -> None:
+        """Add an adapter :meth:`build` gave (in the loop, between two steps) unless it is in memory."""
         if entry.key not in self.server.adapters:
-            self.server.add_adapter(entry.key, read_adapter(entry.path))
-        self.recent[entry.key] = None
-        self.recent.move_to_end(entry.key)
-        self._evict(keep=entry.key)  # not the one a request is about to use
+            self.server.add_adapter(entry.key, *built)
+        self._used(entry.key)
+
+    def _used(self, key: str) -> None:
+        """Mark ``key`` used now; keep at most ``max_adapters`` in memory (never ``key``)."""
+        self.recent[key] = None
+        self.recent.move_to_end(key)
+        self._evict(keep=key)
 
     def forget(self, entry: AdapterEntry) -> None:
         """The adapter was unloaded: it leaves memory once no request uses it."""
@@ -292,8 +319,10 @@ class Engine:
             self._submit(*args)
         elif kind == "cancel":
             (uid,) = args
-            self.counts["cancelled"] += self.batcher.cancel(uid)
-            self.routes.pop(uid, None)
+            route = self.routes.pop(uid, None)
+            self.counts["cancelled"] += self.batcher.cancel(uid) or (route is not None and route.request is not None)
+        elif kind == "loaded":
+            self._loaded(*args)
         elif kind == "call":
             fn, future = args
             if future.set_running_or_notify_cancel():
@@ -308,23 +337,60 @@ class Engine:
 
     def _submit(self, uid: Hashable, job: Job, send: Send, arrived: float) -> None:
         name = job.adapter.name if job.adapter is not None else self.config.base_name
+        route = _Route(send, job, name, arrived)
+        request = GenerationRequest(
+            ids=job.ids,
+            adapter=job.adapter.key if job.adapter is not None else None,
+            max_new_tokens=job.max_tokens,
+            sampling=Sampling(job.temperature, job.top_p, job.seed),
+            stop=job.stop,
+            logprobs=job.logprobs,
+            prompt_logprobs=job.echo and job.logprobs is not None,
+        )
+        if job.adapter is not None and job.adapter.key not in self.server.adapters:
+            route.request = request  # it joins once its adapter is in memory
+            self.routes[uid] = route
+            self._load(job.adapter).append(uid)
+            return
+        self._queue(uid, request, route)
+
+    def _queue(self, uid: Hashable, request: GenerationRequest, route: _Route) -> None:
+        """Hand a request whose adapter is in memory to the batcher."""
+        route.request = None
         try:
-            if job.adapter is not None:
-                self.ensure_loaded(job.adapter)
-            request = GenerationRequest(
-                ids=job.ids,
-                adapter=job.adapter.key if job.adapter is not None else None,
-                max_new_tokens=job.max_tokens,
-                sampling=Sampling(job.temperature, job.top_p, job.seed),
-                stop=job.stop,
-                logprobs=job.logprobs,
-                prompt_logprobs=job.echo and job.logprobs is not None,
-            )
+            if request.adapter is not None:
+                self._used(request.adapter)
             self.batcher.submit(uid, request)
         except (ValueError, KeyError) as err:  # the front end checks first; this is a second line
-            _safe(send, {"error": str(err), "status": 400})
+            self.routes.pop(uid, None)
+            _safe(route.send, {"error": str(err), "status": 400})
             return
-        self.routes[uid] = _Route(send, job, name, arrived)
+        self.routes[uid] = route
+
+    def _load(self, entry: AdapterEntry) -> list[Hashable]:
+        """The requests waiting for ``entry``'s adapter; its load is started if it is not yet."""
+        waiting = self.loading.get(entry.key)
+        if waiting is None:
+            waiting = self.loading[entry.key] = []
+            future = self.loader.submit(self.build, entry)
+            future.add_done_callback(lambda done: self.inbox.put(("loaded", entry, done)))
+        return waiting
+
+    def _loaded(self, entry: AdapterEntry, done: concurrent.futures.Future) -> None:
+        """The loader thread has built ``entry``'s adapter (or failed): add it, let its requests join."""
+        waiting = [uid for uid in self.loading.pop(entry.key, []) if uid in self.routes]  # not cancelled
+        try:
+            self.install(entry, done.result())
+        except Exception as err:  # noqa: BLE001 - every waiting request gets the reason, whatever it is
+            status = 400 if isinstance(err, (AdapterError, ValueError)) else 500
+            log.warning("adapter %s (%s) could not be loaded: %s", entry.name, entry.path, err)
+            for uid in waiting:
+                route = self.routes.pop(uid)
+                _safe(route.send, {"error": f"adapter {entry.name!r} could not be loaded: {err}", "status": status})
+            return
+        for uid in waiting:
+            route = self.routes[uid]
+            self._queue(uid, route.request, route)
 
     # ------------------------------------------------------------------ answers out
 
@@ -339,6 +405,8 @@ class Engine:
         else:
             self.metrics.time_per_token.observe(now - route.last_token)
         route.last_token = now
+        if route.job.stream and update.prompt_logprobs is not None:  # the echoed prompt's, before any text
+            _safe(route.send, {"prompt_logprobs": update.prompt_logprobs})
         route.pending += update.logprobs
         done = update.completion
         if done is None:
@@ -364,16 +432,7 @@ class Engine:
             _safe(route.send, {"error": message, "status": status, "code": code})
         self.routes.clear()
         if self.batcher is not None:
-            batcher = self.batcher
-            self.batcher = ContinuousBatcher(
-                batcher.server or batcher.model,
-                batcher.tokenizer,
-                batcher.max_batch_size,
-                False,
-                batcher.max_batch_tokens,
-                batcher.prefill_chunk,
-                batcher.max_groups,
-            )
+            self.batcher = self._batcher(self.batcher.tokenizer, self.batcher.max_batch_tokens)
 
     def _publish(self) -> None:
         running: dict[str, int] = {}
@@ -384,10 +443,13 @@ class Engine:
                 route = self.routes.get(row.uid)
                 if route is not None:
                     counts[route.name] = counts.get(route.name, 0) + 1
+        loading = [route for route in self.routes.values() if route.request is not None]  # their adapter loads
+        for route in loading:
+            waiting[route.name] = waiting.get(route.name, 0) + 1
         self.state = replace(
             LoopState(),
             running=len(batch),
-            waiting=len(self.batcher.waiting),
+            waiting=len(self.batcher.waiting) + len(loading),
             running_by_adapter=running,
             waiting_by_adapter=waiting,
             adapters_in_memory=len(self.server.adapters),

@@ -290,12 +290,15 @@ def chat_logprobs(tokenizer: Any, entries: Sequence[TokenLogprob]) -> dict[str, 
     }
 
 
-def completion_logprobs(tokenizer: Any, entries: Sequence[TokenLogprob | None], tokens: Sequence[int]) -> dict[str, Any]:
+def completion_logprobs(
+    tokenizer: Any, entries: Sequence[TokenLogprob | None], tokens: Sequence[int], offset: int = 0
+) -> dict[str, Any]:
     """Completions' ``logprobs``: ``tokens``, ``token_logprobs``, ``top_logprobs`` (the chosen token
-    among them, as OpenAI gives it) and ``text_offset``; an entry ``None`` (the first token of an
-    echoed prompt: nothing comes before it) has no log-probability."""
+    among them, as OpenAI gives it) and ``text_offset`` (from ``offset``: a stream's chunk goes on
+    from the tokens before it, so its chunks together give the answer's offsets); an entry ``None``
+    (the first token of an echoed prompt: nothing comes before it) has no log-probability."""
     texts = [tokenizer.decode([token]) for token in tokens]
-    offsets, at = [], 0
+    offsets, at = [], offset
     for text in texts:
         offsets.append(at)
         at += len(text)

@@ -149,7 +149,8 @@ class Frontend:
                 entry = await asyncio.to_thread(self.adapters.describe, body.lora_name, body.lora_path)
                 if body.lora_name in self.adapters.entries or body.lora_name == self.config.base_name:
                     raise ValueError(f"the model {body.lora_name!r} is served already; unload it first")
-                await asyncio.wrap_future(self.engine.call(lambda engine: engine.ensure_loaded(entry)))
+                built = await asyncio.to_thread(self.engine.build, entry)  # beside the decoding loop
+                await asyncio.wrap_future(self.engine.call(lambda engine: engine.install(entry, built)))
                 self.adapters.add_entry(entry)
             except (AdapterError, ValueError) as err:
                 raise ApiError(400, str(err), param="lora_path", code="adapter_error") from err
@@ -300,18 +301,25 @@ class Frontend:
 
             yield _sse(chunk(None, None, None, role=True))
         else:
+            offset = 0  # text_offset goes on from chunk to chunk, as in the answer not streamed
 
-            def chunk(text: str | None, finish: str | None, logprobs: list | None) -> dict:
+            def chunk(text: str | None, finish: str | None, logprobs: list | None, tokens: list | None = None) -> dict:
+                nonlocal offset
                 shaped = None
                 if logprobs and job.logprobs is not None:
-                    shaped = protocol.completion_logprobs(tokenizer, logprobs, [e.token for e in logprobs])
+                    tokens = tokens if tokens is not None else [e.token for e in logprobs]
+                    shaped = protocol.completion_logprobs(tokenizer, logprobs, tokens, offset)
+                    offset = shaped["text_offset"][-1] + len(shaped["tokens"][-1])
                 return protocol.text_chunk(uid, model, text or "", finish, shaped)
 
-            if job.echo:
+            if job.echo and job.logprobs is None:  # with logprobs: once the prompt's are known
                 yield _sse(chunk(tokenizer.decode(job.ids), None, None))
 
         try:
             async for message in messages:
+                if "prompt_logprobs" in message and "finish_reason" not in message:  # echo with logprobs
+                    yield _sse(chunk(tokenizer.decode(job.ids), None, message["prompt_logprobs"], job.ids))
+                    continue
                 if "finish_reason" not in message:
                     yield _sse(chunk(message["text"], None, message["logprobs"]))
                     continue

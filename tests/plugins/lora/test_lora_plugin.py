@@ -164,8 +164,25 @@ def test_serving_deltas_are_low_rank_modules(lora, dora):
     name = "model.layers.1.self_attn.v_proj"
     torch.testing.assert_close(modules[name](x), x @ deltas[name + ".weight"].T, atol=1e-6, rtol=1e-5)
     assert type(modules[name]).__name__ == "LowRankDelta"
-    dora_modules = dora.hooks.ftzoo_serving_deltas(adapter=dora.adapter, model=base)  # the dense default
-    assert type(dora_modules[name]).__name__ != "LowRankDelta"
+
+
+def test_dora_serving_deltas_rescale_the_base_output_as_the_merged_weight_does(dora):
+    """DoRA's serving module, given the input and the base output, changes it as the dense delta
+    (PEFT's merge) does: with the base's bias and without, no dense ``[out, in]`` matrix held."""
+    base = base_model()
+    modules = dora.hooks.ftzoo_serving_deltas(adapter=dora.adapter, model=base)
+    deltas = dora.hooks.ftzoo_adapter_deltas(adapter=dora.adapter, model=base)
+    name = "model.layers.1.self_attn.v_proj"
+    layer, delta = base.get_submodule(name), modules[name]
+    assert type(delta).__name__ == "DoraDelta" and delta.takes_base_output
+    assert all(buffer.numel() < layer.weight.numel() // 4 for buffer in delta.buffers())
+    x = torch.randn(3, 5, 64)
+    expected = x @ deltas[name + ".weight"].T
+    torch.testing.assert_close(delta(x, layer(x)), expected, atol=1e-6, rtol=1e-5)
+    assert expected.abs().max() > 1e-3  # the adapter changes the layer
+    layer.bias = torch.nn.Parameter(torch.randn(layer.out_features))
+    with_bias = dora.hooks.ftzoo_serving_deltas(adapter=dora.adapter, model=base)[name]
+    torch.testing.assert_close(with_bias(x, layer(x)), expected, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("how", ["sum", "average", "task_arithmetic"])

@@ -21,6 +21,7 @@ from zoo.inference import (
     hooks_for,
     prompt_ids,
 )
+from zoo.inference.batching import MIN_PREFILL_TOKENS
 from zoo.inference.kv_cache import join, keep_rows, trim_padding
 from zoo.inference.text import TextStream
 
@@ -326,3 +327,59 @@ def test_a_long_request_gets_a_cache_of_its_own_and_the_budget_counts_each_at_it
 
 def _span_of(request):
     return len(request.ids) + request.max_new_tokens
+
+
+def test_prefill_share_sizes_each_chunk_from_the_measured_decode_step(base, adapters):
+    """With ``prefill_share`` a long prompt's chunks are sized from measured time: on a clock that
+    counts work (a forward pass costs 20 plus one per token, a stand-in for a machine where a
+    decoding step of 3 rows costs 23), no step that decodes prefills for more than twice its
+    decoding time, the chunks grow from ``MIN_PREFILL_TOKENS`` to about what fits, and every answer
+    (logits and prompt log-probabilities included) is what it is without chunks."""
+    tokenizer = tiny_tokenizer()
+    names = list(adapters)
+    short = [GenerationRequest(prompt_ids(tokenizer, [p], False)[0], names[i], 60) for i, p in enumerate(PROMPTS[:3])]
+    long = GenerationRequest([5 + i % 200 for i in range(300)], names[3], 6, logprobs=2, prompt_logprobs=True)
+    answers = {}
+    for share in (None, 2.0):
+        server = served(base, adapters)
+        batcher = ContinuousBatcher(server, tokenizer, 8, True, prefill_chunk=None if share is None else 256,
+                                    prefill_share=share)  # fmt: skip
+        work = {"done": 0.0, "prefill": 0.0, "decode": 0.0}
+
+        def count(module, args, kwargs, work=work):
+            ids = kwargs["input_ids"]
+            cost = 20 + ids.numel()
+            work["done"] += cost
+            work["decode" if ids.shape[1] == 1 else "prefill"] += cost
+
+        server.model.register_forward_pre_hook(count, with_kwargs=True)
+        batcher.clock = lambda work=work: work["done"]
+        for i, request in enumerate(short):
+            batcher.submit(i, request)
+        done = {u.uid: u.completion for u in batcher.step() if u.completion is not None}
+        batcher.submit("long", long)
+        chunks = []
+        while batcher.busy:
+            before = {row.uid: len(row.generated) for row in batcher.rows}
+            work["prefill"] = work["decode"] = 0.0
+            updates = batcher.step()
+            done.update({u.uid: u.completion for u in updates if u.completion is not None})
+            assert all(len(row.generated) == before[row.uid] + 1 for row in batcher.rows if row.uid in before)
+            if share is not None and work["prefill"]:
+                assert work["decode"] == 23  # the 3 short requests, one forward pass
+                assert work["prefill"] <= share * work["decode"]
+                chunks.append(batcher.prefilled_last_step)
+        answers[share] = done
+    assert chunks[0] == MIN_PREFILL_TOKENS and 2 * 23 - 20 - 2 <= max(chunks) <= 2 * 23 - 20  # the most that fits
+    assert chunks[:-1] == sorted(chunks[:-1])  # they grow towards what fits, from below
+    for uid, whole in answers[None].items():
+        chunked = answers[2.0][uid]
+        assert chunked.tokens == whole.tokens, uid
+        torch.testing.assert_close(chunked.logits, whole.logits, atol=2e-5, rtol=1e-4)
+    for a, b in zip(answers[None]["long"].prompt_logprobs[1:], answers[2.0]["long"].prompt_logprobs[1:]):
+        assert a.token == b.token and abs(a.logprob - b.logprob) < 1e-4
+
+
+def test_prefill_share_is_checked():
+    with pytest.raises(ValueError, match="prefill_share must be positive"):
+        ContinuousBatcher(tiny_model("llama-gqa"), tiny_tokenizer(), prefill_share=0)
