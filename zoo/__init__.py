@@ -3,7 +3,7 @@
 What a method plugin implements against is imported from here, as an outside plugin does
 (``from zoo import Method, hookimpl, Adapter, MergeOptions, find_modules``): the contract
 (:class:`Method`, :data:`hookimpl`, the adapter types, the merge options every
-``ftzoo_merge_adapters`` receives) and the helpers methods share (targets, quantized layers).
+``ftzoo_merge_adapters`` receives, the low-rank parts a serving delta may offer) and the helpers methods share (targets, quantized layers).
 """
 
 from zoo import console
@@ -16,6 +16,7 @@ from zoo.merging import MERGED_METHOD
 from zoo.merging.combine import How, MergeOptions
 from zoo.method import Method
 from zoo.quantization import dequantized_weight, is_quantized_linear, layer_quantization, quantization_of, weight_shape
+from zoo.serving import LowRankParts
 from zoo.targets import (
     UnsupportedWeightError,
     check_trainable_modules,
@@ -30,6 +31,7 @@ __all__ = [
     "AdapterError",
     "BaseModelInfo",
     "How",
+    "LowRankParts",
     "MergeOptions",
     "Method",
     "UnsupportedWeightError",

@@ -14,7 +14,7 @@ from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 from torch import nn
 
 from plugins.lora.model import ADAPTER
-from zoo.serving import LowRankParts
+from zoo import LowRankParts
 
 
 def delta_weight(weight: torch.Tensor, tensors: dict[str, torch.Tensor], config: LoraConfig) -> torch.Tensor:
@@ -113,7 +113,9 @@ class DoraDelta(nn.Module):
     ) -> DoraDelta:
         """The delta of one layer: base ``weight`` [out, in] and ``bias``, its ``lora_A.weight``,
         ``lora_B.weight`` and ``lora_magnitude_vector`` (``c`` computed as PEFT merges, in float32)."""
-        a, b, m = (tensors[k].to(device=weight.device) for k in ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector"))
+        a, b, m = (
+            tensors[k].to(device=weight.device) for k in ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")
+        )
         w32 = weight.detach().to(torch.float32)
         norm = torch.linalg.norm(w32 + (b.float() @ a.float()) * scaling, dim=1)
         factor = m.float() / norm

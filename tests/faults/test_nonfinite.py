@@ -47,6 +47,7 @@ from zoo.cli import build_cli
 from zoo.guard import NonFiniteLossError
 from zoo.module import FineTuneModule
 from zoo.server import app as server_app
+from zoo.server import engine as server_engine
 from zoo.server.config import ServerConfig
 from zoo.server.protocol import ApiError, CompletionRequest
 from zoo.server.routes import LoadAdapter
@@ -141,7 +142,9 @@ def test_every_loader_refuses_a_nan_adapter_naming_the_tensor(nan_adapter, tiny_
     with pytest.raises(NonFiniteError, match=message):
         evaluate(ArithmeticDataModule(num_train=0, num_val=0, num_test=2), adapters=[f"nan={folder}"],
                  output=str(tmp_path / "eval"))  # fmt: skip
-    monkeypatch.setattr(serve_tool, "run_server", lambda *a, **k: pytest.fail("the server started"))
+    # HTTP: the decoding loop reads the adapters, before the base model and before the server listens.
+    monkeypatch.setattr(server_engine, "load_base", lambda *a, **k: pytest.fail("the base model was loaded"))
+    monkeypatch.setattr(server_app._Server, "run", lambda *a, **k: pytest.fail("the server listened"))
     with pytest.raises(NonFiniteError, match=message):
         serve([f"nan={folder}"], port=8765)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan-adapter", "requests.jsonl", "test-run"]
