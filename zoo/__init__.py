@@ -3,7 +3,8 @@
 What a method plugin implements against is imported from here, as an outside plugin does
 (``from zoo import Method, hookimpl, Adapter, MergeOptions, find_modules``): the contract
 (:class:`Method`, :data:`hookimpl`, the adapter types, the merge options every
-``ftzoo_merge_adapters`` receives, the low-rank and sparse parts a serving delta may offer) and the helpers methods share (targets, quantized layers).
+``ftzoo_merge_adapters`` receives, the low-rank and sparse parts a serving delta may offer) and
+the helpers methods share (targets, quantized layers).
 """
 
 from zoo import console

@@ -34,8 +34,9 @@ Per module and batch, a *plan* applies the deltas:
 Plans are cheap to rebuild (continuous batching assigns a new batch whenever a request
 joins or leaves): the row indices are built once per batch (:class:`Assignment`), the
 stacked column blocks, low-rank factors and sparse deltas are kept per module for the sets of
-adapters batched recently (:class:`StackedColumns`, :class:`StackedLowRank`, :class:`StackedSparse`), and the plans of the
-last few assignments are kept whole (a decoding batch keeps its rows for many steps).
+adapters batched recently (:class:`StackedColumns`, :class:`StackedLowRank`,
+:class:`StackedSparse`), and the plans of the last few assignments are kept whole (a decoding
+batch keeps its rows for many steps).
 """
 
 from __future__ import annotations
