@@ -283,11 +283,15 @@ class SparsePlan:
         self.loop = loop
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.rmax * x.shape[1] > SPARSE_BATCH_WIDTH:
+            return self.loop(x, y)
+        return self.batched(x, y)
+
+    def batched(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``y`` plus every adapter's change on its rows, as one product whatever the width."""
         s = self.stacked
         _, t, width = x.shape
         wide = self.rmax * t
-        if wide > SPARSE_BATCH_WIDTH:
-            return self.loop(x, y)
         xg = x.index_select(0, self.rows).to(s.delta.dtype).view(s.adapters, wide, width)
         xg = xg.transpose(1, 2).reshape(s.adapters * width, wide)  # adapter a's inputs at rows a·in..
         change = s.delta @ xg  # [A·out, r·T]
