@@ -128,14 +128,19 @@ def test_sparse_deltas_are_batched_into_one_plan(tiny, rows_per_adapter):
     assert_as_fused(tiny, adapters, requests, answers)
 
 
-@pytest.mark.parametrize("tokens", [1, 2, 40])
-def test_sparse_plan_equals_each_adapter_alone(tiny, tokens):
-    """One module's plan against each sparse delta on its own rows (float32 rounding), batched
-    for a few tokens and one adapter at a time past ``SPARSE_BATCH_WIDTH`` (40 tokens)."""
+@pytest.mark.parametrize(
+    ("tokens", "dtype"),
+    [(1, torch.float32), (2, torch.float32), (40, torch.float32), (1, torch.bfloat16), (40, torch.bfloat16)],
+)
+def test_sparse_plan_equals_each_adapter_alone(tiny, tokens, dtype):
+    """One module's plan against each sparse delta on its own rows (float32 rounding; a bf16 base
+    to its rounding), batched for a few tokens and one adapter at a time past
+    ``SPARSE_BATCH_WIDTH`` (40 tokens)."""
     from zoo.inference import mixed
 
-    adapters = {f"s{seed}": tiny.adapter("sparse", seed) for seed in range(3)}
-    server = server_with(tiny, adapters)
+    server = MixedAdapterModel(tiny.fresh().to(dtype), tiny.info)
+    for seed in range(3):
+        server.add_adapter(f"s{seed}", tiny.adapter("sparse", seed))
     names = ["s2", None, "s0", "s0", "s2", "s0"]  # s1 not in the batch, s0 three rows, s2 two
     module = "model.layers.1.self_attn.q_proj"
     with server.assign(names):
@@ -143,16 +148,19 @@ def test_sparse_plan_equals_each_adapter_alone(tiny, tokens):
     assert isinstance(plan.sparse, mixed.SparsePlan)
     base = server.model.get_submodule(module)
     g = torch.Generator().manual_seed(tokens)
-    x = torch.randn(len(names), tokens, base.in_features, generator=g)
-    y = torch.randn(len(names), tokens, base.out_features, generator=g)
-    expected = y.clone()
+    x = torch.randn(len(names), tokens, base.in_features, generator=g).to(dtype)
+    y = torch.randn(len(names), tokens, base.out_features, generator=g).to(dtype)
+    expected = y.to(torch.float32, copy=True)
     for i, name in enumerate(names):
         if name is not None:
-            expected[i] += server.adapters[name][module](x[i])
+            expected[i] += server.adapters[name][module](x[i]).float()
     calls = []
     loop = plan.sparse.loop
     plan.sparse.loop = lambda *args: calls.append(1) or loop(*args)
-    torch.testing.assert_close(plan(x, y.clone()), expected, atol=1e-6, rtol=1e-5)
+    got = plan(x, y.clone())
+    assert got.dtype == dtype
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(got.float(), expected, **tolerance)  # bf16: y + its rounded change
     assert bool(calls) == (3 * tokens > mixed.SPARSE_BATCH_WIDTH)
 
 
