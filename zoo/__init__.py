@@ -3,7 +3,8 @@
 What a method plugin implements against is imported from here, as an outside plugin does
 (``from zoo import Method, hookimpl, Adapter, MergeOptions, find_modules``): the contract
 (:class:`Method`, :data:`hookimpl`, the adapter types, the merge options every
-``ftzoo_merge_adapters`` receives, the low-rank parts a serving delta may offer) and the helpers methods share (targets, quantized layers).
+``ftzoo_merge_adapters`` receives, the low-rank and sparse parts a serving delta may offer) and
+the helpers methods share (targets, quantized layers).
 """
 
 from zoo import console
@@ -16,7 +17,7 @@ from zoo.merging import MERGED_METHOD
 from zoo.merging.combine import How, MergeOptions
 from zoo.method import Method
 from zoo.quantization import dequantized_weight, is_quantized_linear, layer_quantization, quantization_of, weight_shape
-from zoo.serving import LowRankParts
+from zoo.serving import LowRankParts, SparseParts
 from zoo.targets import (
     UnsupportedWeightError,
     check_trainable_modules,
@@ -34,6 +35,7 @@ __all__ = [
     "LowRankParts",
     "MergeOptions",
     "Method",
+    "SparseParts",
     "UnsupportedWeightError",
     "check_trainable_modules",
     "check_trainable_parameters",

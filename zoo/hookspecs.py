@@ -398,6 +398,18 @@ def ftzoo_serving_deltas(adapter: Adapter, model: nn.Module) -> dict[str, nn.Mod
         to the change of its output (for a linear: ``[..., in_features]`` →
         ``[..., out_features]``). A module whose ``takes_base_output`` is true is called with
         the input and the base module's output on the same rows (DoRA's change rescales it).
+
+    A delta module may also say what form its change has, so that the mixed model batches it
+    with the same form of other adapters' deltas of that module (one product for all of them
+    instead of one per adapter); the core never asks which method it belongs to:
+
+    * ``low_rank()`` → :class:`zoo.LowRankParts` (or ``None``): ``A``, ``B``, the scaling, and
+      DoRA's vectors (LoRA and DoRA).
+    * ``sparse()`` → :class:`zoo.SparseParts` (or ``None``): the change ``x Δᵀ`` of a sparse
+      ``Δ`` [out, in] in CSR form (sparse masks).
+
+    The module's ``forward`` must compute the same change: it runs when the form is not batched
+    (one adapter of that form in the batch, or inputs too wide for the batched product to pay).
     """
 
 

@@ -100,6 +100,26 @@ class LowRankParts:
     base_bias: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class SparseParts:
+    """A linear layer's change as ``x Δᵀ`` for a sparse ``Δ`` [out, in] in CSR form: what a delta
+    module's ``sparse()`` gives so that the mixed model applies the deltas of several adapters as
+    one block-diagonal sparse product (sparse masks). ``Tensor.to_sparse_csr()`` gives the parts
+    of any ``Δ``: ``crow_indices()``, ``col_indices()``, ``values()``.
+
+    Attributes:
+        crow: row pointers, int64 [out + 1], from 0 to ``k`` (row ``i``'s entries are ``crow[i]:crow[i+1]``).
+        cols: their columns, int64 [k], increasing within each row.
+        values: their values [k].
+        shape: ``(out, in)``.
+    """
+
+    crow: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor
+    shape: tuple[int, int]
+
+
 class EmbeddingDelta(nn.Module):
     """The change of an embedding's output: the update's rows for the input ids."""
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from plugins.sparse.indices import ENCODING, decode, encode
 from plugins.sparse.layer import SparseMaskLinear, SparseMaskQuantizedLinear, csr_tensor
-from zoo import AdapterError, check_trainable_modules, is_quantized_linear, weight_shape
+from zoo import AdapterError, SparseParts, check_trainable_modules, is_quantized_linear, weight_shape
 
 INDICES, VALUES = "mask_indices", "mask_values"
 
@@ -214,6 +214,11 @@ class SparseDelta(nn.Module):
         crow = torch.zeros(out_features + 1, dtype=torch.int64, device=idx.device)
         crow[1:] = torch.bincount(idx // in_features, minlength=out_features).cumsum(0)
         self.register_buffer("delta", csr_tensor(crow, idx % in_features, values, shape))
+
+    def sparse(self) -> SparseParts:
+        """Its CSR parts, so that a mixed batch applies several adapters' deltas as one product."""
+        d = self.delta
+        return SparseParts(d.crow_indices(), d.col_indices(), d.values(), tuple(d.shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1]).to(self.delta.dtype)  # [T, in]

@@ -93,7 +93,8 @@ class SparseMask(Method):
     def ftzoo_serving_deltas(self, adapter: Adapter, model: nn.Module) -> dict[str, nn.Module]:
         modules = {}
         for name, indices, values, weight in masks.fitting_targets(model, adapter.tensors):
-            values = values.to(device=weight.device, dtype=weight.dtype)
+            half = weight.dtype in (torch.float16, torch.bfloat16)  # CPU sparse products lack them
+            values = values.to(device=weight.device, dtype=torch.float32 if half else weight.dtype)
             modules[name] = masks.SparseDelta(indices.to(weight.device), values, tuple(weight.shape))
         return modules
 

@@ -99,6 +99,71 @@ def test_low_rank_deltas_of_lora_and_dora_are_batched_into_one_plan(tiny, rows_p
     assert_as_fused(tiny, adapters, requests, answers)
 
 
+@pytest.mark.parametrize("rows_per_adapter", [1, 3])
+def test_sparse_deltas_are_batched_into_one_plan(tiny, rows_per_adapter):
+    """Sparse-mask adapters beside LoRA and S²FT-shaped ones, rows uneven, some rows on the base:
+    the sparse deltas of each module run as one block-diagonal product, and each answer is the
+    fused model's (prefill and decoding both fit the batched product here)."""
+    from tiny_adapters import train_adapter
+
+    from plugins.sparse import SparseMask
+    from zoo.inference.mixed import SparsePlan
+
+    adapters = {f"s{seed}": tiny.adapter("sparse", seed) for seed in range(3)}
+    adapters["dense"] = train_adapter(SparseMask(density=0.2, strategy="random"), tiny.model, tiny.info, seed=3)
+    adapters |= {"l0": tiny.adapter("lora", 0), "m0": tiny.adapter("merged", 0)}
+    server = server_with(tiny, adapters)
+    names = [n for n in adapters for _ in range(rows_per_adapter)]
+    names.remove("s1")  # s1 one row short (padded; with one row each: not in the batch)
+    names = [None, *names, None]  # two base rows
+    sparse = 4 if rows_per_adapter > 1 else 3
+    with server.assign(names):
+        plan = server._plans["model.layers.0.mlp.down_proj"]
+        assert isinstance(plan.sparse, SparsePlan) and plan.sparse.stacked.adapters == sparse
+        assert len(plan.sparse.loop.groups) == sparse and not any(hasattr(d, "sparse") for _, d in plan.rest.groups)
+    requests = [Request(PROMPTS[i % len(PROMPTS)], n) for i, n in enumerate(names)]
+    answers = generate_mixed(
+        server, tiny_tokenizer(), requests, batch_size=len(names), max_new_tokens=NEW_TOKENS, logits=True
+    )
+    assert_as_fused(tiny, adapters, requests, answers)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "dtype"),
+    [(1, torch.float32), (2, torch.float32), (40, torch.float32), (1, torch.bfloat16), (40, torch.bfloat16)],
+)
+def test_sparse_plan_equals_each_adapter_alone(tiny, tokens, dtype):
+    """One module's plan against each sparse delta on its own rows (float32 rounding; a bf16 base
+    to its rounding), batched for a few tokens and one adapter at a time past
+    ``SPARSE_BATCH_WIDTH`` (40 tokens)."""
+    from zoo.inference import mixed
+
+    server = MixedAdapterModel(tiny.fresh().to(dtype), tiny.info)
+    for seed in range(3):
+        server.add_adapter(f"s{seed}", tiny.adapter("sparse", seed))
+    names = ["s2", None, "s0", "s0", "s2", "s0"]  # s1 not in the batch, s0 three rows, s2 two
+    module = "model.layers.1.self_attn.q_proj"
+    with server.assign(names):
+        plan = server._plans[module]
+    assert isinstance(plan.sparse, mixed.SparsePlan)
+    base = server.model.get_submodule(module)
+    g = torch.Generator().manual_seed(tokens)
+    x = torch.randn(len(names), tokens, base.in_features, generator=g).to(dtype)
+    y = torch.randn(len(names), tokens, base.out_features, generator=g).to(dtype)
+    expected = y.to(torch.float32, copy=True)
+    for i, name in enumerate(names):
+        if name is not None:
+            expected[i] += server.adapters[name][module](x[i]).float()
+    calls = []
+    loop = plan.sparse.loop
+    plan.sparse.loop = lambda *args: calls.append(1) or loop(*args)
+    got = plan(x, y.clone())
+    assert got.dtype == dtype
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(got.float(), expected, **tolerance)  # bf16: y + its rounded change
+    assert bool(calls) == (3 * tokens > mixed.SPARSE_BATCH_WIDTH)
+
+
 def test_removing_adapters_unhooks_the_base(tiny):
     server = server_with(tiny, {"a": tiny.adapter("merged", 0)})
     assert server._hooks

@@ -9,20 +9,35 @@ turn (:func:`tools.bench.serve_http.make_adapters`: S²FT, LoRA, DoRA, sparse), 
 evenly over the setting's adapters). Each round, each setting decodes one step (its plans and
 stacked factors are built) and then ``steps`` timed steps, as a server decodes one batch for many
 steps; printed: the median and the fastest step per setting over ``rounds`` rounds.
+
+``--sparse_one_by_one true`` adds the sparse settings once more with the sparse adapters' deltas
+applied one adapter at a time (:data:`zoo.inference.mixed.SPARSE_BATCH_WIDTH` set to 0 during
+their steps, as before :class:`zoo.inference.mixed.SparsePlan`), in the same rounds, so the two
+can be compared within one run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from tools.bench.serve_http import METHODS, PROMPTS, make_adapters
 from zoo.adapter import BaseModelInfo
-from zoo.inference import ContinuousBatcher, GenerationRequest, MixedAdapterModel, hooks_for, prompt_ids, read_adapter
+from zoo.inference import (
+    ContinuousBatcher,
+    GenerationRequest,
+    MixedAdapterModel,
+    hooks_for,
+    mixed,
+    prompt_ids,
+    read_adapter,
+)
 from zoo.loading import load_model, load_tokenizer
 from zoo.serving import serving_modules
 
@@ -35,6 +50,7 @@ def mixed_step(
     rounds: int = 3,
     lora_rank: int = 32,
     threads: int = 1,
+    sparse_one_by_one: bool = False,
 ) -> dict[str, float]:
     """Measure (see the module docstring); return the median step in seconds per setting."""
     torch.set_num_threads(threads)
@@ -53,6 +69,9 @@ def mixed_step(
     settings["dora, dense deltas"] = [f"{n}-dense" for n in settings["dora"]]
     settings[f"all {adapters}"] = names
     settings[f"all {adapters}, DoRA dense"] = [f"{n}-dense" if n.startswith("dora-") else n for n in names]
+    one_by_one = {"sparse, one by one": "sparse", f"all {adapters}, sparse one by one": f"all {adapters}"}
+    if sparse_one_by_one:
+        settings |= {setting: settings[same] for setting, same in one_by_one.items()}
     ids = prompt_ids(tokenizer, PROMPTS[:1], "chat")[0]
     batchers = {}
     for setting, assigned in settings.items():
@@ -66,16 +85,28 @@ def mixed_step(
     times: dict[str, list[float]] = {setting: [] for setting in settings}
     for _ in range(rounds):
         for setting, batcher in batchers.items():
-            batcher.step()
-            for _ in range(steps):
-                start = time.perf_counter()
+            with _sparse_batched(setting not in one_by_one):
                 batcher.step()
-                times[setting].append(time.perf_counter() - start)
+                for _ in range(steps):
+                    start = time.perf_counter()
+                    batcher.step()
+                    times[setting].append(time.perf_counter() - start)
     base = statistics.median(times["base"])
     for setting, seconds in times.items():
         median = statistics.median(seconds)
         print(f"{setting:28s} {median * 1000:6.0f} ms (fastest {min(seconds) * 1000:.0f}), {median / base:.2f}× the base")
     return {setting: statistics.median(seconds) for setting, seconds in times.items()}
+
+
+@contextlib.contextmanager
+def _sparse_batched(batched: bool) -> Iterator[None]:
+    """Within the block, sparse deltas run batched (as served) or one adapter at a time."""
+    width = mixed.SPARSE_BATCH_WIDTH
+    mixed.SPARSE_BATCH_WIDTH = width if batched else 0
+    try:
+        yield
+    finally:
+        mixed.SPARSE_BATCH_WIDTH = width
 
 
 if __name__ == "__main__":
