@@ -13,7 +13,8 @@ evaluations while its adapters are on disk. The committed configs write into
 that spans sessions resumes from the seeds already done (adapters, under ``runs/``, stay local). The first seed chooses every
 method's learning rate on held-out training records; the other seeds train with that rate.
 ``also_evaluate`` scores each seed's adapters on further data (e.g. math-trained adapters on the
-commonsense tests: what each method forgets), summarised the same way. Every seed must score the
+commonsense tests: what each method forgets), summarised the same way; in a curve, each budget's
+adapters (e.g. the cloze form beside the adapter's own format). Every seed must score the
 same items: subsample with the data module's own ``max_eval_records`` (a sample seeded by the
 data, not by the run).
 """
@@ -111,13 +112,12 @@ def study(
         per_seed[seed] = _seed_results(folder, contenders=runs, seed=seed, title=f"{title}, seed {seed}",
                                        base_from=str(first / "results.json") if k else None, **common)  # fmt: skip
         for extra in also_evaluate or []:  # while this seed's adapters are on disk
-            done = folder / extra.name / "results.json"
-            further[extra.name][seed] = json.loads(done.read_text()) if done.is_file() else evaluate(
-                extra.data, adapters_from=str(folder / "results.json"), scoring=extra.scoring,
-                prompt_form=extra.prompt_form, batch_size=eval_batch_size, dtype=eval_dtype,
-                output=str(folder / extra.name), overwrite=True, title=f"{extra.name}, seed {seed}",
-                base_from=str(first / extra.name / "results.json") if k else None,
-            )  # fmt: skip
+            found = _further(extra, folder, f"{extra.name}, seed {seed}", eval_batch_size, eval_dtype,
+                             base_from=str(first / extra.name / "results.json") if k else None)  # fmt: skip
+            if found is None:
+                raise FileNotFoundError(f"{folder}: the adapters of seed {seed} are not on disk, so '{extra.name}' "
+                                        f"cannot score them; move {folder} aside to train the seed again")  # fmt: skip
+            further[extra.name][seed] = found
     summary = summarize({s: r["evaluation"] for s, r in per_seed.items()}, title)
     lrs = {name: f"{run['lr']:g}" for name, run in per_seed[seeds[0]]["chosen"].items()}
     summaries = {name: summarize(evaluations, f"{title}: {name}") for name, evaluations in further.items()}
@@ -126,6 +126,22 @@ def study(
                "chosen": per_seed[seeds[0]]["chosen"]}  # fmt: skip
     write_results(results, out, "\n".join(sections))
     return results
+
+
+def _further(
+    extra: Evaluation, folder: Path, title: str, batch_size: int, dtype: str, base_from: str | None
+) -> dict[str, Any] | None:
+    """``extra`` on the kept adapters of the comparison in ``folder`` (read back once written);
+    ``None`` when they are no longer on disk (trained in another checkout: ``runs/`` is not committed)."""
+    done = folder / extra.name / "results.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    kept = json.loads((folder / "results.json").read_text())["chosen"]
+    if not all(Path(run["adapter"]).is_dir() for run in kept.values()):
+        return None
+    return evaluate(extra.data, adapters_from=str(folder / "results.json"), scoring=extra.scoring,
+                    prompt_form=extra.prompt_form, batch_size=batch_size, dtype=dtype, output=str(folder / extra.name),
+                    overwrite=True, title=title, base_from=base_from)  # fmt: skip
 
 
 def curve(
@@ -141,34 +157,56 @@ def curve(
     eval_batch_size: int = 32,
     eval_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     extra_args: list[str] | None = None,
+    also_evaluate: list[Evaluation] | None = None,
     title: str = "Accuracy against training steps",
 ) -> dict[str, Any]:
     """Accuracy of each contender after each number of steps (one comparison per budget, in
     ``<output>/steps-<n>``): the curve a study's budget is chosen from. Writes ``curve.png`` and
-    ``curve.json`` (the average over tasks of each contender and of the base model, 95% intervals).
+    ``curve.json`` (the average over tasks of each contender and of the base model, 95% intervals),
+    and ``curve-<name>.png`` for each further evaluation.
 
     Args:
         budgets: optimizer steps of each comparison.
+        also_evaluate: further evaluations of each budget's adapters (e.g. the cloze form beside
+            the adapter's own format); a budget whose adapters are no longer on disk is left out
+            of that curve, and ``curve.json`` says which.
         the others: as :func:`study` takes them, for one seed.
     """
     if not budgets:
         raise ValueError("give at least one budget (optimizer steps)")
     out = Path(output)
-    points: dict[str, list[dict[str, Any]]] = {c.name: [] for c in contenders}
-    for k, steps in enumerate(budgets):  # the base model is scored once, its outcomes passed along
-        earlier = str(out / f"steps-{budgets[k - 1]}" / "results.json") if k else None
-        results = _seed_results(out / f"steps-{steps}", recipe=recipe, contenders=contenders, eval_data=eval_data,
+    curves = {name: {"base": None, "points": {c.name: [] for c in contenders}, "missing": []}
+              for name in ["main", *(extra.name for extra in also_evaluate or [])]}  # fmt: skip
+    earlier: dict[str, str | None] = dict.fromkeys(curves)  # the base model is scored once, its outcomes passed along
+    for steps in budgets:
+        folder = out / f"steps-{steps}"
+        results = _seed_results(folder, recipe=recipe, contenders=contenders, eval_data=eval_data,
                                 steps=steps, holdout=holdout, scoring=scoring, prompt_form=prompt_form, seed=seed,
                                 eval_batch_size=eval_batch_size, eval_dtype=eval_dtype, extra_args=extra_args,
-                                reference=None, title=f"{title}: {steps} steps", base_from=earlier)  # fmt: skip
-        evaluation = results["evaluation"]
-        for name, row in points.items():
-            row.append({"steps": steps, "lr": results["chosen"][name]["lr"], **evaluation["scores"][name]["average"]})
-        base = evaluation["scores"]["base"]["average"]
+                                reference=None, title=f"{title}: {steps} steps", base_from=earlier["main"])  # fmt: skip
+        found = {"main": (results["evaluation"], folder / "results.json")}
+        for extra in also_evaluate or []:
+            scored = _further(extra, folder, f"{title}: {steps} steps, {extra.name}", eval_batch_size, eval_dtype,
+                              base_from=earlier[extra.name])  # fmt: skip
+            if scored is None:
+                print(f"{folder}: its adapters are not on disk; '{extra.name}' leaves out {steps} steps", file=sys.stderr)
+                curves[extra.name]["missing"].append(steps)
+            else:
+                found[extra.name] = (scored, folder / extra.name / "results.json")
+        for name, (evaluation, path) in found.items():
+            for contender, row in curves[name]["points"].items():
+                row.append({"steps": steps, "lr": results["chosen"][contender]["lr"],
+                            **evaluation["scores"][contender]["average"]})  # fmt: skip
+            curves[name]["base"], earlier[name] = evaluation["scores"]["base"]["average"], str(path)
+    main = curves.pop("main")
+    also = {name: c for name, c in curves.items() if c["base"] is not None}
+    summary = {"title": title, "base": main["base"], "points": main["points"], "also": curves}
     with atomic_file(out / "curve.json") as handle:
-        json.dump({"title": title, "base": base, "points": points}, handle, indent=2)
-    _plot_curve(points, base, out / "curve.png", title)
-    return {"title": title, "base": base, "points": points}
+        json.dump(summary, handle, indent=2)
+    _plot_curve(main["points"], main["base"], out / "curve.png", title)
+    for name, c in also.items():
+        _plot_curve(c["points"], c["base"], out / f"curve-{name}.png", f"{title}: {name}")
+    return summary
 
 
 def _plot_curve(points: dict[str, list[dict[str, Any]]], base: dict[str, float], path: Path, title: str) -> None:

@@ -66,6 +66,32 @@ def test_curve_over_budgets(recipe, quiz, tmp_path):
         curve(str(recipe), [], quiz, str(out), budgets=[])
 
 
+def test_curve_with_a_further_evaluation(recipe, quiz, tmp_path):
+    """Each budget's adapters are scored once more; the base model once per evaluation; a budget
+    whose adapters are gone (trained in another checkout) is left out of that curve and said so."""
+    import shutil
+
+    out = tmp_path / "curve"
+    s2ft = [Contender("s2ft", "s2ft", {"o_heads": 0.5, "down_channels": 0.25}, lrs=[3e-3])]
+    also = [Evaluation("adapter-form", quiz, prompt_form="adapter")]
+    summary = curve(str(recipe), s2ft, quiz, str(out), budgets=[1, 3], holdout=8, scoring="loglikelihood",
+                    also_evaluate=also)  # fmt: skip
+    further = summary["also"]["adapter-form"]
+    assert [p["steps"] for p in further["points"]["s2ft"]] == [1, 3] and further["missing"] == []
+    later = json.loads((out / "steps-3" / "adapter-form" / "results.json").read_text())
+    assert later["base_from"] == str(out / "steps-1" / "adapter-form" / "results.json")
+    assert later["prompt_form"] == "adapter"
+    assert (out / "curve-adapter-form.png").stat().st_size > 1000
+    assert json.loads((out / "curve.json").read_text())["also"]["adapter-form"]["points"] == further["points"]
+
+    # Budget 1's adapters and its further evaluation gone: budget 3 is still scored, budget 1 is reported missing.
+    shutil.rmtree(out / "steps-1" / "runs")
+    shutil.rmtree(out / "steps-1" / "adapter-form")
+    again = curve(str(recipe), s2ft, quiz, str(out), budgets=[1, 3], holdout=8, scoring="loglikelihood",
+                  also_evaluate=also)["also"]["adapter-form"]  # fmt: skip
+    assert again["missing"] == [1] and [p["steps"] for p in again["points"]["s2ft"]] == [3]
+
+
 @pytest.mark.parametrize("config", ["commonsense_curve", "commonsense", "math"])
 def test_study_configs_parse_as_written(config):
     """The committed study configs are complete: jsonargparse builds every argument from them."""
