@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -214,6 +215,7 @@ def _plot_curve(points: dict[str, list[dict[str, Any]]], base: dict[str, float],
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, row in points.items():
@@ -222,9 +224,12 @@ def _plot_curve(points: dict[str, list[dict[str, Any]]], base: dict[str, float],
                     yerr=[[100 * (p["accuracy"] - p["low"]) for p in row], [100 * (p["high"] - p["accuracy"]) for p in row]])  # fmt: skip
     ax.axhline(100 * base["accuracy"], color="grey", linestyle="--", label="base")
     ax.set_xscale("log")
+    ax.set_xticks(sorted({p["steps"] for row in points.values() for p in row}))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.minorticks_off()
     ax.set_xlabel("optimizer steps")
     ax.set_ylabel("average accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 60), fontsize=9)
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
