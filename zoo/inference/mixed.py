@@ -175,9 +175,7 @@ class ColumnPlan:
         idx = self.cols[:, None, None, :].expand(a, self.rmax, t, self.kmax)
         xs = torch.gather(xg, 3, idx).view(a, self.rmax * t, self.kmax)  # [A, r·T, k]
         change = torch.bmm(xs, self.weight).view(a * self.rmax, t, self.out)  # [A·r, T, out]
-        if self.mask is not None:
-            change = change * self.mask
-        return y.index_add_(0, self.rows, change)
+        return _added_back(y, self.rows, change, self.mask)
 
 
 class StackedLowRank:
@@ -229,15 +227,20 @@ class LowRankPlan:
             if s.base_bias is not None:
                 base = base - s.base_bias
             change = s.rescale * base.float() + s.factor * change.float()
-        change = change.view(adapters * self.rmax, t, -1)
-        if self.mask is not None:
-            change = change * self.mask
-        return y.index_add_(0, self.rows, change.to(y.dtype))
+        return _added_back(y, self.rows, change.view(adapters * self.rmax, t, -1), self.mask)
 
 
-def _low_rank(delta: nn.Module) -> LowRankParts | None:
-    low_rank = getattr(delta, "low_rank", None)
-    return low_rank() if callable(low_rank) else None
+def _added_back(y: torch.Tensor, rows: torch.Tensor, change: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``y`` with each gathered row's change added back in place (padded row slots masked out)."""
+    if mask is not None:
+        change = change * mask
+    return y.index_add_(0, rows, change.to(y.dtype))
+
+
+def _parts(delta: nn.Module, protocol: str) -> LowRankParts | SparseParts | None:
+    """What a delta module's ``low_rank()`` or ``sparse()`` gives, or ``None`` if it has no such method."""
+    method = getattr(delta, protocol, None)
+    return method() if callable(method) else None
 
 
 class StackedSparse:
@@ -298,14 +301,7 @@ class SparsePlan:
         xg = xg.transpose(1, 2).reshape(s.adapters * width, wide)  # adapter a's inputs at rows a·in..
         change = s.delta @ xg  # [A·out, r·T]
         change = change.view(s.adapters, s.out, wide).transpose(1, 2).reshape(s.adapters * self.rmax, t, s.out)
-        if self.mask is not None:
-            change = change * self.mask
-        return y.index_add_(0, self.rows, change.to(y.dtype))
-
-
-def _sparse(delta: nn.Module) -> SparseParts | None:
-    sparse = getattr(delta, "sparse", None)
-    return sparse() if callable(sparse) else None
+        return _added_back(y, self.rows, change, self.mask)
 
 
 def _columns(delta: SliceDelta) -> torch.Tensor:
@@ -355,7 +351,7 @@ class ModulePlan:
         if columns:
             names = tuple(n for n, _ in columns)
             self.columns = ColumnPlan(names, stack("columns", names, [d for _, d in columns]), assignment)
-        low = sorted(((n, d) for n, d in assigned if id(d) not in batched and _low_rank(d) is not None),
+        low = sorted(((n, d) for n, d in assigned if id(d) not in batched and _parts(d, "low_rank") is not None),
                      key=lambda group: order[group[0]])  # fmt: skip
         self.low_rank = None
         if len(low) > 1:
@@ -363,7 +359,7 @@ class ModulePlan:
             self.low_rank = LowRankPlan(names, stack("low_rank", names, [d for _, d in low]), assignment)
             columns += low
             batched |= {id(d) for _, d in low}
-        sparse = sorted(((n, d) for n, d in assigned if id(d) not in batched and _sparse(d) is not None),
+        sparse = sorted(((n, d) for n, d in assigned if id(d) not in batched and _parts(d, "sparse") is not None),
                         key=lambda group: order[group[0]])  # fmt: skip
         self.sparse = None
         if len(sparse) > 1:
@@ -497,9 +493,9 @@ class MixedAdapterModel:
             if kind == "columns":
                 stacked: Stacked = StackedColumns(deltas)
             elif kind == "low_rank":
-                stacked = StackedLowRank([_low_rank(d) for d in deltas])
+                stacked = StackedLowRank([_parts(d, "low_rank") for d in deltas])
             else:
-                stacked = StackedSparse([_sparse(d) for d in deltas])
+                stacked = StackedSparse([_parts(d, "sparse") for d in deltas])
             self._stacks[key] = stacked
         return self._stacks[key]
 
