@@ -49,7 +49,7 @@ def long_prompt(
     budget = int(kv_cache_gb * 2**30) // per_token
     results = []
     settings = [(chunk, None) for chunk in (chunks if chunks is not None else [0, 256])]
-    settings += [(share_cap, share) for share in (shares if shares is not None else [1.5])]
+    settings += [(share_cap, share) for share in (shares if shares is not None else [1.25])]
     for chunk, share in settings:
         batcher = ContinuousBatcher(
             model,

@@ -48,8 +48,9 @@ class ServerConfig:
         prefill_share: while requests decode, a step prefills only what takes about this many
             of its decoding steps' time (measured as the server runs: the chunks are smaller on
             a slow CPU and late in a long prompt, larger on a GPU; see
-            :mod:`zoo.inference.batching`), and at most ``prefill_chunk`` tokens. 1.5 keeps each
-            chunk within 2 decoding steps' time with a margin for the estimate's error.
+            :mod:`zoo.inference.batching`), and at most ``prefill_chunk`` tokens. 1.25 keeps each
+            chunk within 2 decoding steps' time with a margin for the estimate's error (1.5
+            went past 2 on 1-2% of the steps: docs/benchmarks.md).
         max_new_tokens: answer length of a request that gives no ``max_tokens``.
         max_tokens_limit: the most ``max_tokens`` a request may ask for.
         temperature: temperature of a request that gives none (OpenAI's default is 1).
@@ -83,7 +84,7 @@ class ServerConfig:
     kv_cache_gb: float = 4.0
     kv_groups: int = 2
     prefill_chunk: int = 256
-    prefill_share: float = 1.5
+    prefill_share: float = 1.25
     max_new_tokens: int = 64
     max_tokens_limit: int = 1024
     temperature: float = 1.0
