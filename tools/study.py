@@ -200,13 +200,13 @@ def curve(
                             **evaluation["scores"][contender]["average"]})  # fmt: skip
             curves[name]["base"], earlier[name] = evaluation["scores"]["base"]["average"], str(path)
     main = curves.pop("main")
-    also = {name: c for name, c in curves.items() if c["base"] is not None}
     summary = {"title": title, "base": main["base"], "points": main["points"], "also": curves}
     with atomic_file(out / "curve.json") as handle:
         json.dump(summary, handle, indent=2)
     _plot_curve(main["points"], main["base"], out / "curve.png", title)
-    for name, c in also.items():
-        _plot_curve(c["points"], c["base"], out / f"curve-{name}.png", f"{title}: {name}")
+    for name, c in curves.items():
+        if c["base"] is not None:  # every budget's adapters gone: nothing to draw
+            _plot_curve(c["points"], c["base"], out / f"curve-{name}.png", f"{title}: {name}")
     return summary
 
 
