@@ -83,6 +83,7 @@ def study(
     also_evaluate: list[Evaluation] | None = None,
     reference: str | None = "s2ft",
     title: str = "Study",
+    base_from: str | None = None,
 ) -> dict[str, Any]:
     """Train and score every contender with every seed; summarise over seeds.
 
@@ -94,6 +95,10 @@ def study(
         scoring, prompt_form: how ``eval_data`` is scored.
         also_evaluate: further evaluations of each seed's adapters.
         title: heading of the report.
+        base_from: a folder of an earlier comparison on the same items (a curve's budget or another
+            study's seed): the first seed reuses its base-model outcomes, from its ``results.json``
+            and ``<name>/results.json`` per further evaluation, wherever the settings' digest
+            matches (``tools.evaluate --base_from``); later seeds reuse the first seed's.
     """
     seeds = seeds if seeds is not None else [0, 1, 2]
     if not seeds:
@@ -105,16 +110,18 @@ def study(
     per_seed: dict[int, dict[str, Any]] = {}
     further: dict[str, dict[int, dict[str, Any]]] = {extra.name: {} for extra in also_evaluate or []}
     first = out / f"seed-{seeds[0]}"  # its base-model outcomes serve every later seed
+    earlier = Path(base_from) if base_from else None  # and an earlier comparison's serve the first
     for k, seed in enumerate(seeds):
         chosen = per_seed[seeds[0]]["chosen"] if k else None
         runs = [replace(c, lrs=[chosen[c.name]["lr"]]) for c in contenders] if chosen else contenders
         print(f"[study] seed {seed} ({k + 1} of {len(seeds)})", file=sys.stderr)
         folder = out / f"seed-{seed}"
+        base = first if k else earlier
         per_seed[seed] = _seed_results(folder, contenders=runs, seed=seed, title=f"{title}, seed {seed}",
-                                       base_from=str(first / "results.json") if k else None, **common)  # fmt: skip
+                                       base_from=str(base / "results.json") if base else None, **common)  # fmt: skip
         for extra in also_evaluate or []:  # while this seed's adapters are on disk
             found = _further(extra, folder, f"{extra.name}, seed {seed}", eval_batch_size, eval_dtype,
-                             base_from=str(first / extra.name / "results.json") if k else None)  # fmt: skip
+                             base_from=str(base / extra.name / "results.json") if base else None)  # fmt: skip
             if found is None:
                 raise FileNotFoundError(f"{folder}: the adapters of seed {seed} are not on disk, so '{extra.name}' "
                                         f"cannot score them; move {folder} aside to train the seed again")  # fmt: skip

@@ -56,6 +56,30 @@ def test_study_over_seeds(recipe, quiz, tmp_path):
     }
 
 
+
+def test_first_seed_reuses_an_earlier_base(recipe, quiz, tmp_path):
+    """``base_from``: the first seed takes the base model's outcomes from an earlier comparison on
+    the same items (main and further evaluations), and scores the base itself where none matches."""
+    s2ft = [Contender("s2ft", "s2ft", {"o_heads": 0.5, "down_channels": 0.25}, lrs=[3e-3])]
+    also = [Evaluation("quiz-adapter-form", quiz, prompt_form="adapter")]
+    earlier = tmp_path / "curve" / "steps-1"
+    curve(str(recipe), s2ft, quiz, str(tmp_path / "curve"), budgets=[1], holdout=8, scoring="loglikelihood",
+          also_evaluate=also)  # fmt: skip
+    study(str(recipe), s2ft, quiz, str(tmp_path / "study"), seeds=[0], steps=1, holdout=8, scoring="loglikelihood",
+          also_evaluate=also, base_from=str(earlier))  # fmt: skip
+    seed = tmp_path / "study" / "seed-0"
+    main = json.loads((seed / "results.json").read_text())["evaluation"]
+    assert main["base_from"] == str(earlier / "results.json")
+    assert main["outcomes"]["acc"]["base"] == json.loads((earlier / "results.json").read_text())["evaluation"]["outcomes"]["acc"]["base"]
+    assert json.loads((seed / "quiz-adapter-form" / "results.json").read_text())["base_from"] == str(
+        earlier / "quiz-adapter-form" / "results.json")
+
+    # Other settings (the adapter form where the earlier main evaluation was cloze): the base is scored again.
+    other = study(str(recipe), s2ft, quiz, str(tmp_path / "other"), seeds=[0], steps=1, holdout=8,
+                  scoring="loglikelihood", prompt_form="adapter", base_from=str(earlier))  # fmt: skip
+    assert json.loads((tmp_path / "other" / "seed-0" / "results.json").read_text())["evaluation"]["base_from"] is None
+    assert other["summary"]["entries"][0] == "base"
+
 def test_curve_over_budgets(recipe, quiz, tmp_path):
     out = tmp_path / "curve"
     points = curve(str(recipe), [Contender("s2ft", "s2ft", {"o_heads": 0.5, "down_channels": 0.25}, lrs=[3e-3])], quiz,
