@@ -14,6 +14,10 @@ The context of an item is computed once for all its choices::
     continuations, right-padded            [x0 x1 x2 pad]  -> log p(x1 | c x0), log p(x2 | c x0 x1)
     (in groups of similar length, each on its own copy of the cache: :func:`_by_length`)
 
+Tokens that every continuation of a context begins with go with the context (forwarded once, their
+log-probabilities added to each continuation's): the adapter form's choices, "the correct answer
+is answer1" to "answer5", then need no forward pass of their own.
+
 Position ids are counted from each row's first real token, and padding is masked, so a row's
 score does not depend on its batch mates (up to float rounding).
 """
@@ -153,33 +157,48 @@ def loglikelihoods(
 
 
 def _score_batch(model: nn.Module, requests: list[Pair]) -> list[LogLikelihood]:
-    """One batch: its distinct contexts forwarded once, each continuation on its context's cache."""
+    """One batch: its distinct contexts forwarded once, each continuation on its context's cache.
+
+    The tokens every continuation of a context begins with (the adapter form's "the correct
+    answer is answer" before each choice's label) are forwarded once, with the context, and their
+    log-probabilities added to each of those continuations: only what differs is forwarded per
+    request, which in the adapter form is nothing (the label is predicted by the context's last logits).
+    """
     device = next(model.parameters()).device
     contexts = list(dict.fromkeys(tuple(c) for c, _ in requests))
     row_of = {c: k for k, c in enumerate(contexts)}
+    shared = [_shared_start([x for c, x in requests if tuple(c) == context]) for context in contexts]
     rows = torch.tensor([row_of[tuple(c)] for c, _ in requests], device=device)
-    width = max(len(c) for c in contexts)
+    extended = [list(context) + part for context, part in zip(contexts, shared)]
+    width, kept = max(len(c) for c in extended), max(len(part) for part in shared) + 1
     ids = torch.zeros(len(contexts), width, dtype=torch.long)
     mask = torch.zeros(len(contexts), width, dtype=torch.long)
-    for k, c in enumerate(contexts):  # left padding: every context ends at the same position
+    for k, c in enumerate(extended):  # left padding: every context ends at the same position
         ids[k, width - len(c) :] = torch.tensor(c)
         mask[k, width - len(c) :] = 1
     ids, mask = ids.to(device), mask.to(device)
-    last = {"logits_to_keep": 1} if keeps_selected_logits(model) else {}
+    last = {"logits_to_keep": kept} if keeps_selected_logits(model) else {}
     out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, **last)
-    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)[rows]  # (requests, vocab): predicts token 0
+    tail = torch.log_softmax(out.logits[:, -kept:].float(), dim=-1)  # (contexts, kept, vocab)
+    shared_logprob, shared_greedy = [], []
+    for k, part in enumerate(shared):  # the shared tokens, predicted by the positions before the last
+        if part:
+            scores, target = tail[k, kept - 1 - len(part) : kept - 1], torch.tensor(part, device=device)
+            shared_logprob.append(scores.gather(1, target[:, None]).sum())
+            shared_greedy.append(bool((scores.argmax(-1) == target).all()))
+        else:
+            shared_logprob.append(torch.zeros((), device=device))
+            shared_greedy.append(True)
+    first = tail[:, -1][rows]  # (requests, vocab): predicts each request's first unshared token
 
-    continuations = [x for _, x in requests]
-    targets = [torch.tensor(x, device=device) for x in continuations]
-    logprobs = [first[r, t[0]] for r, t in enumerate(targets)]
-    greedy = [first[r].argmax() == t[0] for r, t in enumerate(targets)]
+    targets = [torch.tensor(x[len(shared[row_of[tuple(c)]]) :], device=device) for c, x in requests]
+    logprobs = [shared_logprob[row_of[tuple(c)]] + first[r, t[0]] for r, ((c, _), t) in enumerate(zip(requests, targets))]
+    greedy = [shared_greedy[row_of[tuple(c)]] and bool(first[r].argmax() == t[0]) for r, ((c, _), t) in enumerate(zip(requests, targets))]
     cache = getattr(out, _cache_arg(model))
     lengths = mask.sum(-1)
-    for chunk in _by_length([len(t) - 1 for t in targets]):
-        if len(chunk) < len(requests):  # each chunk extends its own copy of the contexts' cache
-            chunk_cache = copy.deepcopy(cache)
-        else:
-            chunk_cache = cache
+    chunks = _by_length([len(t) - 1 for t in targets])
+    for chunk in chunks:  # each chunk extends its own copy of the contexts' cache; the last, the cache itself
+        chunk_cache = cache if chunk is chunks[-1] else copy.deepcopy(cache)
         picked = rows[chunk]
         chunk_cache.batch_select_indices(picked)  # one cache row per request
         rest = len(targets[chunk[0]]) - 1
@@ -197,9 +216,19 @@ def _score_batch(model: nn.Module, requests: list[Pair]) -> list[LogLikelihood]:
             t = targets[r]
             part = scores[offset : offset + len(t) - 1]
             logprobs[r] = logprobs[r] + part.gather(1, t[1:, None]).sum()
-            greedy[r] = greedy[r] & bool((part.argmax(-1) == t[1:]).all())
+            greedy[r] = greedy[r] and bool((part.argmax(-1) == t[1:]).all())
             offset += len(t) - 1
     return [LogLikelihood(float(lp), bool(g)) for lp, g in zip(logprobs, greedy)]
+
+
+def _shared_start(continuations: list[list[int]]) -> list[int]:
+    """The tokens all ``continuations`` begin with, leaving each at least its last token (which its
+    own context position predicts)."""
+    n = min(len(x) for x in continuations) - 1
+    first = continuations[0]
+    for x in continuations[1:]:
+        n = next((i for i in range(n) if x[i] != first[i]), n)
+    return list(first[:n])
 
 
 FORWARD_COST = 64

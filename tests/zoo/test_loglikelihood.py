@@ -46,6 +46,29 @@ def test_batched_cached_scores_equal_each_request_forwarded_alone(arch):
         assert score.greedy == greedy
 
 
+def test_continuations_with_a_shared_start_equal_each_forwarded_alone():
+    """The tokens a context's continuations share are forwarded once with it: the scores are still
+    each request's own, whether the continuations differ only in their last token (the adapter
+    form's labels), are equal, or one is the start of another."""
+    model = tiny_model("llama-gqa", seed=6)
+    answer = [17, 23, 99, 5, 41]
+    pairs = [([3, 8, 12, 40], answer + [k]) for k in (60, 61, 62, 63)]
+    pairs += [([7, 7, 9], [30, 31]), ([7, 7, 9], [30, 31]), ([7, 7, 9], [30, 31, 32, 33]), ([7, 7, 9], [30])]
+    pairs += [([50, 51], answer + [70, 71]), ([50, 51], answer + [70, 72, 73]), ([44], [11, 12, 13])]
+    greedy_run = [90]  # the model's own greedy continuation: its shared start is greedy, one label is
+    with torch.no_grad():
+        for _ in range(4):
+            greedy_run.append(int(model(torch.tensor([greedy_run])).logits[0, -1].argmax()))
+    labels = {greedy_run[-1], (greedy_run[-1] + 1) % 250 + 4}
+    pairs += [([90], greedy_run[1:-1] + [label]) for label in labels]
+    assert sum(naive(model, c, x)[1] for c, x in pairs) == 1
+    for batch_size in (1, 4, 64):
+        for (context, continuation), score in zip(pairs, loglikelihoods(model, pairs, batch_size=batch_size)):
+            logprob, greedy = naive(model, context, continuation)
+            assert score.logprob == pytest.approx(logprob, abs=1e-4)
+            assert score.greedy == greedy
+
+
 def test_scores_do_not_depend_on_batch_size_or_batch_mates():
     model = tiny_model("llama-gqa", seed=3)
     pairs = _requests(seed=4, items=8)
