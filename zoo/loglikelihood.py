@@ -167,8 +167,9 @@ def _score_batch(model: nn.Module, requests: list[Pair]) -> list[LogLikelihood]:
     device = next(model.parameters()).device
     contexts = list(dict.fromkeys(tuple(c) for c, _ in requests))
     row_of = {c: k for k, c in enumerate(contexts)}
-    shared = [_shared_start([x for c, x in requests if tuple(c) == context]) for context in contexts]
-    rows = torch.tensor([row_of[tuple(c)] for c, _ in requests], device=device)
+    owner = [row_of[tuple(c)] for c, _ in requests]  # each request's context row
+    shared = [_shared_start([x for k, (_, x) in zip(owner, requests) if k == row]) for row in range(len(contexts))]
+    rows = torch.tensor(owner, device=device)
     extended = [list(context) + part for context, part in zip(contexts, shared)]
     width, kept = max(len(c) for c in extended), max(len(part) for part in shared) + 1
     ids = torch.zeros(len(contexts), width, dtype=torch.long)
@@ -191,9 +192,9 @@ def _score_batch(model: nn.Module, requests: list[Pair]) -> list[LogLikelihood]:
             shared_greedy.append(True)
     first = tail[:, -1][rows]  # (requests, vocab): predicts each request's first unshared token
 
-    targets = [torch.tensor(x[len(shared[row_of[tuple(c)]]) :], device=device) for c, x in requests]
-    logprobs = [shared_logprob[row_of[tuple(c)]] + first[r, t[0]] for r, ((c, _), t) in enumerate(zip(requests, targets))]
-    greedy = [shared_greedy[row_of[tuple(c)]] and bool(first[r].argmax() == t[0]) for r, ((c, _), t) in enumerate(zip(requests, targets))]
+    targets = [torch.tensor(x[len(shared[k]) :], device=device) for k, (_, x) in zip(owner, requests)]
+    logprobs = [shared_logprob[k] + first[r, t[0]] for r, (k, t) in enumerate(zip(owner, targets))]
+    greedy = [shared_greedy[k] and bool(first[r].argmax() == t[0]) for r, (k, t) in enumerate(zip(owner, targets))]
     cache = getattr(out, _cache_arg(model))
     lengths = mask.sum(-1)
     chunks = _by_length([len(t) - 1 for t in targets])

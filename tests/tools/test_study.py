@@ -56,7 +56,6 @@ def test_study_over_seeds(recipe, quiz, tmp_path):
     }
 
 
-
 def test_first_seed_reuses_an_earlier_base(recipe, quiz, tmp_path):
     """``base_from``: the first seed takes the base model's outcomes from an earlier comparison on
     the same items (main and further evaluations), and scores the base itself where none matches."""
@@ -79,6 +78,7 @@ def test_first_seed_reuses_an_earlier_base(recipe, quiz, tmp_path):
                   scoring="loglikelihood", prompt_form="adapter", base_from=str(earlier))  # fmt: skip
     assert json.loads((tmp_path / "other" / "seed-0" / "results.json").read_text())["evaluation"]["base_from"] is None
     assert other["summary"]["entries"][0] == "base"
+
 
 def test_curve_over_budgets(recipe, quiz, tmp_path):
     out = tmp_path / "curve"
