@@ -182,14 +182,10 @@ def _score_batch(model: nn.Module, requests: list[Pair]) -> list[LogLikelihood]:
     out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, **last)
     tail = torch.log_softmax(out.logits[:, -kept:].float(), dim=-1)  # (contexts, kept, vocab)
     shared_logprob, shared_greedy = [], []
-    for k, part in enumerate(shared):  # the shared tokens, predicted by the positions before the last
-        if part:
-            scores, target = tail[k, kept - 1 - len(part) : kept - 1], torch.tensor(part, device=device)
-            shared_logprob.append(scores.gather(1, target[:, None]).sum())
-            shared_greedy.append(bool((scores.argmax(-1) == target).all()))
-        else:
-            shared_logprob.append(torch.zeros((), device=device))
-            shared_greedy.append(True)
+    for k, part in enumerate(shared):  # the shared tokens (none: 0 and True), predicted by the positions before the last
+        scores, target = tail[k, kept - 1 - len(part) : kept - 1], torch.tensor(part, dtype=torch.long, device=device)
+        shared_logprob.append(scores.gather(1, target[:, None]).sum())
+        shared_greedy.append(bool((scores.argmax(-1) == target).all()))
     first = tail[:, -1][rows]  # (requests, vocab): predicts each request's first unshared token
 
     targets = [torch.tensor(x[len(shared[k]) :], device=device) for k, (_, x) in zip(owner, requests)]
