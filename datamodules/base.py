@@ -60,6 +60,9 @@ class FineTuneDataModule(LightningDataModule):
         eval_batch_size: Validation/test/predict batch size per device; defaults to ``batch_size``.
         num_workers: DataLoader worker processes.
         seed: Seed for shuffling (epoch ``e`` uses ``seed + e``) and for any seeded split or subset.
+        order_seed: Varies the training order alone, leaving every split and subset as ``seed`` makes
+            them: runs that differ only in it see the same records in different orders (a study's
+            seeds; ``tools.compare`` passes its ``seed``). 0 keeps the order ``seed`` gives.
         group_by_length: Put records of similar length in the same batch (seeded and deterministic), to
             waste less padding in training and generation.
         max_new_tokens: Generation length for evaluation.
@@ -81,6 +84,7 @@ class FineTuneDataModule(LightningDataModule):
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
         seed: int = 42,
+        order_seed: int = 0,
         group_by_length: bool = False,
         max_new_tokens: int = 256,
         predict_files: Optional[list[str]] = None,
@@ -106,6 +110,7 @@ class FineTuneDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.order_seed = order_seed
         self.group_by_length = group_by_length
         self.max_new_tokens = max_new_tokens
         self.predict_files = list(predict_files or [])
@@ -313,7 +318,13 @@ class FineTuneDataModule(LightningDataModule):
     def _sampler(self, data: list[Example], batch_size: int, shuffle: bool, group: bool) -> ShardedSampler:
         num_replicas, rank = self._shard_info()
         lengths = [len(e) for e in data]
-        return ShardedSampler(lengths, batch_size, num_replicas, rank, shuffle, self.seed, group)
+        return ShardedSampler(lengths, batch_size, num_replicas, rank, shuffle, self._order_seed(), group)
+
+    def _order_seed(self) -> int:
+        """The sampler's seed: ``seed``, or one drawn from (``seed``, ``order_seed``) when the latter is set."""
+        if self.order_seed == 0:
+            return self.seed
+        return random.Random(f"{self.seed}:order:{self.order_seed}").getrandbits(31)
 
     def _eval_loader(self, split: str, mode: str) -> Any:
         """One loader over all tasks of the split ([] when there is none, which Lightning skips).

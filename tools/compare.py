@@ -105,6 +105,7 @@ def train_one(recipe: str, contender: Contender, lr: float, steps: int, holdout:
     args = ["--config", recipe, *fit_flags(contender, lr), "--seed_everything", str(seed),
             "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
             "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false", "--data.init_args.holdout", str(holdout),
+            "--data.init_args.order_seed", str(seed),
             "--trainer.default_root_dir", str(folder), "--trainer.logger.init_args.save_dir", str(folder),
             "--trainer.logger.init_args.name", "logs", "--model.adapter_dir", str(folder / "adapter"),
             *extra_args]  # fmt: skip
@@ -164,7 +165,8 @@ def compare(
         holdout: training records set aside to choose the learning rate on.
         max_records: test items per task (a seeded sample, the same for every entry).
         reference: the contender whose trainable-parameter count the others are compared with.
-        seed: ``seed_everything`` of every run (data order and selection).
+        seed: ``seed_everything`` of every run (initialisation and selection) and its data module's
+            ``order_seed`` (the training order); records, holdout and test items stay the data's own.
         eval_batch_size: prompts generated together.
         max_new_tokens: generation length; default: the evaluation data module's.
         eval_dtype: dtype of the base weights during evaluation.
@@ -217,12 +219,17 @@ def compare(
         "reference": reference if reference in chosen else None,
         "evaluation": evaluation,
     }
-    with atomic_file(out / "results.json") as handle:
-        json.dump(results, handle, indent=2)
-    plot_results(evaluation, out / "accuracy.png", title)
-    with atomic_file(out / "results.md") as handle:
-        handle.write(comparison_report(results))
+    write_comparison(results, out)
     return results
+
+
+def write_comparison(results: dict[str, Any], folder: Path) -> None:
+    """A comparison's ``results.json``, ``accuracy.png`` and ``results.md`` (each written whole)."""
+    with atomic_file(folder / "results.json") as handle:
+        json.dump(results, handle, indent=2)
+    plot_results(results["evaluation"], folder / "accuracy.png", results["title"])
+    with atomic_file(folder / "results.md") as handle:
+        handle.write(comparison_report(results))
 
 
 def comparison_report(results: dict[str, Any]) -> str:

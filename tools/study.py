@@ -6,12 +6,16 @@ smallest difference it could detect (:mod:`zoo.studies`)::
     python -m tools.study curve --config configs/studies/commonsense_curve.yaml  # accuracy against steps
     python -m tools.study seeds --results '[0=runs/s0/results.json, 1=runs/s1/results.json]' --output runs/over-seeds
 
-Each seed is one ``tools.compare`` run in ``<output>/seed-<s>`` (training resumes run by run; a
-seed whose ``results.json`` is written is not trained or evaluated again), followed by its further
-evaluations while its adapters are on disk. The committed configs write into
-``docs/results/studies/``: a finished seed's ``results.json`` is small and is committed, so a study
-that spans sessions resumes from the seeds already done (adapters, under ``runs/``, stay local). The first seed chooses every
-method's learning rate on held-out training records; the other seeds train with that rate.
+Each seed runs one method at a time: a ``tools.compare`` run of that method in
+``<output>/seed-<s>/<method>`` (its learning rates trained, the chosen adapter scored beside the
+base model's outcomes, which are scored once per study and reused) and its further evaluations,
+while its adapter is on disk; then the seed's methods are put together in ``<output>/seed-<s>``
+(:func:`zoo.report.merge_evaluations`: the same tables and tests as one evaluation of them all).
+What is written is read back, so a study resumes by method. The committed configs write into
+``docs/results/studies/``: each method's ``results.json`` files are small and are committed, so a
+study that spans sessions loses at most the method it was on (adapters, under ``runs/``, stay
+local). The first seed chooses every method's learning rate on held-out training records; the
+other seeds train with that rate.
 ``also_evaluate`` scores each seed's adapters on further data (e.g. math-trained adapters on the
 commonsense tests: what each method forgets), summarised the same way; in a curve, each budget's
 adapters (e.g. the cloze form beside the adapter's own format). Every seed must score the
@@ -30,12 +34,12 @@ from typing import Any, Literal
 
 from datamodules.base import FineTuneDataModule
 from datamodules.choices import PromptForm
-from tools.compare import Contender, compare
+from tools.compare import Contender, compare, write_comparison
 from tools.evaluate import evaluate
 from zoo.cli import one_line_errors
 from zoo.inference import parse_named
 from zoo.outputs import atomic_file
-from zoo.report import write_results
+from zoo.report import merge_evaluations, write_results
 from zoo.studies import study_markdown, summarize
 
 Scoring = Literal["generation", "loglikelihood"]
@@ -50,12 +54,19 @@ class Evaluation:
         data: the data module whose test split is scored.
         scoring: generation (answer extraction) or log-likelihood of the choices.
         prompt_form: with log-likelihood, ``cloze`` or ``adapter`` (``tools.evaluate``).
+        dtype, batch_size: the base weights' dtype and the batch; default: the study's
+            ``eval_dtype`` and ``eval_batch_size``.
+        base_from: an earlier ``results.json`` of these items, scored the same way, whose base-model
+            outcomes the first seed reuses (e.g. another study's); default: the study's ``base_from``.
     """
 
     name: str
     data: FineTuneDataModule
     scoring: Scoring = "loglikelihood"
     prompt_form: PromptForm = "cloze"
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    batch_size: int | None = None
+    base_from: str | None = None
 
 
 def _seed_results(folder: Path, **compare_args: Any) -> dict[str, Any]:
@@ -109,23 +120,28 @@ def study(
               "eval_dtype": eval_dtype, "extra_args": extra_args, "reference": reference}  # fmt: skip
     per_seed: dict[int, dict[str, Any]] = {}
     further: dict[str, dict[int, dict[str, Any]]] = {extra.name: {} for extra in also_evaluate or []}
-    first = out / f"seed-{seeds[0]}"  # its base-model outcomes serve every later seed
-    earlier = Path(base_from) if base_from else None  # and an earlier comparison's serve the first
+    earlier = Path(base_from) if base_from else None
+    bases = {"main": str(earlier / "results.json") if earlier else None}  # where the base's outcomes are taken from
+    for extra in also_evaluate or []:
+        bases[extra.name] = extra.base_from or (str(earlier / extra.name / "results.json") if earlier else None)
     for k, seed in enumerate(seeds):
         chosen = per_seed[seeds[0]]["chosen"] if k else None
         runs = [replace(c, lrs=[chosen[c.name]["lr"]]) for c in contenders] if chosen else contenders
         print(f"[study] seed {seed} ({k + 1} of {len(seeds)})", file=sys.stderr)
         folder = out / f"seed-{seed}"
-        base = first if k else earlier
-        per_seed[seed] = _seed_results(folder, contenders=runs, seed=seed, title=f"{title}, seed {seed}",
-                                       base_from=str(base / "results.json") if base else None, **common)  # fmt: skip
-        for extra in also_evaluate or []:  # while this seed's adapters are on disk
-            found = _further(extra, folder, f"{extra.name}, seed {seed}", eval_batch_size, eval_dtype,
-                             base_from=str(base / extra.name / "results.json") if base else None)  # fmt: skip
-            if found is None:
-                raise FileNotFoundError(f"{folder}: the adapters of seed {seed} are not on disk, so '{extra.name}' "
-                                        f"cannot score them; move {folder} aside to train the seed again")  # fmt: skip
-            further[extra.name][seed] = found
+        if (folder / "results.json").is_file():  # finished (or run before seeds ran by method)
+            per_seed[seed] = json.loads((folder / "results.json").read_text())
+            for extra in also_evaluate or []:
+                found = _further(extra, folder, f"{extra.name}, seed {seed}", eval_batch_size, eval_dtype, bases[extra.name])
+                if found is None:
+                    raise FileNotFoundError(f"{folder}: the adapters of seed {seed} are not on disk, so '{extra.name}' "
+                                            f"cannot score them; move {folder} aside to train the seed again")  # fmt: skip
+                further[extra.name][seed] = found
+        else:
+            per_seed[seed], found = _seed_by_method(folder, runs, seed, title, also_evaluate or [], bases, common)
+            for name, scored in found.items():
+                further[name][seed] = scored
+        bases = {name: str(folder / ("results.json" if name == "main" else f"{name}/results.json")) for name in bases}
     summary = summarize({s: r["evaluation"] for s, r in per_seed.items()}, title)
     lrs = {name: f"{run['lr']:g}" for name, run in per_seed[seeds[0]]["chosen"].items()}
     summaries = {name: summarize(evaluations, f"{title}: {name}") for name, evaluations in further.items()}
@@ -134,6 +150,57 @@ def study(
                "chosen": per_seed[seeds[0]]["chosen"]}  # fmt: skip
     write_results(results, out, "\n".join(sections))
     return results
+
+
+def _seed_by_method(
+    folder: Path,
+    contenders: list[Contender],
+    seed: int,
+    title: str,
+    also: list[Evaluation],
+    bases: dict[str, str | None],
+    common: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """One seed, one method at a time in ``<folder>/<method>`` (read back where written), then
+    every method together in ``folder``: the seed's results and its further evaluations.
+
+    Args:
+        bases: evaluation name (``main`` or a further one's) → the results.json whose base-model
+            outcomes are reused; each method's own results serve the next.
+        common: :func:`tools.compare.compare`'s other arguments.
+    """
+    bases = dict(bases)
+    parts: list[dict[str, Any]] = []
+    further: dict[str, list[dict[str, Any]]] = {extra.name: [] for extra in also}
+    for contender in contenders:
+        unit = folder / contender.name
+        part = _seed_results(unit, contenders=[contender], seed=seed, title=f"{title}, seed {seed}: {contender.name}",
+                             base_from=bases["main"], **common)  # fmt: skip
+        parts.append(part)
+        bases["main"] = str(unit / "results.json")
+        for extra in also:
+            found = _further(extra, unit, f"{extra.name}, seed {seed}: {contender.name}", common["eval_batch_size"],
+                             common["eval_dtype"], bases[extra.name])  # fmt: skip
+            if found is None:
+                raise FileNotFoundError(f"{unit}: the adapter of {contender.name}, seed {seed}, is not on disk, so "
+                                        f"'{extra.name}' cannot score it; move {unit} aside to train it again")  # fmt: skip
+            further[extra.name].append(found)
+            bases[extra.name] = str(unit / extra.name / "results.json")
+    merged = {name: merge_evaluations(found, f"{title}: {name}, seed {seed}") for name, found in further.items()}
+    for name, evaluation in merged.items():
+        write_results(evaluation, folder / name)
+    chosen = {name: run for part in parts for name, run in part["chosen"].items()}
+    results = {
+        **{key: parts[0][key] for key in ("recipe", "steps", "holdout")},
+        "title": f"{title}, seed {seed}",
+        "contenders": [c for part in parts for c in part["contenders"]],
+        "runs": {name: runs for part in parts for name, runs in part["runs"].items()},
+        "chosen": chosen,
+        "reference": common["reference"] if common["reference"] in chosen else None,
+        "evaluation": merge_evaluations([part["evaluation"] for part in parts], f"{title}, seed {seed}"),
+    }
+    write_comparison(results, folder)  # last: its results.json marks the seed finished
+    return results, merged
 
 
 def _further(
@@ -148,8 +215,8 @@ def _further(
     if not all(Path(run["adapter"]).is_dir() for run in kept.values()):
         return None
     return evaluate(extra.data, adapters_from=str(folder / "results.json"), scoring=extra.scoring,
-                    prompt_form=extra.prompt_form, batch_size=batch_size, dtype=dtype, output=str(folder / extra.name),
-                    overwrite=True, title=title, base_from=base_from)  # fmt: skip
+                    prompt_form=extra.prompt_form, batch_size=extra.batch_size or batch_size, dtype=extra.dtype or dtype,
+                    output=str(folder / extra.name), overwrite=True, title=title, base_from=base_from)  # fmt: skip
 
 
 def curve(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,44 @@ def score_metrics(
     metrics = {metric: score_entries(items, correct, tasks) for metric, correct in outcomes.items()}
     first = next(iter(metrics.values()))
     return {"metric": next(iter(metrics)), "metrics": metrics, "scores": first["scores"], "mcnemar": first["mcnemar"]}
+
+
+def merge_evaluations(parts: Sequence[dict[str, Any]], title: str) -> dict[str, Any]:
+    """One evaluation of every entry of ``parts``: evaluations of the same items, each scoring
+    some of the entries (a study scores one method at a time, the base model's outcomes reused),
+    scored and tested together as if evaluated at once.
+
+    Raises:
+        ValueError: the parts scored other items, or an entry twice with other outcomes.
+    """
+    first = parts[0]
+    outcomes: dict[str, dict[str, list[bool]]] = {metric: {} for metric in first["outcomes"]}
+    for part in parts:
+        if part["item_tasks"] != first["item_tasks"] or set(part["outcomes"]) != set(outcomes):
+            raise ValueError(f"{part['title']!r} scored other items or metrics than {first['title']!r}")
+        for metric, by_entry in part["outcomes"].items():
+            for entry, flags in by_entry.items():
+                if outcomes[metric].setdefault(entry, flags) != flags:
+                    raise ValueError(f"{entry!r} has other {metric} outcomes in {part['title']!r} than in an earlier part")
+    items = [_Item(task) for task in first["item_tasks"]]
+    tasks = list(first["tasks"])
+    scored = score_metrics(items, outcomes, tasks) if "metrics" in first else score_entries(items, outcomes["correct"], tasks)
+    return {
+        **first,
+        "title": title,
+        "entries": list(outcomes[next(iter(outcomes))]),
+        "adapters": {name: path for part in parts for name, path in part.get("adapters", {}).items()},
+        "seconds": {entry: s for part in parts for entry, s in part["seconds"].items()},
+        **scored,
+        "outcomes": outcomes,
+    }
+
+
+@dataclass(frozen=True)
+class _Item:
+    """An item known only by its task (all that scoring reads)."""
+
+    task: str
 
 
 def _cell(score: dict[str, float]) -> str:

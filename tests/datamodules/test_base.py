@@ -112,6 +112,28 @@ def test_two_simulated_ranks_split_the_training_set(tiny_tokenizer, group_by_len
     assert len(seen[0]) + len(seen[1]) == 26
 
 
+@pytest.mark.parametrize("group", [False, True])
+def test_order_seed_reorders_the_same_records_and_nothing_else(tiny_tokenizer, group):
+    def trained(order_seed: int) -> tuple[list[tuple], list[tuple]]:
+        data = ArithmeticDataModule(num_train=60, num_val=0, num_test=0, tokenizer=tiny_tokenizer, batch_size=4,
+                                    group_by_length=group, holdout=8, order_seed=order_seed)  # fmt: skip
+        data.setup("fit")
+        order = [tuple(ids[m.bool()].tolist()) for b in data.train_dataloader()
+                 for ids, m in zip(b["input_ids"], b["attention_mask"])]  # fmt: skip
+        held = [tuple(ids[m.bool()].tolist()) for b in data.holdout_dataloader()
+                for ids, m in zip(b["input_ids"], b["attention_mask"])]  # fmt: skip
+        return order, held
+
+    plain, held = trained(0)
+    assert ArithmeticDataModule(seed=42)._order_seed() == 42  # 0 keeps the order the data's own seed gives
+    one, held_one = trained(1)
+    two, _ = trained(2)
+    assert sorted(one) == sorted(plain) == sorted(two)  # the same records (and holdout) ...
+    assert held_one == held
+    assert one != plain and two != plain and one != two  # ... in other orders
+    assert trained(1)[0] == one  # and each order is reproducible
+
+
 def test_group_by_length_wastes_less_padding(tiny_tokenizer):
     def padding(group: bool) -> int:
         data = ArithmeticDataModule(num_train=400, num_val=0, num_test=0, tokenizer=tiny_tokenizer, batch_size=8,

@@ -56,6 +56,39 @@ def test_study_over_seeds(recipe, quiz, tmp_path):
     }
 
 
+def test_a_seed_runs_and_resumes_by_method(recipe, quiz, tmp_path):
+    """Each method of a seed is trained and scored in its own folder (read back once written); the
+    seed's results put them together. A seed interrupted after its first method loses only the
+    method it was on."""
+    contenders = [Contender("s2ft", "s2ft", {"o_heads": 0.5, "down_channels": 0.25}, lrs=[3e-3]),
+                  Contender("lora-r2", "lora", {"r": 2, "alpha": 4}, lrs=[3e-3])]  # fmt: skip
+    also = [Evaluation("adapter-form", quiz, prompt_form="adapter", batch_size=3)]
+    out = tmp_path / "study"
+    kwargs = {"seeds": [0], "steps": 1, "holdout": 8, "scoring": "loglikelihood", "also_evaluate": also}
+    study(str(recipe), contenders, quiz, str(out), **kwargs)
+    seed = out / "seed-0"
+    parts = {name: json.loads((seed / name / "results.json").read_text()) for name in ("s2ft", "lora-r2")}
+    assert parts["s2ft"]["evaluation"]["entries"] == ["base", "s2ft"] and parts["s2ft"]["evaluation"]["base_from"] is None
+    assert parts["lora-r2"]["evaluation"]["base_from"] == str(seed / "s2ft" / "results.json")  # the base scored once
+    whole = json.loads((seed / "results.json").read_text())
+    assert whole["evaluation"]["entries"] == ["base", "s2ft", "lora-r2"] and set(whole["chosen"]) == {"s2ft", "lora-r2"}
+    for name in ("s2ft", "lora-r2"):
+        assert whole["evaluation"]["outcomes"]["acc"][name] == parts[name]["evaluation"]["outcomes"]["acc"][name]
+    merged = json.loads((seed / "adapter-form" / "results.json").read_text())
+    assert merged["entries"] == ["base", "s2ft", "lora-r2"] and merged["prompt_form"] == "adapter"
+
+    # Interrupted while on LoRA: S²FT's files are read back as they are, LoRA is trained and scored again.
+    import shutil
+
+    for gone in ("results.json", "adapter-form", "lora-r2"):
+        shutil.rmtree(seed / gone) if (seed / gone).is_dir() else (seed / gone).unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (seed / "s2ft").rglob("*.json")}
+    study(str(recipe), contenders, quiz, str(out), **kwargs)
+    assert {p: p.stat().st_mtime_ns for p in (seed / "s2ft").rglob("*.json")} == kept
+    assert json.loads((seed / "results.json").read_text())["evaluation"]["entries"] == ["base", "s2ft", "lora-r2"]
+    assert (seed / "adapter-form" / "results.json").is_file()
+
+
 def test_first_seed_reuses_an_earlier_base(recipe, quiz, tmp_path):
     """``base_from``: the first seed takes the base model's outcomes from an earlier comparison on
     the same items (main and further evaluations), and scores the base itself where none matches."""
@@ -71,6 +104,13 @@ def test_first_seed_reuses_an_earlier_base(recipe, quiz, tmp_path):
     assert main["base_from"] == str(earlier / "results.json")
     assert main["outcomes"]["acc"]["base"] == json.loads((earlier / "results.json").read_text())["evaluation"]["outcomes"]["acc"]["base"]
     assert json.loads((seed / "quiz-adapter-form" / "results.json").read_text())["base_from"] == str(
+        earlier / "quiz-adapter-form" / "results.json")
+
+    # A further evaluation's own base_from, where the study has none.
+    named = [Evaluation("again", quiz, prompt_form="adapter", base_from=str(earlier / "quiz-adapter-form" / "results.json"))]
+    study(str(recipe), s2ft, quiz, str(tmp_path / "named"), seeds=[0], steps=1, holdout=8, scoring="loglikelihood",
+          also_evaluate=named)  # fmt: skip
+    assert json.loads((tmp_path / "named" / "seed-0" / "s2ft" / "again" / "results.json").read_text())["base_from"] == str(
         earlier / "quiz-adapter-form" / "results.json")
 
     # Other settings (the adapter form where the earlier main evaluation was cloze): the base is scored again.
