@@ -358,6 +358,8 @@ def test_metrics_move_as_requests_run_and_a_client_that_leaves_is_cancelled(serv
     assert after[ttft] == before[ttft] + 3 and after[per_token] == before[per_token] + tokens - 3
     assert after[("ftzoo_batch_rows_count", ())] > before[("ftzoo_batch_rows_count", ())]
     assert after[("ftzoo_adapters_in_memory", ())] == len(SERVED)
+    loop_cpu = ("ftzoo_decoding_loop_cpu_seconds_total", ())
+    assert after[loop_cpu] > before[loop_cpu]  # the loop's thread did the decoding
     body = {"model": "dora", "prompt": "a", "max_tokens": 800, "temperature": 0, "stream": True}
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     stream = urllib.request.urlopen(

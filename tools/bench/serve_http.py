@@ -16,7 +16,11 @@ against the same server decoding one request at a time, side by side in one run.
   ``i mod adapters``, greedy, at most ``max_tokens`` tokens (the ``openai`` client, no retries);
 * measured per server and number of clients: requests/s and completion tokens/s over the
   wall time, p50/p99 latency, failures (an exception or an error status), and the most
-  requests the server decoded together (its ``/load``).
+  requests the server decoded together (its ``/load``);
+* where the CPU went, counted rather than timed (so a busy machine changes it little): CPU
+  seconds per request of the server's decoding loop (its thread's, from ``/load``), of the
+  rest of the server's process (the HTTP front end, and torch's other threads when there are
+  several; from ``/proc``, Linux) and of the clients (this process).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import asyncio
 import datetime
 import json
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -180,9 +185,13 @@ def bench_http(
             for count in clients:
                 level: dict[str, Any] = {"clients": count}
                 for name, server in servers.items():
-                    _load(server)  # starts the count of the most decoded together
+                    before = _cpu_seconds(server)  # also starts the count of the most decoded together
                     level[name] = asyncio.run(run_load(server.url, names, count, rounds, max_tokens, request_timeout))
-                    level[name]["most_together"] = _load(server)["peak_running"]
+                    after = _cpu_seconds(server)
+                    level[name]["most_together"] = after.pop("peak_running")
+                    level[name]["cpu_s_per_request"] = {
+                        part: (after[part] - before[part]) / max(level[name]["requests"], 1) for part in after
+                    }
                     print(f"{count} clients, {name}: " + _summary(level[name]), flush=True)
                 level["speedup"] = level["batched"]["requests_per_s"] / level["one_at_a_time"]["requests_per_s"]
                 levels.append(level)
@@ -206,6 +215,21 @@ def bench_http(
     return results
 
 
+def _cpu_seconds(server: ServerProcess) -> dict[str, float]:
+    """CPU seconds so far: the server's decoding loop, the rest of its process, this process (the
+    clients); and the most requests decoded together since the last call."""
+    load = _load(server)
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    process = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "decoding_loop": load["loop_cpu_seconds"],
+        "rest_of_server": process - load["loop_cpu_seconds"],
+        "clients": own.ru_utime + own.ru_stime,
+        "peak_running": load["peak_running"],
+    }
+
+
 def _summary(m: dict[str, Any]) -> str:
     return (
         f"{m['requests_per_s']:.2f} req/s, {m['tokens_per_s']:.1f} tok/s, p50 {m['p50_s']:.2f} s, "
@@ -223,9 +247,10 @@ def http_table(results: dict[str, Any]) -> str:
     """The results as a Markdown table (one row per number of clients)."""
     header = (
         "| clients | one at a time req/s | batched req/s | speedup | one at a time tok/s | batched tok/s "
-        "| one at a time p50 / p99 (s) | batched p50 / p99 (s) | failures (one / batched) | most decoded together |"
+        "| one at a time p50 / p99 (s) | batched p50 / p99 (s) | failures (one / batched) | most decoded together "
+        "| CPU s per request, one / batched: decoding loop, rest of server, clients |"
     )
-    lines = [header, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for level in results["levels"]:
         one, many = level["one_at_a_time"], level["batched"]
         cells = [
@@ -239,9 +264,15 @@ def http_table(results: dict[str, Any]) -> str:
             f"{many['p50_s']:.2f} / {many['p99_s']:.2f}",
             f"{one['failures']} / {many['failures']}",
             str(many["most_together"]),
+            " / ".join(_cpu_cell(m) for m in (one, many)),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cpu_cell(measured: dict[str, Any]) -> str:
+    cpu = measured.get("cpu_s_per_request")  # runs before it was counted have none
+    return ", ".join(f"{cpu[part]:.2f}" for part in ("decoding_loop", "rest_of_server", "clients")) if cpu else "–"
 
 
 def verdict(results: dict[str, Any]) -> str:

@@ -91,6 +91,9 @@ class LoopState:
     generated_tokens: int = 0
     steps: int = 0
     adapters_in_memory: int = 0
+    cpu_seconds: float = 0.0
+    """CPU time of the loop's thread since it started: with torch's default of 1 thread here, the
+    model's work too (with more, their share of it is in torch's own threads)."""
 
 
 @dataclass
@@ -453,6 +456,7 @@ class Engine:
             running_by_adapter=running,
             waiting_by_adapter=waiting,
             adapters_in_memory=len(self.server.adapters),
+            cpu_seconds=time.thread_time(),  # this runs in the loop's thread
             **self.counts,
         )
 

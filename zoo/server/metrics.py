@@ -79,6 +79,7 @@ class _LoopState(Collector):
             ("requests_cancelled", state.cancelled, "Requests cancelled (their clients left or timed out)"),
             ("generation_tokens", state.generated_tokens, "Tokens generated"),
             ("decoding_steps", state.steps, "Decoding steps run"),
+            ("decoding_loop_cpu_seconds", state.cpu_seconds, "CPU seconds of the decoding loop's thread"),
         ):
             yield CounterMetricFamily(f"ftzoo_{name}", what, value=value)
         yield GaugeMetricFamily("ftzoo_adapters_in_memory", "Adapters held in memory", value=state.adapters_in_memory)

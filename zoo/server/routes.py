@@ -126,7 +126,7 @@ class Frontend:
     async def load(self) -> dict[str, Any]:
         """The loop's state: requests running and waiting now; since the start, requests finished
         and requests cancelled (their clients left or timed out); since the last ``/load``, the
-        most requests decoded together (``peak_running``)."""
+        most requests decoded together (``peak_running``); the loop thread's CPU seconds."""
         state = self.engine.state
         return {
             "running": state.running,
@@ -136,6 +136,7 @@ class Frontend:
             "peak_running": self.engine.take_peak(),
             "batch_size": self.config.batch_size,
             "adapters_in_memory": state.adapters_in_memory,
+            "loop_cpu_seconds": state.cpu_seconds,
         }
 
     async def metrics(self) -> Response:

@@ -35,6 +35,10 @@ def test_the_load_test_runs_both_servers_at_each_number_of_clients(tiny_llama_di
             assert measured["failures"] == 0 and measured["requests"] == 2 * level["clients"], measured
             assert measured["requests_per_s"] > 0 and 0 < measured["completion_tokens"] <= 3 * measured["requests"]
         assert level["one_at_a_time"]["most_together"] == 1
+        for server in ("one_at_a_time", "batched"):  # CPU counted: the loop did the model's work
+            cpu = level[server]["cpu_s_per_request"]
+            assert set(cpu) == {"decoding_loop", "rest_of_server", "clients"} and cpu["decoding_loop"] > 0, cpu
+            assert min(cpu.values()) >= 0
         assert level["speedup"] == level["batched"]["requests_per_s"] / level["one_at_a_time"]["requests_per_s"]
     text = docs.read_text()
     assert "keep me" in text and text.count(SECTION) == 1 and "| 3 |" in text and "target" in text
