@@ -76,18 +76,11 @@ def summarize(per_seed: Mapping[int, Mapping[str, Any]], title: str = "Study", m
     for first, second in combinations(entries, 2):
         a = [f for o in outcomes.values() for f in o[first]]
         b = [f for o in outcomes.values() for f in o[second]]
-        test = mcnemar(a, b)
-        discordant = (test.only_first + test.only_second) / len(a)
-        detectable = minimum_detectable_difference(len(a), discordant) if discordant > 0 else 0.0
-        pairs.append({
-            "first": first,
-            "second": second,
-            "difference": (sum(a) - sum(b)) / len(a),
-            **test.as_dict(),
-            "pooled_items": len(a),
-            "discordant": discordant,
-            "detectable": detectable,
-        })  # fmt: skip
+        per_task = {}
+        for t in tasks:  # item k of the pooled lists is item k mod n of its seed
+            keep = [k for k in range(len(a)) if item_tasks[k % len(item_tasks)] == t]
+            per_task[t] = _pooled_test([a[k] for k in keep], [b[k] for k in keep])
+        pairs.append({"first": first, "second": second, **_pooled_test(a, b), "tasks": per_task})
     return {
         "title": title,
         "metric": metric,
@@ -97,6 +90,19 @@ def summarize(per_seed: Mapping[int, Mapping[str, Any]], title: str = "Study", m
         "items": {t: item_tasks.count(t) for t in tasks},
         "scores": scores,
         "pairs": pairs,
+    }
+
+
+def _pooled_test(a: list[bool], b: list[bool]) -> dict[str, Any]:
+    """McNemar's test of two entries' pooled outcomes, their difference, and what it could detect."""
+    test = mcnemar(a, b)
+    discordant = (test.only_first + test.only_second) / len(a)
+    return {
+        "difference": (sum(a) - sum(b)) / len(a),
+        **test.as_dict(),
+        "pooled_items": len(a),
+        "discordant": discordant,
+        "detectable": minimum_detectable_difference(len(a), discordant) if discordant > 0 else 0.0,
     }
 
 
@@ -133,4 +139,17 @@ def study_markdown(summary: Mapping[str, Any], extra_columns: Mapping[str, Mappi
             f"| {pair['first']} | {pair['second']} | {100 * pair['difference']:+.1f} | {pair['only_first']} "
             f"| {pair['only_second']} | {pair['p_value']:.3g} | {verdict(pair)} | {100 * pair['detectable']:.1f} |"
         )
+    tasks = summary["tasks"]
+    if len(tasks) > 1:
+        lines += [
+            "",
+            "Per task, the same pooled test: difference in points (p; detectable):",
+            "",
+            "| first | second | " + " | ".join(tasks) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in tasks) + " |",
+        ]
+        for pair in summary["pairs"]:
+            cells = [f"{100 * c['difference']:+.1f} ({c['p_value']:.2g}; {100 * c['detectable']:.1f})"
+                     for c in (pair["tasks"][t] for t in tasks)]  # fmt: skip
+            lines.append(f"| {pair['first']} | {pair['second']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

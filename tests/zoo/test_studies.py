@@ -27,9 +27,15 @@ def test_summary_pools_seeds_item_by_item():
     assert (pair["only_first"], pair["only_second"], pair["p_value"]) == (pooled.only_first, pooled.only_second, pooled.p_value)
     assert pair["pooled_items"] == 16 and pair["difference"] == pytest.approx(-6 / 16)
     assert pair["detectable"] == minimum_detectable_difference(16, pair["discordant"])
+    on_b = pair["tasks"]["b"]  # task b alone (items 4-7), pooled over both seeds: base 4 of 8 right, m 6 of 8
+    base_b, m_b = [True, False] * 4, [True] * 4 + [True, True, False, False]
+    assert (on_b["only_first"], on_b["only_second"], on_b["pooled_items"]) == (1, 3, 8)
+    assert on_b["difference"] == pytest.approx(-2 / 8) and on_b["p_value"] == mcnemar(base_b, m_b).p_value
+    assert pair["tasks"]["a"]["only_second"] == 4 and pair["tasks"]["a"]["pooled_items"] == 8
     report = study_markdown(summary)
     assert "| m | 100.0 ± 0.0 | 75.0 ± 35.4 | **87.5 ± 17.7** |" in report
     assert "| base | m | -37.5 |" in report
+    assert "| base | m | -50.0 (0.12; " in report and "| a | b |" in report  # the per-task table
 
 
 def test_more_seeds_detect_smaller_differences():
