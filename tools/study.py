@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from datamodules.base import FineTuneDataModule
 from datamodules.choices import PromptForm
-from tools.compare import Contender, compare, write_comparison
+from tools.compare import Contender, check_contenders, compare, write_comparison
 from tools.evaluate import evaluate
 from zoo.cli import one_line_errors
 from zoo.inference import parse_named
@@ -114,6 +114,7 @@ def study(
     seeds = seeds if seeds is not None else [0, 1, 2]
     if not seeds:
         raise ValueError("give at least one seed")
+    check_contenders(contenders)  # all of them before the first method of the first seed trains
     out = Path(output)
     common = {"recipe": recipe, "eval_data": eval_data, "steps": steps, "holdout": holdout, "scoring": scoring,
               "prompt_form": prompt_form, "eval_batch_size": eval_batch_size, "max_new_tokens": max_new_tokens,
