@@ -69,6 +69,7 @@ def test_column_deltas_are_batched_into_one_plan(tiny, rows_per_adapter):
     requests = [Request(PROMPTS[i % len(PROMPTS)], n) for i, n in enumerate(names)]
     with server.assign(names):
         plan = server._plans["model.layers.0.mlp.down_proj"]
+        plan.build()  # what the first decoding step does
         assert plan.columns is not None and not plan.rest.groups
     answers = generate_mixed(
         server, tiny_tokenizer(), requests, batch_size=len(names), max_new_tokens=NEW_TOKENS, logits=True
@@ -91,6 +92,7 @@ def test_low_rank_deltas_of_lora_and_dora_are_batched_into_one_plan(tiny, rows_p
     names = [n for n in adapters for _ in range(rows_per_adapter)][:-1] + [None]  # uneven rows, one base row
     with server.assign(names):
         plan = server._plans["model.layers.0.self_attn.v_proj"]
+        plan.build()
         assert plan.low_rank is not None and not plan.rest.groups and plan.low_rank.stacked.rescale is not None
     requests = [Request(PROMPTS[i % len(PROMPTS)], n) for i, n in enumerate(names)]
     answers = generate_mixed(
@@ -119,6 +121,7 @@ def test_sparse_deltas_are_batched_into_one_plan(tiny, rows_per_adapter):
     sparse = 4 if rows_per_adapter > 1 else 3
     with server.assign(names):
         plan = server._plans["model.layers.0.mlp.down_proj"]
+        plan.build()
         assert isinstance(plan.sparse, SparsePlan) and plan.sparse.stacked.adapters == sparse
         assert len(plan.sparse.loop.groups) == sparse and not any(hasattr(d, "sparse") for _, d in plan.rest.groups)
     requests = [Request(PROMPTS[i % len(PROMPTS)], n) for i, n in enumerate(names)]
@@ -145,6 +148,7 @@ def test_sparse_plan_equals_each_adapter_alone(tiny, tokens, dtype):
     module = "model.layers.1.self_attn.q_proj"
     with server.assign(names):
         plan = server._plans[module]
+    plan.build()
     assert isinstance(plan.sparse, mixed.SparsePlan)
     base = server.model.get_submodule(module)
     g = torch.Generator().manual_seed(tokens)
@@ -263,6 +267,8 @@ def test_stacked_blocks_are_kept_per_set_of_adapters_whatever_rows_they_hold(tin
 
     def stacks(names):
         with server.assign(names):
+            for plan in server._plans.values():
+                plan.build()
             return {m: plan.columns.weight for m, plan in server._plans.items() if plan.columns is not None}
 
     first = stacks(["m0", "m1", "m2"])
@@ -272,6 +278,42 @@ def test_stacked_blocks_are_kept_per_set_of_adapters_whatever_rows_they_hold(tin
     for subset in (["m0", "m1"], ["m1", "m2"], ["m0", "m2"]):  # other sets: new stacks, the oldest dropped
         assert all(weight is not first[m] for m, weight in stacks(subset).items())
         assert len(server._stacks) <= 2 * len(server._hooks)
+
+
+def test_a_prefill_builds_no_stacks_and_keeps_the_decoding_batchs(tiny):
+    """Decoding (one token per row) stacks its set's deltas once; a prefill of another set (several
+    tokens per row) runs each adapter on its own rows instead of stacking, so the decoding batch's
+    stacks stay kept, and a prefill of a set whose stacks are kept uses them."""
+    adapters = {f"m{seed}": tiny.adapter("merged", seed) for seed in range(3)} | {"l0": tiny.adapter("lora", 0)}
+    adapters["l1"] = tiny.adapter("lora", 1)
+    server = server_with(tiny, adapters)
+    decoding = ["m0", "m1", "m2", "l0", "l1"]
+    with torch.no_grad(), server.assign(decoding):
+        server.model(torch.tensor([[5]] * len(decoding)))
+    kept = dict(server._stacks)
+    assert kept and {kind for _, kind, _ in kept} == {"columns", "low_rank"}
+    with torch.no_grad(), server.assign(["m0", "m2", "l1"]):
+        server.model(torch.tensor([[5, 6, 7, 8]] * 3))
+        assert all(plan.columns is None and plan.low_rank is None for plan in server._plans.values())
+    assert server._stacks.keys() == kept.keys() and all(server._stacks[k] is kept[k] for k in kept)
+    with torch.no_grad(), server.assign(["l1", "m2", "m0", "m1", "l0"]):  # the decoding set, other rows
+        server.model(torch.tensor([[5, 6, 7, 8]] * 5))
+        assert any(plan.columns is not None for plan in server._plans.values())
+
+
+def test_the_prefix_cache_takes_its_share_of_the_kv_budget(tiny):
+    """``kv_cache_gb`` is shared: the prefix cache's tokens and the batch's add up to it, and 0 turns the cache off."""
+    from zoo.inference.kv_cache import bytes_per_token
+    from zoo.server import ServerConfig
+
+    total = int(0.5 * 2**30) // bytes_per_token(tiny.model.config, torch.float32)
+    shared = ServerConfig(kv_cache_gb=0.5, prefix_cache=0.25)
+    assert shared.prefix_cache_tokens(tiny.model.config) == int(0.25 * total)
+    assert shared.kv_budget(tiny.model.config) + shared.prefix_cache_tokens(tiny.model.config) == total
+    off = ServerConfig(kv_cache_gb=0.5, prefix_cache=0)
+    assert (off.prefix_cache_tokens(tiny.model.config), off.kv_budget(tiny.model.config)) == (0, total)
+    with pytest.raises(ValueError, match="prefix_cache must be at least 0 and below 1"):
+        ServerConfig(prefix_cache=1.0)
 
 
 def test_the_command_line_takes_every_server_option_with_its_one_default(tmp_path):

@@ -58,9 +58,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers.cache_utils import DynamicCache
 
 from zoo.inference.kv_cache import check_supported, empty_cache, join, keep_rows, trim_padding
 from zoo.inference.mixed import MixedAdapterModel
+from zoo.inference.prefix_cache import Layers, PrefixCache
 from zoo.inference.sampling import Sampling, next_tokens
 from zoo.inference.text import TextStream
 
@@ -175,6 +177,10 @@ class ContinuousBatcher:
         prefill_share: while requests decode, a step's prefill is held to about this many of
             its decoding steps' time (measured; see the module docstring), and to
             ``prefill_chunk`` tokens if that is set; ``None``: ``prefill_chunk`` tokens a step.
+        prefix_cache_tokens: keep the keys and values of prefilled prompts' shared beginnings
+            (a chat template's system prompt, a few-shot preamble), up to this many tokens, and
+            prefill only the rest of a prompt that starts with one (:mod:`zoo.inference.prefix_cache`);
+            ``None``: prefill every prompt whole. They are memory beside ``max_batch_tokens``.
 
     Raises:
         UnsupportedCacheError: the model's KV cache has layers other than full-attention and
@@ -191,6 +197,7 @@ class ContinuousBatcher:
         prefill_chunk: int | None = None,
         max_groups: int = 1,
         prefill_share: float | None = None,
+        prefix_cache_tokens: int | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -231,6 +238,7 @@ class ContinuousBatcher:
         self.prefilled_last_step = 0
         """Prompt tokens the last step prefilled (at most :meth:`prefill_budget`'s)."""
         self._uids: set[Hashable] = set()
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None
 
     @property
     def rows(self) -> list[_Row]:
@@ -412,6 +420,11 @@ class ContinuousBatcher:
     def _prefill_chunk(self, row: _Row, count: int) -> list[Update]:
         """The next ``count`` tokens of a long prompt, on its own cache; its last chunk joins the batch."""
         ids = row.request.ids
+        if row.prefilled == 0 and not row.request.prompt_logprobs:
+            reused, entry = self._kept_prefix(row)
+            if entry is not None:
+                row.cache, row.prefilled = DynamicCache(entry.sliced(reused)), reused
+                count = min(count, len(ids) - reused)
         start, end = row.prefilled, row.prefilled + count
         chunk = torch.tensor([ids[start:end]], device=self.device)
         mask = torch.ones(1, end, dtype=torch.long, device=self.device)
@@ -430,6 +443,7 @@ class ContinuousBatcher:
             )
         if end < len(ids):
             return []
+        self._keep_prefix(row, [(layer.keys, layer.values) for layer in row.cache.layers])
         self.prefilling.popleft()
         updates = self._advance([row], out.logits[:, -1])
         cache, row.cache = row.cache, None
@@ -438,35 +452,74 @@ class ContinuousBatcher:
         return updates
 
     def _prefill(self, rows: list[_Row]) -> list[Update]:
-        """Run the new rows' prompts (left-padded, as ``generate`` does) and join them to the batch."""
-        width = max(len(row.request.ids) for row in rows)
-        ids = torch.tensor(
-            [[self.pad] * (width - len(row.request.ids)) + row.request.ids for row in rows], device=self.device
-        )
-        mask = torch.tensor(
-            [[0] * (width - len(row.request.ids)) + [1] * len(row.request.ids) for row in rows], device=self.device
-        )
-        positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)
+        """Run the new rows' prompts (left-padded, as ``generate`` does) and join them to the batch.
+
+        A row whose prompt starts with a kept prefix starts from its keys and values: the input is
+        as wide as the most any row has left to prefill, and a row with less left takes fewer
+        tokens from its prefix (its tokens stay contiguous at the right, as the cache needs)."""
         scoring = any(row.request.prompt_logprobs for row in rows)  # then every position's logits
+        lengths = [len(row.request.ids) for row in rows]
+        kept = [self._kept_prefix(row) for row in rows] if not scoring else [(0, None)] * len(rows)
+        width = max(n - reused for n, (reused, _) in zip(lengths, kept))  # the input's columns
+        starts = [max(n - width, 0) for n in lengths]  # prompt tokens each row takes from its prefix
+        ids = torch.tensor(
+            [[self.pad] * (width - n + s) + row.request.ids[s:] for row, n, s in zip(rows, lengths, starts)],
+            device=self.device,
+        )
+        columns = max(starts) + width
+        mask = torch.tensor([[0] * (columns - n) + [1] * n for n in lengths], device=self.device)
+        positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)[:, columns - width :]
         extra = {"logits_to_keep": 1} if self._last_logit_only and not scoring else {}
-        extra[self._cache_arg] = empty_cache()  # every layer whole, sliding-window ones too (kv_cache)
+        extra[self._cache_arg] = self._prefix_cache(kept, starts) if max(starts) else empty_cache()
         with self._assigned(rows):
             out = self._timed_forward(
                 ids.numel(), input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra
             )
-        for i, row in enumerate(rows):
+        cache = getattr(out, self._cache_arg)
+        for i, (row, n) in enumerate(zip(rows, lengths)):
+            self._keep_prefix(row, [(layer.keys[i : i + 1, :, -n:], layer.values[i : i + 1, :, -n:]) for layer in cache.layers])
             if row.request.prompt_logprobs:
-                logits = out.logits[i, width - len(row.request.ids) : -1]  # each prompt token's predecessor
+                logits = out.logits[i, width - n : -1]  # each prompt token's predecessor
                 row.prompt_logprobs = [None, *_logprobs(logits, row.request.ids[1:], row.request.logprobs or 0)]
         updates = self._advance(rows, out.logits[:, -1])
         alive = [i for i, row in enumerate(rows) if row.finish is None]
         if not alive:
             return updates
-        cache = getattr(out, self._cache_arg)
         if len(alive) < len(rows):
             mask = trim_padding(cache, keep_rows(cache, mask, torch.tensor(alive, device=self.device)))
         self._join([rows[i] for i in alive], cache, mask)
         return updates
+
+    def _prefix_key(self, row: _Row) -> tuple[str | None, int]:
+        """What the prefix cache keys a row's entries on: its adapter, as loaded now."""
+        name = row.request.adapter
+        return (name, self.server.versions[name]) if name is not None and self.server is not None else (name, 0)
+
+    def _kept_prefix(self, row: _Row) -> tuple[int, Any]:
+        """The kept prefix of the row's prompt: ``(tokens it gives, entry)``, ``(0, None)`` if none."""
+        if self.prefix_cache is None:
+            return 0, None
+        return self.prefix_cache.longest(self._prefix_key(row), row.request.ids)
+
+    def _keep_prefix(self, row: _Row, layers: Layers) -> None:
+        """Offer a prefilled prompt (its keys and values, one row, every token) to the prefix cache."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.add(self._prefix_key(row), row.request.ids, layers)
+
+    def _prefix_cache(self, kept: list[tuple[int, Any]], starts: list[int]) -> DynamicCache:
+        """A prefill's starting cache: each row's first ``starts[i]`` tokens from its kept prefix,
+        left-padded to the most any row takes."""
+        columns = max(starts)
+        like = next(entry for (_, entry), s in zip(kept, starts) if s).layers
+        layers = []
+        for layer, (keys, values) in enumerate(like):
+            rows_k, rows_v = [], []
+            for (_, entry), s in zip(kept, starts):
+                k, v = entry.layers[layer] if s else (keys, values)
+                rows_k.append(F.pad(k[:, :, :s], (0, 0, columns - s, 0)))
+                rows_v.append(F.pad(v[:, :, :s], (0, 0, columns - s, 0)))
+            layers.append((torch.cat(rows_k), torch.cat(rows_v)))
+        return DynamicCache(layers)
 
     def _assigned(self, rows: list[_Row]) -> contextlib.AbstractContextManager:
         """Each row's adapter for the forward pass (a plain model has none to assign)."""

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -322,6 +323,13 @@ class ModulePlan:
     """What one base module adds for the batch: batched column, low-rank and sparse deltas, then a
     loop over the rest.
 
+    The batched plans need their adapters' deltas stacked, which costs a copy of every delta of the
+    set. A prefill (several tokens per row) brings a new set of adapters with each group of
+    requests, and its products are wide enough that a loop over the adapters is as fast: so a
+    prefill runs the batched plans only when their stacks are kept already, and builds none (nor
+    pushes out those the decoding batch uses). Decoding (one token per row) builds them on its
+    first step and keeps them while the set of adapters holds.
+
     Args:
         assigned: ``(adapter, delta module)`` of the adapters in the batch that change this module.
         assignment: the batch's rows.
@@ -330,6 +338,7 @@ class ModulePlan:
             their delta modules.
         order: each adapter's place in the model's order (stacks follow it, so that one set
             of adapters has one stack whatever rows they hold).
+        kept: whether the model's cache holds the stack of ``(kind, names)`` already.
     """
 
     def __init__(
@@ -338,8 +347,12 @@ class ModulePlan:
         assignment: Assignment,
         stack: Callable[[str, tuple[str, ...], list[nn.Module]], Stacked],
         order: dict[str, int],
+        kept: Callable[[str, tuple[str, ...]], bool] = lambda kind, names: True,
     ) -> None:
         self.batch_rows = assignment.batch_rows
+        self._stack, self._kept, self._assignment = stack, kept, assignment
+        self._wanted: list[tuple[str, tuple[str, ...], list[nn.Module]]] = []  # stacks the batched plans need
+        self._built = False
         columns = [(n, d) for n, d in assigned if _column_kind(d)]
         held = sum(len(_columns(d)) for _, d in columns)
         widest = max((len(_columns(d)) for _, d in columns), default=0)
@@ -347,29 +360,37 @@ class ModulePlan:
             columns = []  # one adapter, or very uneven widths: the loop is as fast
         columns.sort(key=lambda group: order[group[0]])
         batched = {id(d) for _, d in columns}
-        self.columns = None
         if columns:
-            names = tuple(n for n, _ in columns)
-            self.columns = ColumnPlan(names, stack("columns", names, [d for _, d in columns]), assignment)
+            self._wanted.append(("columns", tuple(n for n, _ in columns), [d for _, d in columns]))
         low = sorted(((n, d) for n, d in assigned if id(d) not in batched and _parts(d, "low_rank") is not None),
                      key=lambda group: order[group[0]])  # fmt: skip
-        self.low_rank = None
         if len(low) > 1:
-            names = tuple(n for n, _ in low)
-            self.low_rank = LowRankPlan(names, stack("low_rank", names, [d for _, d in low]), assignment)
+            self._wanted.append(("low_rank", tuple(n for n, _ in low), [d for _, d in low]))
             columns += low
             batched |= {id(d) for _, d in low}
         sparse = sorted(((n, d) for n, d in assigned if id(d) not in batched and _parts(d, "sparse") is not None),
                         key=lambda group: order[group[0]])  # fmt: skip
-        self.sparse = None
+        self._sparse_loop = None
         if len(sparse) > 1:
-            names = tuple(n for n, _ in sparse)
-            loop = LoopPlan([(assignment.index(n), d) for n, d in sparse])
-            self.sparse = SparsePlan(names, stack("sparse", names, [d for _, d in sparse]), assignment, loop)
+            self._wanted.append(("sparse", tuple(n for n, _ in sparse), [d for _, d in sparse]))
+            self._sparse_loop = LoopPlan([(assignment.index(n), d) for n, d in sparse])
             columns += sparse
             batched |= {id(d) for _, d in sparse}
-        self.columns_fallback = LoopPlan([(assignment.index(n), d) for n, d in columns])  # inputs not [B, T, in]
+        self.columns = self.low_rank = self.sparse = None
+        self.columns_fallback = LoopPlan([(assignment.index(n), d) for n, d in columns])  # each batched delta alone
         self.rest = LoopPlan([(assignment.index(n), d) for n, d in assigned if id(d) not in batched])
+
+    def build(self) -> None:
+        """The batched plans, their stacks built or taken from the model's cache."""
+        for kind, names, deltas in self._wanted:
+            stacked = self._stack(kind, names, deltas)
+            if kind == "columns":
+                self.columns = ColumnPlan(names, stacked, self._assignment)
+            elif kind == "low_rank":
+                self.low_rank = LowRankPlan(names, stacked, self._assignment)
+            else:
+                self.sparse = SparsePlan(names, stacked, self._assignment, self._sparse_loop)
+        self._built = True
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != self.batch_rows:
@@ -377,7 +398,11 @@ class ModulePlan:
                 f"the batch has {x.shape[0]} rows but the adapter assignment has {self.batch_rows}; "
                 "assign one adapter (or None) per row"
             )
-        if x.dim() != 3:  # the batched plans take [B, T, in]
+        if not self._built and x.dim() == 3 and (
+            x.shape[1] == 1 or all(self._kept(kind, names) for kind, names, _ in self._wanted)
+        ):
+            self.build()
+        if x.dim() != 3 or not self._built:  # the batched plans take [B, T, in]; a prefill builds no stacks
             y = self.columns_fallback(x, y)
         else:
             if self.columns is not None:
@@ -408,6 +433,10 @@ class MixedAdapterModel:
         self._stacks: OrderedDict[tuple, Stacked] = OrderedDict()  # least recent first
         self._kept_plans: OrderedDict[tuple[str | None, ...], dict[str, ModulePlan]] = OrderedDict()
         self._in_delta = False
+        self.versions: dict[str, int] = {}
+        """Each loaded adapter's load number: an adapter loaded again under the same name gets a new
+        one (what a cache of its outputs, such as a prefix cache, keys on)."""
+        self._loads = itertools.count()
 
     def add_adapter(self, name: str, adapter: Adapter, deltas: dict[str, nn.Module] | None = None) -> None:
         """Add the adapter's delta modules (``ftzoo_serving_deltas``) beside the base: those
@@ -421,6 +450,7 @@ class MixedAdapterModel:
             raise ValueError(f"an adapter named {name!r} is already loaded")
         deltas = deltas if deltas is not None else self.build_adapter(name, adapter)
         self.adapters[name] = deltas
+        self.versions[name] = next(self._loads)
         self._stacks.clear()
         self._kept_plans.clear()
         self.templates[name] = adapter_template(adapter)
@@ -457,6 +487,7 @@ class MixedAdapterModel:
     def remove_adapter(self, name: str) -> None:
         """Forget an adapter; unhook modules no adapter changes any more."""
         del self.adapters[name]
+        del self.versions[name]
         del self.templates[name]
         del self.system_prompts[name]
         self._stacks.clear()
@@ -507,9 +538,12 @@ class MixedAdapterModel:
                 per_module.setdefault(module_name, []).append((name, delta))
         order = {name: i for i, name in enumerate(self.adapters)}
         return {
-            m: ModulePlan(assigned, assignment, functools.partial(self._stacked, m), order)
+            m: ModulePlan(
+                assigned, assignment, functools.partial(self._stacked, m), order,
+                lambda kind, names, m=m: (m, kind, names) in self._stacks,
+            )
             for m, assigned in per_module.items()
-        }
+        }  # fmt: skip
 
     @contextlib.contextmanager
     def assign(self, adapters: Sequence[str | None]) -> Iterator[None]:

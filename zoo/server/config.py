@@ -42,6 +42,10 @@ class ServerConfig:
             step): a request joins the one where it adds the least memory, so one long request
             decodes in a cache of its own instead of making every row as wide as itself, and
             ``kv_cache_gb`` counts each group at its own width.
+        prefix_cache: the share of ``kv_cache_gb`` that keeps the keys and values of prompts'
+            shared beginnings (the chat template's system prompt, a few-shot preamble), so that
+            a prompt starting with one prefills only the rest (:mod:`zoo.inference.prefix_cache`);
+            the batch's cache gets the remainder. 0: prefill every prompt whole.
         prefill_chunk: prompt tokens prefilled per decoding step at most: a longer prompt is
             prefilled in chunks between the steps of the running requests, so it delays them
             by a chunk's time per step instead of stalling them for its whole prefill.
@@ -83,6 +87,7 @@ class ServerConfig:
     batch_window: float = 0.01
     kv_cache_gb: float = 4.0
     kv_groups: int = 2
+    prefix_cache: float = 0.1
     prefill_chunk: int = 256
     prefill_share: float = 1.25
     max_new_tokens: int = 64
@@ -110,6 +115,8 @@ class ServerConfig:
             raise ValueError(f"max_adapters must be at least 1, got {self.max_adapters}")
         if self.kv_cache_gb <= 0:
             raise ValueError("kv_cache_gb must be positive")
+        if not 0 <= self.prefix_cache < 1:
+            raise ValueError(f"prefix_cache must be at least 0 and below 1 (a share of kv_cache_gb), got {self.prefix_cache}")
         if not self.prefill_share > 0:
             raise ValueError(f"prefill_share must be positive, got {self.prefill_share}")
         for name in ("batch_window", "request_timeout", "body_timeout", "shutdown_timeout", "header_timeout"):
@@ -117,7 +124,14 @@ class ServerConfig:
                 raise ValueError(f"{name} must not be negative")
 
     def kv_budget(self, model_config: Any) -> int:
-        """``kv_cache_gb`` in tokens of the model's KV cache."""
+        """The batch's part of ``kv_cache_gb`` (all but the prefix cache's), in tokens of the model's KV cache."""
+        return self._kv_tokens(model_config) - self.prefix_cache_tokens(model_config)
+
+    def prefix_cache_tokens(self, model_config: Any) -> int:
+        """The prefix cache's part of ``kv_cache_gb``, in tokens (0: no prefix cache)."""
+        return int(self.prefix_cache * self._kv_tokens(model_config))
+
+    def _kv_tokens(self, model_config: Any) -> int:
         per_token = bytes_per_token(model_config, DTYPES[self.dtype])
         return int(self.kv_cache_gb * 2**30) // per_token
 

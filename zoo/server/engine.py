@@ -159,19 +159,19 @@ class Engine:
         self.base_info = info
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         tokenizer = load_tokenizer(info.name_or_path)  # the loop's own: the front end tokenizes in its threads
-        budget = self.config.kv_budget(model.config)
-        self.batcher = self._batcher(tokenizer, budget)
+        self.batcher = self._batcher(tokenizer)
 
-    def _batcher(self, tokenizer: Any, kv_budget: int) -> ContinuousBatcher:
-        config = self.config
+    def _batcher(self, tokenizer: Any) -> ContinuousBatcher:
+        config, model_config = self.config, self.server.model.config
         return ContinuousBatcher(
             self.server,
             tokenizer,
             config.batch_size,
-            max_batch_tokens=kv_budget,
+            max_batch_tokens=config.kv_budget(model_config),
             prefill_chunk=config.prefill_chunk,
             max_groups=config.kv_groups,
             prefill_share=config.prefill_share,
+            prefix_cache_tokens=config.prefix_cache_tokens(model_config),
         )
 
     def start(self) -> None:
@@ -435,7 +435,7 @@ class Engine:
             _safe(route.send, {"error": message, "status": status, "code": code})
         self.routes.clear()
         if self.batcher is not None:
-            self.batcher = self._batcher(self.batcher.tokenizer, self.batcher.max_batch_tokens)
+            self.batcher = self._batcher(self.batcher.tokenizer)
 
     def _publish(self) -> None:
         running: dict[str, int] = {}
