@@ -360,6 +360,11 @@ def test_metrics_move_as_requests_run_and_a_client_that_leaves_is_cancelled(serv
     assert after[("ftzoo_adapters_in_memory", ())] == len(SERVED)
     loop_cpu = ("ftzoo_decoding_loop_cpu_seconds_total", ())
     assert after[loop_cpu] > before[loop_cpu]  # the loop's thread did the decoding
+    reused = ("ftzoo_prefix_cache_reused_tokens_total", ())
+    start = "A long shared beginning, as a system prompt would be. "
+    for end in ("First question?", "Second one?"):
+        client.completions.create(model="lora", prompt=start + end, max_tokens=1, temperature=0)
+    assert metrics(server)[reused] >= after[reused] + len(tiny_tokenizer()(start)["input_ids"]) - 1
     body = {"model": "dora", "prompt": "a", "max_tokens": 800, "temperature": 0, "stream": True}
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     stream = urllib.request.urlopen(

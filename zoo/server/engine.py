@@ -94,6 +94,8 @@ class LoopState:
     cpu_seconds: float = 0.0
     """CPU time of the loop's thread since it started: with torch's default of 1 thread here, the
     model's work too (with more, their share of it is in torch's own threads)."""
+    prefix_cache_reused_tokens: int = 0
+    """Prompt tokens taken from the prefix cache instead of prefilled."""
 
 
 @dataclass
@@ -457,6 +459,7 @@ class Engine:
             waiting_by_adapter=waiting,
             adapters_in_memory=len(self.server.adapters),
             cpu_seconds=time.thread_time(),  # this runs in the loop's thread
+            prefix_cache_reused_tokens=cache.reused_tokens if (cache := self.batcher.prefix_cache) is not None else 0,
             **self.counts,
         )
 

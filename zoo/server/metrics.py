@@ -5,7 +5,9 @@ Read at scrape time from the state the decoding loop publishes (never waiting fo
 * ``ftzoo_requests_running`` / ``ftzoo_requests_waiting``: requests in the batch and waiting
   for a place, per ``model`` (an adapter or the base);
 * ``ftzoo_requests_finished_total``, ``ftzoo_requests_cancelled_total`` (their clients left or
-  timed out), ``ftzoo_generation_tokens_total``, ``ftzoo_decoding_steps_total``;
+  timed out), ``ftzoo_generation_tokens_total``, ``ftzoo_decoding_steps_total``,
+  ``ftzoo_decoding_loop_cpu_seconds_total``, ``ftzoo_prefix_cache_reused_tokens_total`` (prompt
+  tokens taken from the prefix cache instead of prefilled);
 * ``ftzoo_adapters_in_memory``, ``ftzoo_batch_size_limit``.
 
 Observed by the loop as it decodes:
@@ -80,6 +82,7 @@ class _LoopState(Collector):
             ("generation_tokens", state.generated_tokens, "Tokens generated"),
             ("decoding_steps", state.steps, "Decoding steps run"),
             ("decoding_loop_cpu_seconds", state.cpu_seconds, "CPU seconds of the decoding loop's thread"),
+            ("prefix_cache_reused_tokens", state.prefix_cache_reused_tokens, "Prompt tokens taken from the prefix cache"),
         ):
             yield CounterMetricFamily(f"ftzoo_{name}", what, value=value)
         yield GaugeMetricFamily("ftzoo_adapters_in_memory", "Adapters held in memory", value=state.adapters_in_memory)

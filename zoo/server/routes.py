@@ -137,6 +137,7 @@ class Frontend:
             "batch_size": self.config.batch_size,
             "adapters_in_memory": state.adapters_in_memory,
             "loop_cpu_seconds": state.cpu_seconds,
+            "prefix_cache_reused_tokens": state.prefix_cache_reused_tokens,
         }
 
     async def metrics(self) -> Response:
