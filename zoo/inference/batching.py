@@ -68,6 +68,9 @@ from zoo.inference.text import TextStream
 
 MIN_PREFILL_TOKENS = 16
 """The fewest prompt tokens a step prefills under ``prefill_share`` (see the module docstring)."""
+GROUP_WIDTH_RATIO = 2.0
+"""Rows join a KV-cache group whose widest row is within this factor of theirs (both ways) rather
+than open a group of their own (each group is one forward pass per step); see ``max_groups``."""
 DECODE_AVERAGE = 0.25
 """Weight of the newest decoding step in the average ``prefill_share`` is measured against."""
 
@@ -171,9 +174,9 @@ class ContinuousBatcher:
             in chunks over several steps); ``None``: every admitted prompt at once.
         max_groups: caches the running requests may be split into. One cache is as wide as its
             longest row, so one long request among short ones makes every row cost its width;
-            with more groups a request joins the one where it adds the least memory (a long one
-            its own), and the budget counts each group at its own width. Each group is one
-            forward pass per step.
+            with more groups a request joins the one where it adds the least memory, a long one
+            (over ``GROUP_WIDTH_RATIO`` times the widest of every group) its own, and the budget
+            counts each group at its own width. Each group is one forward pass per step.
         prefill_share: while requests decode, a step's prefill is held to about this many of
             its decoding steps' time (measured; see the module docstring), and to
             ``prefill_chunk`` tokens if that is set; ``None``: ``prefill_chunk`` tokens a step.
@@ -617,10 +620,15 @@ def _memory(spans: list[list[int]]) -> int:
 
 
 def _place(spans: list[list[int]], span: int, max_groups: int, count: int = 1) -> int:
-    """Put ``count`` rows of ``span`` where they add the least memory (a new group if there is room
-    for one and it is cheaper); return the group's index. ``spans`` is changed in place."""
+    """Put ``count`` rows of ``span`` where they add the least memory; return the group's index.
+    ``spans`` is changed in place.
+
+    A new group (if there is room for one) is opened only for rows more than ``GROUP_WIDTH_RATIO``
+    times as wide as every group's widest row, or less than its inverse: a group is a forward pass
+    per step, which costs far more than the padding of rows of similar width."""
     costs = [(len(g) + count) * max(*g, span) - len(g) * max(g) for g in spans]
-    if len(spans) < max_groups:
+    alike = [max(g) / GROUP_WIDTH_RATIO <= span <= max(g) * GROUP_WIDTH_RATIO for g in spans]
+    if len(spans) < max_groups and not any(alike):
         costs.append(count * span)
         spans.append([])
     best = min(range(len(costs)), key=lambda i: (costs[i], i))

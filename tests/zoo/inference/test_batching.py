@@ -325,6 +325,19 @@ def test_a_long_request_gets_a_cache_of_its_own_and_the_budget_counts_each_at_it
     assert [results[1][0][i].tokens for i in range(9)] == [results[2][0][i].tokens for i in range(9)]
 
 
+def test_requests_of_similar_width_share_one_cache_group(base, adapters):
+    """Two groups allowed, requests joining one after another, each a little wider than those before
+    (within ``GROUP_WIDTH_RATIO``): they all decode in one group, one forward pass per step, where
+    the memory alone would have opened a second group for the first wider one."""
+    tokenizer = tiny_tokenizer()
+    batcher = ContinuousBatcher(served(base, adapters), tokenizer, 8, max_groups=2)
+    for i in range(6):
+        batcher.submit(i, GenerationRequest([5 + j for j in range(4 + 2 * i)], None, 20))
+        batcher.step()
+        assert len(batcher.groups) == 1
+    assert len(batcher.rows) == 6
+
+
 def _span_of(request):
     return len(request.ids) + request.max_new_tokens
 
