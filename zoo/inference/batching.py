@@ -428,6 +428,7 @@ class ContinuousBatcher:
             if entry is not None:
                 row.cache, row.prefilled = DynamicCache(entry.sliced(reused)), reused
                 count = min(count, len(ids) - reused)
+                self.prefix_cache.record(reused)
         start, end = row.prefilled, row.prefilled + count
         chunk = torch.tensor([ids[start:end]], device=self.device)
         mask = torch.ones(1, end, dtype=torch.long, device=self.device)
@@ -474,13 +475,16 @@ class ContinuousBatcher:
         positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)[:, columns - width :]
         extra = {"logits_to_keep": 1} if self._last_logit_only and not scoring else {}
         extra[self._cache_arg] = self._prefix_cache(kept, starts) if max(starts) else empty_cache()
+        for s in starts if self.prefix_cache is not None else ():
+            self.prefix_cache.record(s)
         with self._assigned(rows):
             out = self._timed_forward(
                 ids.numel(), input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra
             )
         cache = getattr(out, self._cache_arg)
         for i, (row, n) in enumerate(zip(rows, lengths)):
-            self._keep_prefix(row, [(layer.keys[i : i + 1, :, -n:], layer.values[i : i + 1, :, -n:]) for layer in cache.layers])
+            self._keep_prefix(row, [(layer.keys[i : i + 1, :, -n:], layer.values[i : i + 1, :, -n:])
+                                    for layer in cache.layers])  # fmt: skip
             if row.request.prompt_logprobs:
                 logits = out.logits[i, width - n : -1]  # each prompt token's predecessor
                 row.prompt_logprobs = [None, *_logprobs(logits, row.request.ids[1:], row.request.logprobs or 0)]

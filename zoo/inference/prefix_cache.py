@@ -12,7 +12,8 @@ rather than by hashed blocks:
   entry of the same adapter shares at least ``min_tokens`` tokens with it: then that entry is cut
   to the shared part (two chat requests leave the system prompt and the template's start);
 * :meth:`PrefixCache.longest` finds the entry sharing the most tokens with a new prompt (at most
-  all but its last token, which must be run to give the first answer token's logits);
+  all but its last token, which must be run to give the first answer token's logits), and
+  :meth:`PrefixCache.record` counts what a prefill took from it;
 * entries are dropped least recently used first while they hold more than ``max_tokens`` tokens,
   so the memory they take is bounded like the batch's KV cache.
 
@@ -97,9 +98,13 @@ class PrefixCache:
         if key is None or shared < self.min_tokens:
             return 0, None
         self._entries.move_to_end(key)
-        self.hits += 1
-        self.reused_tokens += shared
         return shared, self._entries[key]
+
+    def record(self, reused: int) -> None:
+        """Count a prompt that took ``reused`` tokens from an entry (its prefill may take fewer
+        than :meth:`longest` offered, to line up with the other prompts prefilled with it)."""
+        self.hits += reused > 0
+        self.reused_tokens += reused
 
     def add(self, adapter: Hashable, ids: Sequence[int], layers: Layers) -> None:
         """Keep a prefilled prompt's keys and values (``layers``, its ``len(ids)`` tokens; copied),
