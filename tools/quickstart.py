@@ -11,6 +11,7 @@ arithmetic word problems or the generator's templates.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -23,6 +24,7 @@ from tools.plot_metrics import plot_metrics
 from zoo.adapter import META_FILE
 from zoo.cli import build_cli, one_line_errors
 from zoo.outputs import check_output_folder
+from zoo.precision import recipe_precision, slow_bf16_advice
 
 REPO = Path(__file__).resolve().parents[1]
 WORD_PROBLEMS = REPO / "configs" / "data" / "word_problems.yaml"
@@ -73,6 +75,12 @@ def quickstart(
     """
     run = Path(run_dir)
     extra = [*(overrides or []), "--trainer.default_root_dir", str(run)]
+    precision = recipe_precision(recipe, extra)
+    advice = slow_bf16_advice(precision)
+    if advice is not None:  # the recipe's bf16 autocast would take hours on this CPU, not minutes
+        print(f"{advice}; the quickstart runs in float32 (--trainer.precision 32-true)", file=sys.stderr)
+        precision = "32-true"
+        extra += ["--trainer.precision", precision]
     overwrite = any(a == "--model.overwrite" and b.lower() == "true" for a, b in pairwise(extra))
     # An earlier run's adapter is refused now, not by fit after the base model's test.
     check_output_folder(run / "adapter", overwrite, META_FILE, flag="--model.overwrite true in --overrides")
@@ -91,6 +99,7 @@ def quickstart(
         "trainable_ratio": fit.model.trainable_parameter_count / fit.model.base_parameter_count,
         "steps": fit.trainer.global_step,
         "overrides": overrides or [],
+        "precision": precision,
         "fit_minutes": round(fit_minutes, 2),
         "total_minutes": round((time.monotonic() - started) / 60, 2),
         "base": base,

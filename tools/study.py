@@ -32,6 +32,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from datamodules.base import FineTuneDataModule
 from datamodules.choices import PromptForm
 from tools.compare import Contender, check_contenders, compare, write_comparison
@@ -39,6 +41,7 @@ from tools.evaluate import evaluate
 from zoo.cli import one_line_errors
 from zoo.inference import parse_named
 from zoo.outputs import atomic_file
+from zoo.precision import recipe_precision, slow_bf16_advice
 from zoo.report import merge_evaluations, write_results
 from zoo.studies import study_markdown, summarize
 
@@ -75,6 +78,26 @@ def _seed_results(folder: Path, **compare_args: Any) -> dict[str, Any]:
     if done.is_file():
         return json.loads(done.read_text())
     return compare(output=str(folder), **compare_args)
+
+
+def check_precision(recipe: str, extra_args: list[str] | None, eval_dtypes: list[str | None]) -> None:
+    """Refuse a study whose training or evaluation is bf16 on a CPU where bf16 is slow.
+
+    A study's seeds must share their precision, and it spans sessions (and machines), so it is
+    not switched to float32 here: the user chooses, for every seed.
+
+    Raises:
+        ValueError: naming the slowdown and the fix.
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for what, precision in [("training", recipe_precision(recipe, extra_args)), *(("evaluation", d) for d in eval_dtypes)]:
+        advice = slow_bf16_advice(precision, device)
+        if advice is not None:
+            raise ValueError(
+                f"this study's {what} is in {precision}, but {advice}. A study's seeds must share their precision, "
+                "so it is not switched here: run the study where bf16 is native (a GPU, a CPU with AVX512-BF16 or "
+                "AMX), or set float32 in its config (extra_args, eval_dtype, the evaluations' dtype) before its first seed"
+            )
 
 
 def study(
@@ -115,6 +138,7 @@ def study(
     if not seeds:
         raise ValueError("give at least one seed")
     check_contenders(contenders)  # all of them before the first method of the first seed trains
+    check_precision(recipe, extra_args, [eval_dtype, *(extra.dtype for extra in also_evaluate or [])])
     out = Path(output)
     common = {"recipe": recipe, "eval_data": eval_data, "steps": steps, "holdout": holdout, "scoring": scoring,
               "prompt_form": prompt_form, "eval_batch_size": eval_batch_size, "max_new_tokens": max_new_tokens,

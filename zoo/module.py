@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import FSDPStrategy
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from zoo import checkpoints, console
@@ -33,6 +33,7 @@ from zoo.loss import response_loss
 from zoo.method import Method
 from zoo.outputs import check_output_folder
 from zoo.plugins import method_hooks, method_name
+from zoo.precision import slow_bf16_advice
 from zoo.prepare import (
     calibration_batches,
     check_untrained_deltas,
@@ -205,6 +206,16 @@ class FineTuneModule(EvaluationSteps, L.LightningModule):
             f"{self.base_parameter_count:,} parameters ({trainable / self.base_parameter_count:.3%})"
         )
         self._fit_started = time.monotonic()
+        self._warn_if_bf16_is_slow()
+
+    def on_test_start(self) -> None:
+        self._warn_if_bf16_is_slow()
+
+    def _warn_if_bf16_is_slow(self) -> None:
+        """bf16 on a CPU without native bf16 is tens of times slower than float32: say so before the run."""
+        advice = slow_bf16_advice(str(self.trainer.precision), self.device)
+        if advice is not None:
+            rank_zero_warn(advice)
 
     def on_train_start(self) -> None:
         """On resume, this run's optimizer settings (learning rate, weight decay, ...) replace
