@@ -6,7 +6,7 @@ in turn), serves them from one :class:`zoo.inference.MixedAdapterModel`, and run
 :class:`zoo.inference.ContinuousBatcher` as the server's loop would: ``clients`` clients each
 send ``requests`` chat requests one after the other (the next as soon as the last is answered;
 request ``i`` names adapter ``i mod adapters``, the load test's prompts in the adapter's chat
-template with its system prompt, greedy, at most ``max_tokens`` tokens, the server's
+template with its system prompt, numbered so that no two are the same text, greedy, at most ``max_tokens`` tokens, the server's
 ``prefill_share``, ``kv_groups`` and ``prefill_chunk`` defaults).
 
 Settings: each number of torch ``threads``, with and without the prefix cache
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from tools.bench.serve_http import PROMPTS, make_adapters
+from tools.bench.serve_http import make_adapters, prompt_for
 from zoo.adapter import BaseModelInfo
 from zoo.inference import ContinuousBatcher, GenerationRequest, MixedAdapterModel, prompt_ids, read_adapter
 from zoo.loading import load_model, load_tokenizer
@@ -98,7 +98,7 @@ def batcher_load(
         for r in range(requests):
             i = client * requests + r
             name = names[i % len(names)]
-            ids = prompt_ids(tokenizer, [PROMPTS[i % len(PROMPTS)]], "chat", [server.system_prompts[name]])[0]
+            ids = prompt_ids(tokenizer, [prompt_for(i)], "chat", [server.system_prompts[name]])[0]
             mine.append(GenerationRequest(ids, name, max_tokens))
         work.append(mine)
     settings = [(t, cached) for t in threads for cached in (False, True)]

@@ -13,7 +13,7 @@ against the same server decoding one request at a time, side by side in one run.
   (1: each request decoded alone, the baseline);
 * for each number of clients, each server in turn gets the same load: every client sends
   ``rounds`` chat requests one after the other, request ``i`` naming adapter
-  ``i mod adapters``, greedy, at most ``max_tokens`` tokens (the ``openai`` client, no retries);
+  ``i mod adapters`` (its prompt :func:`prompt_for`: numbered, no two alike), greedy, at most ``max_tokens`` tokens (the ``openai`` client, no retries);
 * measured per server and number of clients: requests/s and completion tokens/s over the
   wall time, p50/p99 latency, failures (an exception or an error status), and the most
   requests the server decoded together (its ``/load``);
@@ -62,6 +62,13 @@ PROMPTS = [
 ]
 
 
+def prompt_for(i: int, tag: str = "") -> str:
+    """Request ``i``'s prompt: one of :data:`PROMPTS`, numbered, so that no two requests of a load
+    are the same text (a prefix cache shares the chat template's start between them, as it would
+    between real users' requests, but never a whole prompt)."""
+    return f"{tag}{i + 1}. {PROMPTS[i % len(PROMPTS)]}"
+
+
 def make_adapters(base_model: str, folder: Path, count: int, lora_rank: int, seed: int) -> tuple[dict[str, Path], str]:
     """Save ``count`` adapters of ``base_model`` under ``folder``, of :data:`METHODS` in turn.
 
@@ -89,8 +96,11 @@ def make_adapters(base_model: str, folder: Path, count: int, lora_rank: int, see
     return paths, source
 
 
-async def run_load(url: str, names: list[str], clients: int, rounds: int, max_tokens: int, timeout: float) -> dict:
-    """``clients`` closed-loop clients, ``rounds`` requests each; the measurements of :func:`bench_http`."""
+async def run_load(
+    url: str, names: list[str], clients: int, rounds: int, max_tokens: int, timeout: float, tag: str = ""
+) -> dict:
+    """``clients`` closed-loop clients, ``rounds`` requests each (prompts :func:`prompt_for` with ``tag``);
+    the measurements of :func:`bench_http`."""
     import openai
 
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=timeout)
@@ -105,7 +115,7 @@ async def run_load(url: str, names: list[str], clients: int, rounds: int, max_to
             try:
                 reply = await client.chat.completions.create(
                     model=names[i % len(names)],
-                    messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                    messages=[{"role": "user", "content": prompt_for(i, tag)}],
                     max_tokens=max_tokens,
                     temperature=0,
                 )
@@ -181,7 +191,7 @@ def bench_http(
                 server.start()
             names = list(paths)
             for name, server in servers.items():  # warm up: every adapter once
-                asyncio.run(run_load(server.url, names, len(names), 1, 4, request_timeout))
+                asyncio.run(run_load(server.url, names, len(names), 1, 4, request_timeout, tag="warm-up "))
             for count in clients:
                 level: dict[str, Any] = {"clients": count}
                 for name, server in servers.items():
@@ -298,7 +308,7 @@ def http_docs_section(results: dict[str, Any]) -> str:
         "How it is measured: the module docstring of `tools/bench/serve_http.py`.\n\n"
         f"- Base model `{c['base_model']}`, {c['adapters']} adapters of {len(METHODS)} methods in turn "
         f"({', '.join(METHODS)}; S²FT: {results['s2ft_adapters']}; LoRA and DoRA rank {c['lora_rank']}), "
-        f"chat requests, greedy, at most {c['max_tokens']} new tokens; "
+        f"chat requests (numbered prompts, no two alike), greedy, at most {c['max_tokens']} new tokens; "
         f"each client sends {c['rounds']} requests one after the other; torch threads per server: "
         f"{c['threads'] if c['threads'] is not None else 'the server default (half the cores, at least 1)'}.\n"
         f"- One at a time: the same server with `--batch_size 1`; batched: `--batch_size {max(c['clients'])}` "
