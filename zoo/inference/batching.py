@@ -374,12 +374,12 @@ class ContinuousBatcher:
         if budget is None:  # everything at once
             whole = list(self.prefilling)
             self.prefilling.clear()
-            self.prefilled_last_step = max((len(r.request.ids) for r in whole), default=0) * len(whole)
+            self.prefilled_last_step = max(map(self._to_prefill, whole), default=0) * len(whole)
             return self._prefill(whole) if whole else []
         whole: list[_Row] = []
         while self.prefilling:
             row = self.prefilling[0]
-            width = max(len(r.request.ids) for r in [*whole, row])
+            width = max(map(self._to_prefill, [*whole, row]))
             if row.prefilled == 0 and width * (len(whole) + 1) <= budget:
                 whole.append(self.prefilling.popleft())
                 continue
@@ -387,10 +387,19 @@ class ContinuousBatcher:
                 break  # the long prompt's chunk comes next step
             if timed and row.prefilled == 0:
                 budget = min(budget, MIN_PREFILL_TOKENS)
-            self.prefilled_last_step = min(budget, len(row.request.ids) - row.prefilled)
+            self.prefilled_last_step = min(budget, self._to_prefill(row))
             return self._prefill_chunk(row, self.prefilled_last_step)
-        self.prefilled_last_step = max((len(r.request.ids) for r in whole), default=0) * len(whole)
+        self.prefilled_last_step = max(map(self._to_prefill, whole), default=0) * len(whole)
         return self._prefill(whole) if whole else []
+
+    def _to_prefill(self, row: _Row) -> int:
+        """Prompt tokens of the row that a forward pass must still run: those in no cache, its own
+        (a chunked prompt's) or a kept prefix (what the prefill budget and its timing count)."""
+        if row.prefilled:
+            return len(row.request.ids) - row.prefilled
+        if row.request.prompt_logprobs:  # scored from its first token
+            return len(row.request.ids)
+        return len(row.request.ids) - self._kept_prefix(row)[0]
 
     # ------------------------------------------------------------------ forward passes
 

@@ -148,3 +148,16 @@ def test_a_long_prompt_prefilled_in_chunks_starts_from_its_kept_prefix(arch, win
     assert steps == 2 + 6 - 1  # 20 tokens left: two chunks, the second giving the first token; 5 more
     assert done.tokens == whole.tokens
     torch.testing.assert_close(done.logits, whole.logits, atol=2e-5, rtol=1e-4)
+
+
+def test_the_prefill_budget_counts_only_what_is_left_after_the_kept_prefix():
+    """A step may prefill 15 prompt tokens: three 28-token prompts that share 24 kept tokens have 4
+    each left, so they prefill together in one step (12 tokens), as they would if they were 4 tokens long."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("llama-gqa").requires_grad_(False)
+    batcher = ContinuousBatcher(model, tokenizer, 8, prefill_chunk=15, prefix_cache_tokens=500)
+    complete(batcher, [GenerationRequest([*SHARED, 60], None, 2)])
+    for i in range(3):
+        batcher.submit(i, GenerationRequest([*SHARED, 61 + i, 62, 63, 64], None, 3))
+    batcher.step()
+    assert sorted(row.uid for row in batcher.rows) == [0, 1, 2] and batcher.prefilled_last_step == 12
