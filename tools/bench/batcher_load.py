@@ -7,16 +7,19 @@ in turn), serves them from one :class:`zoo.inference.MixedAdapterModel`, and run
 send ``requests`` chat requests one after the other (the next as soon as the last is answered;
 request ``i`` names adapter ``i mod adapters``, the load test's prompts in the adapter's chat
 template with its system prompt, numbered so that no two are the same text, greedy, at most ``max_tokens`` tokens, the server's
-``prefill_share``, ``kv_groups`` and ``prefill_chunk`` defaults).
+``kv_groups`` and ``prefill_chunk`` defaults, and its ``prefill_share`` unless given).
 
 Settings: each number of torch ``threads``, with and without the prefix cache
-(:mod:`zoo.inference.prefix_cache`, the server's default share of ``kv_cache_gb``), in turn
+(:mod:`zoo.inference.prefix_cache`, the server's default share of ``kv_cache_gb``; ``prefix_cache``),
+and each of ``admit_shares`` (default: the server's ``admit_share``), in turn
 within each of ``rounds`` rounds (so a busy spell of the machine falls on all of them); printed
 and written to JSON per setting: the median wall seconds and generated tokens/s, the CPU seconds
-of this thread, the prompt tokens prefilled and those the prefix cache gave.
+of this thread, the steps and the rows decoded per step on average, the prompt tokens and those
+the prefix cache gave.
 
 What it answers: how the loop alone scales with threads (without the server's other threads
-and the clients on the same cores), and what the prefix cache saves on the load test's prompts.
+and the clients on the same cores), what the prefix cache saves on the load test's prompts, and
+how the pace of admitting whole prompts (``admit_share``) keeps the batch full.
 """
 
 from __future__ import annotations
@@ -46,9 +49,12 @@ def run_load(batcher: ContinuousBatcher, work: list[list[GenerationRequest]]) ->
     nexts = {client: 0 for client in range(len(work))}
     for client in nexts:
         batcher.submit((client, 0), work[client][0])
-    generated = prefilled = 0
+    generated = steps = rows = 0
     while batcher.busy:
-        for update in batcher.step():
+        updates = batcher.step()
+        steps += 1
+        rows += len(batcher.rows)
+        for update in updates:
             if update.completion is None:
                 continue
             generated += len(update.completion.tokens)
@@ -56,7 +62,6 @@ def run_load(batcher: ContinuousBatcher, work: list[list[GenerationRequest]]) ->
             nexts[client] += 1
             if nexts[client] < len(work[client]):
                 batcher.submit((client, nexts[client]), work[client][nexts[client]])
-        prefilled += batcher.prefilled_last_step
     wall = time.perf_counter() - start
     cache = batcher.prefix_cache
     return {
@@ -64,6 +69,8 @@ def run_load(batcher: ContinuousBatcher, work: list[list[GenerationRequest]]) ->
         "cpu_s": time.thread_time() - cpu,
         "tokens_per_s": generated / wall,
         "generated": generated,
+        "steps": steps,
+        "mean_rows": rows / max(steps, 1),
         "prompt_tokens": sum(len(r.ids) for requests in work for r in requests),
         "reused_prompt_tokens": cache.reused_tokens if cache is not None else 0,
     }
@@ -79,9 +86,12 @@ def batcher_load(
     lora_rank: int = 16,
     threads: list[int] | None = None,
     rounds: int = 2,
+    prefix_cache: list[bool] | None = None,
+    admit_shares: list[float] | None = None,
 ) -> dict[str, Any]:
     """Measure (see the module docstring); write JSON to ``output``."""
     threads = threads or [1, 2]
+    prefix_cache = prefix_cache if prefix_cache is not None else [False, True]
     config_args = {k: v for k, v in locals().items()}
     with tempfile.TemporaryDirectory(prefix="ftzoo-batcher-load-") as tmp:
         paths, _ = make_adapters(base_model, Path(tmp), adapters, lora_rank, 0)
@@ -92,6 +102,7 @@ def batcher_load(
         server.add_adapter(name, adapter)
     names = list(read)
     config = ServerConfig(batch_size=clients, max_new_tokens=max_tokens)
+    admit_shares = admit_shares or [config.admit_share]
     work = []
     for client in range(clients):
         mine = []
@@ -101,10 +112,10 @@ def batcher_load(
             ids = prompt_ids(tokenizer, [prompt_for(i)], "chat", [server.system_prompts[name]])[0]
             mine.append(GenerationRequest(ids, name, max_tokens))
         work.append(mine)
-    settings = [(t, cached) for t in threads for cached in (False, True)]
+    settings = [(t, cached, share) for t in threads for cached in prefix_cache for share in admit_shares]
     results: dict[str, list[dict[str, float]]] = {}
     for _ in range(rounds):
-        for t, cached in settings:
+        for t, cached, share in settings:
             torch.set_num_threads(t)
             batcher = ContinuousBatcher(
                 server, tokenizer, clients,
@@ -112,13 +123,15 @@ def batcher_load(
                 prefill_chunk=config.prefill_chunk,
                 max_groups=config.kv_groups,
                 prefill_share=config.prefill_share,
+                admit_share=share,
                 prefix_cache_tokens=config.prefix_cache_tokens(model.config) if cached else None,
             )  # fmt: skip
             batcher.eos = set()  # every answer max_tokens long: the same work in every setting
-            label = f"{t} thread{'s' if t > 1 else ''}, prefix cache {'on' if cached else 'off'}"
+            label = f"{t} thread{'s' if t > 1 else ''}, prefix cache {'on' if cached else 'off'}, admit share {share:g}"
             results.setdefault(label, []).append(run_load(batcher, work))
             r = results[label][-1]
-            print(f"{label:36s} {r['wall_s']:6.1f} s  {r['tokens_per_s']:6.1f} tok/s  cpu {r['cpu_s']:6.1f} s", flush=True)
+            print(f"{label:52s} {r['wall_s']:6.1f} s  {r['tokens_per_s']:6.1f} tok/s  cpu {r['cpu_s']:6.1f} s  "
+                  f"{r['mean_rows']:.1f} rows a step", flush=True)  # fmt: skip
     summary = {
         label: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for label, runs in results.items()
     }
@@ -136,7 +149,7 @@ def batcher_load(
     first = summary[next(iter(summary))]["tokens_per_s"]
     print("\nmedian over rounds (tokens/s, relative to the first setting):")
     for label, s in summary.items():
-        print(f"  {label:36s} {s['tokens_per_s']:6.1f}  {s['tokens_per_s'] / first:.2f}×  "
+        print(f"  {label:52s} {s['tokens_per_s']:6.1f}  {s['tokens_per_s'] / first:.2f}×  {s['mean_rows']:.1f} rows a step, "
               f"prompt tokens reused {s['reused_prompt_tokens']:.0f} of {s['prompt_tokens']:.0f}")  # fmt: skip
     return report
 

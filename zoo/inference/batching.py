@@ -32,6 +32,14 @@ for fewer: growing from below, the chunks approach the share without passing it)
 is never below ``MIN_PREFILL_TOKENS`` (a long prompt always moves on); a step with nothing to
 decode prefills ``prefill_chunk`` tokens.
 
+Whole prompts (those that fit in a step) may take another share, ``admit_share``: how fast
+waiting requests join is what keeps the batch full. Each request needs its prompt prefilled once
+per answer, so with short answers a share that suits a long prompt's chunks admits requests
+more slowly than they finish, and the batch runs half empty (64 clients of 42-token prompts and
+32-token answers, SmolLM2 on a CPU: 32 rows on average at a share of 1.25, 49 at 2.5, 1.3× the
+tokens/s; ``docs/benchmarks.md``). The running streams pay for it with longer steps while
+requests join; a long prompt's chunks keep to ``prefill_share``.
+
 The cache holds every token of a row except its last one (the next input), so a prefilled
 row and a decoded row are in the same state and decode together. Positions are counted per
 row (left padding is masked out), so a row's tokens are what it would get alone (what
@@ -184,6 +192,8 @@ class ContinuousBatcher:
             (a chat template's system prompt, a few-shot preamble), up to this many tokens, and
             prefill only the rest of a prompt that starts with one (:mod:`zoo.inference.prefix_cache`);
             ``None``: prefill every prompt whole. They are memory beside ``max_batch_tokens``.
+        admit_share: as ``prefill_share``, for whole prompts (see the module docstring); ``None``:
+            ``prefill_share``.
 
     Raises:
         UnsupportedCacheError: the model's KV cache has layers other than full-attention and
@@ -201,6 +211,7 @@ class ContinuousBatcher:
         max_groups: int = 1,
         prefill_share: float | None = None,
         prefix_cache_tokens: int | None = None,
+        admit_share: float | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -208,6 +219,9 @@ class ContinuousBatcher:
             raise ValueError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
         if prefill_share is not None and not prefill_share > 0:
             raise ValueError(f"prefill_share must be positive, got {prefill_share}")
+        if admit_share is not None and not admit_share > 0:
+            raise ValueError(f"admit_share must be positive, got {admit_share}")
+        self.admit_share = admit_share if admit_share is not None else prefill_share
         self.prefill_chunk = prefill_chunk
         self.prefill_share = prefill_share
         self.clock = time.perf_counter
@@ -320,19 +334,24 @@ class ContinuousBatcher:
             middle = self.clock()
             self.prefilling += self._admit()
             timed = decoded and self.prefill_share is not None
-            updates += self._prefill_some(self.prefill_budget() if decoded else self.prefill_chunk, timed)
+            if decoded:
+                updates += self._prefill_some(self.prefill_budget(), timed, self.prefill_budget(self.admit_share))
+            else:
+                updates += self._prefill_some(self.prefill_chunk)
             self.step_seconds = (middle - start, self.clock() - middle)
         return updates
 
-    def prefill_budget(self) -> int | None:
+    def prefill_budget(self, share: float | None = None) -> int | None:
         """Prompt tokens a step that decodes may prefill (``None``: no limit): ``prefill_chunk``, or
-        with ``prefill_share`` what fits in that share of a decoding step (see the module docstring)."""
-        if self.prefill_share is None or self.decode_seconds is None:
+        with ``prefill_share`` (or the ``share`` given) what fits in that share of a decoding step
+        (see the module docstring)."""
+        share = share if share is not None else self.prefill_share
+        if share is None or self.decode_seconds is None:
             return self.prefill_chunk
         if self.prefill_token_seconds is None:
             tokens = MIN_PREFILL_TOKENS
         else:
-            fits = int(self.prefill_share * self.decode_seconds / max(self.prefill_token_seconds, 1e-12))
+            fits = int(share * self.decode_seconds / max(self.prefill_token_seconds, 1e-12))
             tokens = max(MIN_PREFILL_TOKENS, min(fits, 2 * self._prefill_measured))
         return tokens if self.prefill_chunk is None else min(tokens, self.prefill_chunk)
 
@@ -368,9 +387,11 @@ class ContinuousBatcher:
             spans = trial
         return joining
 
-    def _prefill_some(self, budget: int | None, timed: bool = False) -> list[Update]:
-        """Prefill admitted prompts, in order, up to ``budget`` tokens (``None``: all): whole short
-        prompts together, or the next chunk of a long one (``timed``: its first is ``MIN_PREFILL_TOKENS``)."""
+    def _prefill_some(self, budget: int | None, timed: bool = False, whole_budget: int | None = None) -> list[Update]:
+        """Prefill admitted prompts, in order: whole short prompts together, up to ``whole_budget``
+        tokens (default ``budget``), or the next chunk of a long one, up to ``budget`` (``timed``: its
+        first is ``MIN_PREFILL_TOKENS``); ``None``: all."""
+        whole_budget = whole_budget if whole_budget is not None else budget
         if budget is None:  # everything at once
             whole = list(self.prefilling)
             self.prefilling.clear()
@@ -380,7 +401,7 @@ class ContinuousBatcher:
         while self.prefilling:
             row = self.prefilling[0]
             width = max(map(self._to_prefill, [*whole, row]))
-            if row.prefilled == 0 and width * (len(whole) + 1) <= budget:
+            if row.prefilled == 0 and width * (len(whole) + 1) <= whole_budget:
                 whole.append(self.prefilling.popleft())
                 continue
             if whole:

@@ -174,6 +174,7 @@ class Engine:
             max_groups=config.kv_groups,
             prefill_share=config.prefill_share,
             prefix_cache_tokens=config.prefix_cache_tokens(model_config),
+            admit_share=config.admit_share,
         )
 
     def start(self) -> None:

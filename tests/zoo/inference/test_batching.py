@@ -393,6 +393,43 @@ def test_prefill_share_sizes_each_chunk_from_the_measured_decode_step(base, adap
         assert a.token == b.token and abs(a.logprob - b.logprob) < 1e-4
 
 
+def test_whole_prompts_join_within_admit_share_and_a_long_prompts_chunks_within_prefill_share(base, adapters):
+    """On a clock that counts work (a forward pass costs 20 plus one per token), 3 requests decoding,
+    then 8 short prompts and a 300-token one (the decoding step steady while it is chunked): whole prompts join up to ``admit_share`` (4) decoding
+    steps' time a step, more than ``prefill_share`` (2) would let in, and the long prompt's chunks
+    keep to 2."""
+    tokenizer = tiny_tokenizer()
+    names = list(adapters)
+    server = served(base, adapters)
+    batcher = ContinuousBatcher(server, tokenizer, 16, prefill_chunk=256, prefill_share=2.0, admit_share=4.0)
+    work = {"done": 0.0, "whole": 0.0, "chunk": 0.0, "decode": 0.0}
+
+    def count(module, args, kwargs):
+        ids = kwargs["input_ids"]
+        kind = "decode" if ids.shape[1] == 1 else "chunk" if bool((ids == 250).all()) else "whole"
+        work[kind] += 20 + ids.numel()
+        work["done"] += 20 + ids.numel()
+
+    server.model.register_forward_pre_hook(count, with_kwargs=True)
+    batcher.clock = lambda: work["done"]
+    for i, p in enumerate(PROMPTS[:3]):
+        batcher.submit(i, GenerationRequest(prompt_ids(tokenizer, [p], False)[0], names[i], 80))
+    batcher.step()
+    for i, p in enumerate(PROMPTS[:8]):  # answers that outlast the long prompt's chunks: a steady decoding step
+        batcher.submit(f"short {i}", GenerationRequest(prompt_ids(tokenizer, [p], False)[0], names[i % len(names)], 60))
+    batcher.submit("long", GenerationRequest([250] * 300, None, 2))
+    beyond_prefill_share = 0
+    while batcher.busy:
+        work["whole"] = work["chunk"] = work["decode"] = 0.0
+        batcher.step()
+        if work["decode"]:
+            assert work["whole"] <= 4.0 * work["decode"] and work["chunk"] <= 2.0 * work["decode"]
+            beyond_prefill_share += work["whole"] > 2.0 * work["decode"]
+    assert beyond_prefill_share > 0
+
+
 def test_prefill_share_is_checked():
     with pytest.raises(ValueError, match="prefill_share must be positive"):
         ContinuousBatcher(tiny_model("llama-gqa"), tiny_tokenizer(), prefill_share=0)
+    with pytest.raises(ValueError, match="admit_share must be positive"):
+        ContinuousBatcher(tiny_model("llama-gqa"), tiny_tokenizer(), admit_share=-1)
