@@ -36,8 +36,8 @@ Whole prompts (those that fit in a step) may take another share, ``admit_share``
 waiting requests join is what keeps the batch full. Each request needs its prompt prefilled once
 per answer, so with short answers a share that suits a long prompt's chunks admits requests
 more slowly than they finish, and the batch runs half empty (64 clients of 42-token prompts and
-32-token answers, SmolLM2 on a CPU: 32 rows on average at a share of 1.25, 49 at 2.5, 1.3× the
-tokens/s; ``docs/benchmarks.md``). The running streams pay for it with longer steps while
+32-token answers, SmolLM2 on a CPU: 31 rows on average at a share of 1.25, 47 at 2.5 and 54 at 5,
+1.35× the tokens/s of 1.25; ``docs/benchmarks.md``). The running streams pay for it with longer steps while
 requests join; a long prompt's chunks keep to ``prefill_share``.
 
 The cache holds every token of a row except its last one (the next input), so a prefilled

@@ -56,9 +56,10 @@ class ServerConfig:
             chunk within 2 decoding steps' time with a margin for the estimate's error (1.5
             went past 2 on 1-2% of the steps: docs/benchmarks.md).
         admit_share: as ``prefill_share``, for prompts prefilled whole: how fast waiting requests
-            join the batch. 2.5 kept the batch of the 64-client load test 49 rows full on average
-            where 1.25 kept it 32 (1.3x the tokens/s; 5 did no better: docs/benchmarks.md); the
-            running streams' steps are that much longer while requests join.
+            join the batch. On the 64-client load test's work (``tools.bench.batcher_load``, 1
+            thread) 1.25 kept the batch 31 rows full on average, 2.5 47 and 5 54 (1.35x the
+            tokens/s of 1.25: docs/benchmarks.md); the running streams' steps are up to that many
+            decoding steps longer while requests join (vLLM's token budget per step leans the same way).
         max_new_tokens: answer length of a request that gives no ``max_tokens``.
         max_tokens_limit: the most ``max_tokens`` a request may ask for.
         temperature: temperature of a request that gives none (OpenAI's default is 1).
@@ -94,7 +95,7 @@ class ServerConfig:
     prefix_cache: float = 0.1
     prefill_chunk: int = 256
     prefill_share: float = 1.25
-    admit_share: float = 2.5
+    admit_share: float = 5.0
     max_new_tokens: int = 64
     max_tokens_limit: int = 1024
     temperature: float = 1.0
