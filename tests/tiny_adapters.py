@@ -77,3 +77,16 @@ def column_deltas(
             delta[:, cols] = 0.05 * torch.randn(param.shape[0], columns, generator=g)
             deltas[name] = delta
     return deltas
+
+
+def served(base: tuple[nn.Module, BaseModelInfo], adapters: dict[str, Adapter]):
+    """A :class:`zoo.inference.MixedAdapterModel` on a copy of ``base`` (model, info) with ``adapters`` loaded."""
+    import copy
+
+    from zoo.inference import MixedAdapterModel
+
+    model, info = base
+    server = MixedAdapterModel(copy.deepcopy(model), info)
+    for name, adapter in adapters.items():
+        server.add_adapter(name, adapter)
+    return server

@@ -28,17 +28,14 @@ import datetime
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tools.bench.serve_http import make_adapters, prompt_for
-from zoo.adapter import BaseModelInfo
-from zoo.inference import ContinuousBatcher, GenerationRequest, MixedAdapterModel, prompt_ids, read_adapter
-from zoo.loading import load_model, load_tokenizer
+from tools.bench.serve_http import adapter_server, prompt_for
+from zoo.inference import ContinuousBatcher, GenerationRequest, prompt_ids
 from zoo.outputs import atomic_file
 from zoo.server.config import ServerConfig
 
@@ -93,14 +90,8 @@ def batcher_load(
     threads = threads or [1, 2]
     prefix_cache = prefix_cache if prefix_cache is not None else [False, True]
     config_args = {k: v for k, v in locals().items()}
-    with tempfile.TemporaryDirectory(prefix="ftzoo-batcher-load-") as tmp:
-        paths, _ = make_adapters(base_model, Path(tmp), adapters, lora_rank, 0)
-        read = {name: read_adapter(path) for name, path in paths.items()}
-    model, tokenizer = load_model(base_model).eval(), load_tokenizer(base_model)
-    server = MixedAdapterModel(model, BaseModelInfo.of(model, base_model))
-    for name, adapter in read.items():
-        server.add_adapter(name, adapter)
-    names = list(read)
+    server, tokenizer, read = adapter_server(base_model, adapters, lora_rank)
+    model, names = server.model, list(read)
     config = ServerConfig(batch_size=clients, max_new_tokens=max_tokens)
     admit_shares = admit_shares or [config.admit_share]
     work = []

@@ -20,25 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
-from tools.bench.serve_http import METHODS, PROMPTS, make_adapters
-from zoo.adapter import BaseModelInfo
+from tools.bench.serve_http import METHODS, PROMPTS, adapter_server
 from zoo.inference import (
     ContinuousBatcher,
     GenerationRequest,
-    MixedAdapterModel,
     hooks_for,
     mixed,
     prompt_ids,
-    read_adapter,
 )
-from zoo.loading import load_model, load_tokenizer
 from zoo.serving import serving_modules
 
 
@@ -54,13 +48,9 @@ def mixed_step(
 ) -> dict[str, float]:
     """Measure (see the module docstring); return the median step in seconds per setting."""
     torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory(prefix="ftzoo-mixed-step-") as tmp:
-        paths, _ = make_adapters(base_model, Path(tmp), adapters, lora_rank, 0)
-        read = {name: read_adapter(path) for name, path in paths.items()}
-    model, tokenizer = load_model(base_model).eval(), load_tokenizer(base_model)
-    server = MixedAdapterModel(model, BaseModelInfo.of(model, base_model))
+    server, tokenizer, read = adapter_server(base_model, adapters, lora_rank)
+    model = server.model
     for name, adapter in read.items():
-        server.add_adapter(name, adapter)
         if adapter.method == "dora":  # the core default's dense delta, beside
             dense = serving_modules(hooks_for(adapter).ftzoo_adapter_deltas(adapter=adapter, model=model), model)
             server.add_adapter(f"{name}-dense", adapter, {k: d.eval() for k, d in dense.items()})

@@ -39,8 +39,9 @@ from typing import Any
 import torch
 
 from tools.bench.shapes import replace_docs_section
-from zoo.adapter import BaseModelInfo, save_adapter
-from zoo.loading import load_model
+from zoo.adapter import Adapter, BaseModelInfo, save_adapter
+from zoo.inference import MixedAdapterModel, read_adapter
+from zoo.loading import load_model, load_tokenizer
 from zoo.outputs import atomic_file
 from zoo.server.process import ServerProcess
 
@@ -94,6 +95,19 @@ def make_adapters(base_model: str, folder: Path, count: int, lora_rank: int, see
         adapter.info["prompt_style"] = "chat"
         paths[name] = save_adapter(adapter, folder / name)
     return paths, source
+
+
+def adapter_server(base_model: str, count: int, lora_rank: int) -> tuple[MixedAdapterModel, Any, dict[str, Adapter]]:
+    """The load test's ``count`` adapters (:func:`make_adapters`) served in process: the
+    :class:`zoo.inference.MixedAdapterModel` with all of them, the base's tokenizer, and the adapters."""
+    with tempfile.TemporaryDirectory(prefix="ftzoo-bench-adapters-") as tmp:
+        paths, _ = make_adapters(base_model, Path(tmp), count, lora_rank, 0)
+        read = {name: read_adapter(path) for name, path in paths.items()}
+    model, tokenizer = load_model(base_model).eval(), load_tokenizer(base_model)
+    server = MixedAdapterModel(model, BaseModelInfo.of(model, base_model))
+    for name, adapter in read.items():
+        server.add_adapter(name, adapter)
+    return server, tokenizer, read
 
 
 async def run_load(

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 from hf_generate import hf_greedy
-from tiny_adapters import METHODS, train_adapter
+from tiny_adapters import METHODS, served, train_adapter
 from tiny_models import tiny_model, tiny_tokenizer
 
 from zoo.adapter import BaseModelInfo
@@ -29,23 +29,9 @@ PROMPTS = ["hello", "the sea is", "a", "12 + 7 =", "once upon a time there", "xy
 
 
 @pytest.fixture(scope="module")
-def base():
-    model = tiny_model("llama-gqa").requires_grad_(False)
-    return model, BaseModelInfo.of(model, "tiny")
-
-
-@pytest.fixture(scope="module")
 def adapters(base):
     model, info = base
     return {f"{m}-{s}": train_adapter(m, model, info, seed=s) for m in METHODS for s in range(2)}
-
-
-def served(base, adapters):
-    model, info = base
-    server = MixedAdapterModel(copy.deepcopy(model), info)
-    for name, adapter in adapters.items():
-        server.add_adapter(name, adapter)
-    return server
 
 
 def alone(base, adapter, prompt, new_tokens):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from tiny_adapters import METHODS, train_adapter
+from tiny_adapters import METHODS, served, train_adapter
 from tiny_models import tiny_model, tiny_tokenizer
 
-from zoo.adapter import BaseModelInfo
-from zoo.inference import ContinuousBatcher, GenerationRequest, MixedAdapterModel, complete
+from zoo.inference import ContinuousBatcher, GenerationRequest, complete
 from zoo.inference.prefix_cache import PrefixCache, shared_tokens
 
 SHARED = [7 + i % 50 for i in range(24)]  # a system prompt's tokens, say
@@ -66,23 +63,9 @@ def test_entries_are_dropped_least_recently_used_first_within_the_budget():
 
 
 @pytest.fixture(scope="module")
-def base():
-    model = tiny_model("llama-gqa").requires_grad_(False)
-    return model, BaseModelInfo.of(model, "tiny")
-
-
-@pytest.fixture(scope="module")
 def adapters(base):
     model, info = base
     return {m: train_adapter(m, model, info, seed=0) for m in METHODS}
-
-
-def served(base, adapters):
-    model, info = base
-    server = MixedAdapterModel(copy.deepcopy(model), info)
-    for name, adapter in adapters.items():
-        server.add_adapter(name, adapter)
-    return server
 
 
 def requests(names, rounds=3, new_tokens=5):
