@@ -41,7 +41,8 @@ class ServerConfig:
         kv_groups: caches the running requests may be split into (each one forward pass per
             step): a request joins the one where it adds the least memory, so one long request
             decodes in a cache of its own instead of making every row as wide as itself, and
-            ``kv_cache_gb`` counts each group at its own width.
+            ``kv_cache_gb`` counts each group at its own width. A request opens a group only when
+            it is more than twice as wide as every group's widest row, or less than half.
         prefix_cache: the share of ``kv_cache_gb`` that keeps the keys and values of prompts'
             shared beginnings (the chat template's system prompt, a few-shot preamble), so that
             a prompt starting with one prefills only the rest (:mod:`zoo.inference.prefix_cache`);
