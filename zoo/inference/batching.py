@@ -398,11 +398,13 @@ class ContinuousBatcher:
             self.prefilled_last_step = max(map(self._to_prefill, whole), default=0) * len(whole)
             return self._prefill(whole) if whole else []
         whole: list[_Row] = []
+        widest = 0  # tokens the widest row of ``whole`` has to prefill
         while self.prefilling:
             row = self.prefilling[0]
-            width = max(map(self._to_prefill, [*whole, row]))
+            width = max(widest, self._to_prefill(row))
             if row.prefilled == 0 and width * (len(whole) + 1) <= whole_budget:
                 whole.append(self.prefilling.popleft())
+                widest = width
                 continue
             if whole:
                 break  # the long prompt's chunk comes next step
@@ -410,7 +412,7 @@ class ContinuousBatcher:
                 budget = min(budget, MIN_PREFILL_TOKENS)
             self.prefilled_last_step = min(budget, self._to_prefill(row))
             return self._prefill_chunk(row, self.prefilled_last_step)
-        self.prefilled_last_step = max(map(self._to_prefill, whole), default=0) * len(whole)
+        self.prefilled_last_step = widest * len(whole)
         return self._prefill(whole) if whole else []
 
     def _to_prefill(self, row: _Row) -> int:
