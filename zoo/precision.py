@@ -24,19 +24,27 @@ SLOW_BF16 = 2.0
 
 @functools.cache
 def bf16_slowdown() -> float:
-    """Time of a bf16 matmul over a float32 one on this CPU (best of 3 each, about 0.1 s in all
-    where bf16 is emulated; under 1 ms where it is native)."""
+    """Time of a bf16 matmul over a float32 one on this CPU (best of 5 each, about 0.2 s in all
+    where bf16 is emulated; a few ms where it is native).
+
+    One torch thread: with several, a matmul this small waits at each barrier for a thread that
+    another process has taken the core from, and a busy machine read 2x where a quiet one read 57x."""
     a, b = torch.randn(64, 512), torch.randn(512, 512)
-    times = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        x, y = a.to(dtype), b.to(dtype)
-        x @ y  # warm up
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            x @ y
-            best = min(best, time.perf_counter() - start)
-        times[dtype] = best
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            x, y = a.to(dtype), b.to(dtype)
+            x @ y  # warm up
+            best = float("inf")
+            for _ in range(5):
+                start = time.perf_counter()
+                x @ y
+                best = min(best, time.perf_counter() - start)
+            times[dtype] = best
+    finally:
+        torch.set_num_threads(threads)
     return times[torch.bfloat16] / max(times[torch.float32], 1e-9)
 
 
