@@ -68,7 +68,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.cache_utils import DynamicCache
 
-from zoo.inference.kv_cache import check_supported, empty_cache, join, keep_rows, trim_padding
+from zoo.inference.kv_cache import check_supported, empty_cache, join, keep_rows, pad_left, trim_padding
 from zoo.inference.mixed import MixedAdapterModel
 from zoo.inference.prefix_cache import Layers, PrefixCache
 from zoo.inference.sampling import Sampling, next_tokens
@@ -555,8 +555,8 @@ class ContinuousBatcher:
             rows_k, rows_v = [], []
             for (_, entry), s in zip(kept, starts):
                 k, v = entry.layers[layer] if s else (keys, values)
-                rows_k.append(F.pad(k[:, :, :s], (0, 0, columns - s, 0)))
-                rows_v.append(F.pad(v[:, :, :s], (0, 0, columns - s, 0)))
+                rows_k.append(pad_left(k[:, :, :s], columns))
+                rows_v.append(pad_left(v[:, :, :s], columns))
             layers.append((torch.cat(rows_k), torch.cat(rows_v)))
         return DynamicCache(layers)
 

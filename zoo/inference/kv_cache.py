@@ -90,13 +90,14 @@ def join(
     """``cache``'s rows, then ``other``'s, as one cache (in place in ``cache``) and its mask."""
     width = max(mask.shape[1], other_mask.shape[1])
     for mine, theirs in zip(_layers(cache), _layers(other), strict=True):
-        mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
-        mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)])
+        mine.keys = torch.cat([pad_left(mine.keys, width), pad_left(theirs.keys, width)])
+        mine.values = torch.cat([pad_left(mine.values, width), pad_left(theirs.values, width)])
     masks = [F.pad(m, (width - m.shape[1], 0)) for m in (mask, other_mask)]
     return cache, torch.cat(masks)
 
 
-def _pad_left(states: torch.Tensor, width: int) -> torch.Tensor:
+def pad_left(states: torch.Tensor, width: int) -> torch.Tensor:
+    """Keys or values with padding columns on the left up to ``width``."""
     return F.pad(states, (0, 0, width - states.shape[-2], 0))  # [B, H, T, D] → [B, H, width, D]
 
 

@@ -347,7 +347,7 @@ class ModulePlan:
         assignment: Assignment,
         stack: Callable[[str, tuple[str, ...], list[nn.Module]], Stacked],
         order: dict[str, int],
-        kept: Callable[[str, tuple[str, ...]], bool] = lambda kind, names: True,
+        kept: Callable[[str, tuple[str, ...]], bool],
     ) -> None:
         self.batch_rows = assignment.batch_rows
         self._stack, self._kept, self._assignment = stack, kept, assignment
