@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from zoo.adapter import Adapter, BaseModelInfo
+from zoo.inference import MixedAdapterModel
 from zoo.merging import merged_adapter
 from zoo.plugins import available_methods, method_class, method_hooks, method_name
 
@@ -81,10 +82,6 @@ def column_deltas(
 
 def served(base: tuple[nn.Module, BaseModelInfo], adapters: dict[str, Adapter]):
     """A :class:`zoo.inference.MixedAdapterModel` on a copy of ``base`` (model, info) with ``adapters`` loaded."""
-    import copy
-
-    from zoo.inference import MixedAdapterModel
-
     model, info = base
     server = MixedAdapterModel(copy.deepcopy(model), info)
     for name, adapter in adapters.items():
